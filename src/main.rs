@@ -1,0 +1,2 @@
+//! The `beacon` binary.
+fn main() {}
