@@ -1,1 +1,37 @@
-//! Beacon
+//! Beacon: a real-time location broadcast server.
+//!
+//! Devices hold a WebSocket, push GPS fixes, and receive the positions of the other devices of
+//! their groups, live. The wire protocol is `docs/protocol.md`.
+//!
+//! # Layout
+//! - [`server`]: wiring. [`serve`] takes a bound listener, a [`Config`] and a shutdown future;
+//!   `main` and the tests both run the server through it.
+//! - [`config`]: `beacon serve` flags and their `BEACON_*` variables, grouped by concern.
+//! - [`model`]: domain types: ids, identities, fixes, positions.
+//! - [`protocol`]: wire types of protocol v1, the JSON and MessagePack codecs, validation.
+//! - [`hub`]: latest state per group, presence, and the tick-driven, coalesced fan-out.
+//! - [`session`]: one WebSocket connection from `welcome` to close.
+//! - [`auth`]: who a request is (query identity; tokens).
+//! - [`http`]: health, metrics, REST snapshots and HTTP ingest.
+//! - [`metrics`]: the Prometheus registry.
+//! - [`web`]: the embedded map page.
+//! - [`shutdown`]: SIGINT/SIGTERM.
+//!
+//! # Errors
+//! Library modules return `thiserror` enums or protocol [`protocol::Refusal`]s; `anyhow` is used
+//! only in the binary.
+
+pub mod auth;
+pub mod config;
+pub mod http;
+pub mod hub;
+pub mod metrics;
+pub mod model;
+pub mod protocol;
+pub mod server;
+pub mod session;
+pub mod shutdown;
+pub mod web;
+
+pub use config::Config;
+pub use server::serve;

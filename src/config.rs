@@ -1,0 +1,182 @@
+//! Configuration of `beacon serve`, grouped by concern.
+//!
+//! Every flag is also an environment variable `BEACON_<FLAG>`. Each field documents its default
+//! and, where it is a bound, what it protects.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, ValueEnum};
+
+/// Everything `beacon serve` needs.
+#[derive(Clone, Debug, Parser)]
+#[command(name = "serve", about = "Run the Beacon server")]
+pub struct Config {
+    /// Address to listen on. Default 127.0.0.1:8080 (loopback only, safe with `--auth none`).
+    #[arg(long, env = "BEACON_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+
+    /// Fan-out and presence timing.
+    #[command(flatten)]
+    pub hub: HubConfig,
+
+    /// Bounds that protect the server from any one client.
+    #[command(flatten)]
+    pub limits: Limits,
+
+    /// Who may connect and what they may do.
+    #[command(flatten)]
+    pub auth: AuthConfig,
+
+    /// Logging.
+    #[command(flatten)]
+    pub log: LogConfig,
+
+    /// Redis URL (`redis://host:port/db`) for running several instances as one. Unset: a single
+    /// instance with in-memory state only.
+    #[arg(long, env = "BEACON_REDIS_URL")]
+    pub redis_url: Option<String>,
+
+    /// Directory for durable storage (last positions and track history). Unset: memory only.
+    #[arg(long, env = "BEACON_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+
+    /// Run N simulated devices inside the server, in group `demo`. Default 0 (none).
+    #[arg(long, env = "BEACON_DEMO", default_value_t = 0)]
+    pub demo: usize,
+
+    /// Seconds to wait for connections to close after SIGTERM/SIGINT before exiting anyway.
+    /// Default 10.
+    #[arg(long, env = "BEACON_SHUTDOWN_GRACE_SECS", default_value_t = 10)]
+    pub shutdown_grace_secs: u64,
+}
+
+impl Default for Config {
+    /// The documented defaults (and whatever `BEACON_*` variables the environment sets).
+    fn default() -> Self {
+        Config::parse_from(["serve"])
+    }
+}
+
+impl Config {
+    /// Grace period for shutdown.
+    pub fn shutdown_grace(&self) -> Duration {
+        Duration::from_secs(self.shutdown_grace_secs)
+    }
+}
+
+/// Fan-out and presence timing.
+#[derive(Clone, Debug, Args)]
+pub struct HubConfig {
+    /// Batch interval in ms: fixes arriving within one tick are coalesced to the latest per
+    /// device and sent as one frame per group. Default 100. Range 5-10000.
+    #[arg(long, env = "BEACON_TICK_MS", default_value_t = 100,
+          value_parser = clap::value_parser!(u64).range(5..=10_000))]
+    pub tick_ms: u64,
+
+    /// Seconds after its last report that a device without an open socket (an HTTP client)
+    /// counts as offline. Default 120.
+    #[arg(long, env = "BEACON_STALE_SECS", default_value_t = 120)]
+    pub stale_secs: u64,
+
+    /// Seconds a last position is kept (and shown, offline) after it was received. Default
+    /// 86400 (one day).
+    #[arg(long, env = "BEACON_RETENTION_SECS", default_value_t = 86_400)]
+    pub retention_secs: u64,
+}
+
+impl HubConfig {
+    /// The tick as a duration.
+    pub fn tick(&self) -> Duration {
+        Duration::from_millis(self.tick_ms)
+    }
+}
+
+/// Bounds that protect the server from any one client.
+#[derive(Clone, Debug, Args)]
+pub struct Limits {
+    /// Most WebSocket connections held at once; past it, upgrades are refused with 503.
+    /// Default 10000. Each connection costs an open file: keep it below `ulimit -n`.
+    #[arg(long, env = "BEACON_MAX_CONNECTIONS", default_value_t = 10_000)]
+    pub max_connections: usize,
+
+    /// Largest client frame (and message) in bytes; a larger one closes the socket with 1009.
+    /// Default 16384.
+    #[arg(long, env = "BEACON_MAX_FRAME_BYTES", default_value_t = 16 * 1024)]
+    pub max_frame_bytes: usize,
+
+    /// Frames queued for one connection before the hub starts dropping batches for it (the
+    /// client then gets fresh snapshots once it reads again). Default 32. The frames are
+    /// shared with other subscribers, so the bound is on references, not copies.
+    #[arg(long, env = "BEACON_QUEUE_FRAMES", default_value_t = 32)]
+    pub queue_frames: usize,
+
+    /// Seconds a client may leave the server unable to write to it before it is closed with
+    /// 1013. Default 10.
+    #[arg(long, env = "BEACON_SLOW_CLOSE_SECS", default_value_t = 10)]
+    pub slow_close_secs: u64,
+
+    /// Bytes the socket reader buffers per connection. Default 2048; a frame larger than the
+    /// buffer still arrives (the buffer grows up to the frame limit, transiently).
+    #[arg(long, env = "BEACON_READ_BUFFER_BYTES", default_value_t = 2048)]
+    pub read_buffer_bytes: usize,
+
+    /// Bytes written per connection before a flush is forced. Default 16384.
+    #[arg(long, env = "BEACON_WRITE_BUFFER_BYTES", default_value_t = 16 * 1024)]
+    pub write_buffer_bytes: usize,
+
+    /// Largest body accepted by `POST /v1/positions` and the ingest routes, in bytes. Default
+    /// 262144.
+    #[arg(long, env = "BEACON_MAX_BODY_BYTES", default_value_t = 256 * 1024)]
+    pub max_body_bytes: usize,
+
+    /// Most fixes in one `POST /v1/positions` list. Default 1000.
+    #[arg(long, env = "BEACON_MAX_BATCH_FIXES", default_value_t = 1000)]
+    pub max_batch_fixes: usize,
+}
+
+impl Limits {
+    /// How long a blocked client is tolerated.
+    pub fn slow_close(&self) -> Duration {
+        Duration::from_secs(self.slow_close_secs)
+    }
+}
+
+/// Authentication modes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum AuthMode {
+    /// No tokens: identity comes from the query (`?id=&groups=&role=`). For local use.
+    None,
+    /// Signed JWTs.
+    Jwt,
+}
+
+/// Who may connect and what they may do.
+#[derive(Clone, Debug, Args)]
+pub struct AuthConfig {
+    /// Authentication mode. Default `none` (identity from the query string).
+    #[arg(long = "auth", env = "BEACON_AUTH", value_enum, default_value = "none")]
+    pub mode: AuthMode,
+
+    /// Allow `--auth none` on a non-loopback address. Default false.
+    #[arg(long, env = "BEACON_INSECURE", default_value_t = false)]
+    pub insecure: bool,
+}
+
+/// Log output format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Pretty,
+    /// One JSON object per line, for log collectors.
+    Json,
+}
+
+/// Logging.
+#[derive(Clone, Debug, Args)]
+pub struct LogConfig {
+    /// Log format. Default `pretty`. The level comes from `RUST_LOG` (default `info`).
+    #[arg(long, env = "BEACON_LOG_FORMAT", value_enum, default_value = "pretty")]
+    pub log_format: LogFormat,
+}

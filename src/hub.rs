@@ -1,0 +1,436 @@
+//! The hub: latest state of every group, presence, and the tick-driven fan-out.
+//!
+//! # Design
+//! - Groups live in a [`DashMap`] (sharded locks); each group's state sits behind its own
+//!   `std::sync::Mutex`. No lock is global, and no lock is ever held across an `.await`: every
+//!   critical section is a few map operations, so a blocking mutex is cheaper than an async one
+//!   (the reasoning of mini-redis's `db.rs`).
+//! - Publishing a fix updates the group's latest position and marks the device as changed.
+//!   Nothing is sent then. Once per tick, the ticker turns each changed group into one `batch`
+//!   holding the latest fix of every changed device (coalescing), encodes it once per codec in
+//!   use, and hands the same bytes to every subscriber's bounded queue.
+//! - A group that has been quiet for at least one tick is flushed at once instead of waiting for
+//!   the next tick, so a lone update sees no batching delay; a busy group is flushed once per
+//!   tick.
+//! - Queues are bounded. A full queue means the client is not reading: the batch is dropped for
+//!   it and the connection is flagged `lagged`; once it drains, the session sends a fresh
+//!   snapshot instead (position is state, so nothing of value is lost).
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use dashmap::DashMap;
+use tokio::sync::{Notify, mpsc};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::HubConfig;
+use crate::metrics::Metrics;
+use crate::model::{DeviceId, Fix, GroupId, Position, now_ms};
+use crate::protocol::{Codec, Frame, PositionRecord, ServerMessage};
+
+/// How often presence and retention are swept.
+const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
+
+/// The sending side of one connection, as the hub sees it.
+#[derive(Clone, Debug)]
+pub struct Outlet {
+    /// Unique per connection.
+    pub id: u64,
+    /// The connection's codec: which encoding of a batch it gets.
+    pub codec: Codec,
+    /// Bounded queue into the connection's writer.
+    pub tx: mpsc::Sender<Frame>,
+    /// Set when a frame had to be dropped; the session resyncs and clears it.
+    pub lagged: Arc<AtomicBool>,
+}
+
+/// State shared by every connection and HTTP handler.
+#[derive(Debug)]
+pub struct Hub {
+    groups: DashMap<GroupId, Arc<Group>>,
+    /// Open device sockets per device id: a device is online while this is above zero.
+    sockets: DashMap<DeviceId, u32>,
+    /// Groups with changes waiting for the next tick.
+    dirty: Mutex<Vec<Arc<Group>>>,
+    /// Groups that were quiet and should be flushed without waiting for the tick.
+    urgent: Mutex<Vec<Arc<Group>>>,
+    urgent_notify: Notify,
+    next_outlet: AtomicU64,
+    config: HubConfig,
+    metrics: Arc<Metrics>,
+}
+
+#[derive(Debug)]
+struct Group {
+    id: GroupId,
+    state: Mutex<GroupState>,
+}
+
+#[derive(Debug, Default)]
+struct GroupState {
+    positions: HashMap<DeviceId, Position>,
+    /// Devices whose position changed since the last batch.
+    changed: HashSet<DeviceId>,
+    /// Devices that went offline since the last batch.
+    offline: Vec<DeviceId>,
+    /// Whether the group sits in the hub's dirty list.
+    queued: bool,
+    /// When the last batch was built.
+    last_flush: Option<Instant>,
+    subscribers: HashMap<u64, Outlet>,
+    /// Subscribers per codec, so a batch is encoded only in codecs someone uses.
+    codecs: [usize; Codec::ALL.len()],
+    /// Set when the sweeper removed the group from the map; a late writer must look it up again.
+    removed: bool,
+}
+
+impl GroupState {
+    fn has_changes(&self) -> bool {
+        !self.changed.is_empty() || !self.offline.is_empty()
+    }
+}
+
+fn lock(group: &Group) -> MutexGuard<'_, GroupState> {
+    // A poisoned lock means a panic inside a critical section, which only holds map operations;
+    // the state is still consistent enough to keep serving, so take it rather than cascade.
+    group.state.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Hub {
+    /// An empty hub.
+    pub fn new(config: HubConfig, metrics: Arc<Metrics>) -> Self {
+        Hub {
+            groups: DashMap::new(),
+            sockets: DashMap::new(),
+            dirty: Mutex::new(Vec::new()),
+            urgent: Mutex::new(Vec::new()),
+            urgent_notify: Notify::new(),
+            next_outlet: AtomicU64::new(1),
+            config,
+            metrics,
+        }
+    }
+
+    /// The hub's configuration.
+    pub fn config(&self) -> &HubConfig {
+        &self.config
+    }
+
+    /// A new outlet id, unique within this hub.
+    pub fn next_outlet_id(&self) -> u64 {
+        self.next_outlet.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Runs `f` on the state of `group`, creating the group when needed.
+    fn with_group<R>(&self, group: &GroupId, mut f: impl FnMut(&Arc<Group>, &mut GroupState) -> R) -> R {
+        loop {
+            let g = self
+                .groups
+                .entry(group.clone())
+                .or_insert_with(|| {
+                    Arc::new(Group {
+                        id: group.clone(),
+                        state: Mutex::new(GroupState::default()),
+                    })
+                })
+                .clone();
+            let mut state = lock(&g);
+            if state.removed {
+                continue;
+            }
+            return f(&g, &mut state);
+        }
+    }
+
+    /// Runs `f` on the state of `group` if the group exists.
+    fn with_existing<R>(&self, group: &str, f: impl FnOnce(&mut GroupState) -> R) -> Option<R> {
+        let g = self.groups.get(group)?.clone();
+        let mut state = lock(&g);
+        if state.removed {
+            return None;
+        }
+        Some(f(&mut state))
+    }
+
+    /// Queues `group` for the next flush; a group quiet for a tick goes out at once.
+    fn mark_dirty(&self, g: &Arc<Group>, state: &mut GroupState) {
+        if state.queued {
+            return;
+        }
+        state.queued = true;
+        let quiet = state
+            .last_flush
+            .is_none_or(|t| t.elapsed() >= self.config.tick());
+        if quiet {
+            lock_list(&self.urgent).push(g.clone());
+            self.urgent_notify.notify_one();
+        } else {
+            lock_list(&self.dirty).push(g.clone());
+        }
+    }
+
+    /// Records a new fix of `device` in each of `groups`. A fix older than the one held is
+    /// ignored (position is state: the newest fix wins). `online` says whether the device
+    /// counts as online by this report (always true for sockets and fresh HTTP reports).
+    pub fn publish(&self, device: &DeviceId, groups: &[GroupId], fix: &Fix, rts: i64) {
+        for group in groups {
+            self.with_group(group, |g, state| {
+                let held = state.positions.get(device);
+                if held.is_some_and(|p| p.fix.ts > fix.ts) {
+                    return;
+                }
+                state.positions.insert(
+                    device.clone(),
+                    Position {
+                        device: device.clone(),
+                        fix: fix.clone(),
+                        rts,
+                        online: true,
+                    },
+                );
+                state.changed.insert(device.clone());
+                self.mark_dirty(g, state);
+            });
+        }
+    }
+
+    /// A device socket opened: the device is online in all its groups.
+    pub fn device_connected(&self, device: &DeviceId, groups: &[GroupId]) {
+        let first = {
+            let mut count = self.sockets.entry(device.clone()).or_insert(0);
+            *count += 1;
+            *count == 1
+        };
+        if !first {
+            return;
+        }
+        for group in groups {
+            if let Some(g) = self.groups.get(group.as_str()).map(|g| g.clone()) {
+                let mut state = lock(&g);
+                if let Some(p) = state.positions.get_mut(device)
+                    && !p.online
+                {
+                    p.online = true;
+                    state.changed.insert(device.clone());
+                    self.mark_dirty(&g, &mut state);
+                }
+            }
+        }
+    }
+
+    /// A device socket closed: once its last socket is gone, the device goes offline.
+    pub fn device_disconnected(&self, device: &DeviceId, groups: &[GroupId]) {
+        let last = match self.sockets.get_mut(device) {
+            Some(mut count) => {
+                *count = count.saturating_sub(1);
+                *count == 0
+            }
+            None => false,
+        };
+        if !last {
+            return;
+        }
+        self.sockets.remove_if(device, |_, count| *count == 0);
+        for group in groups {
+            if let Some(g) = self.groups.get(group.as_str()).map(|g| g.clone()) {
+                let mut state = lock(&g);
+                self.set_offline(&g, &mut state, device);
+            }
+        }
+    }
+
+    fn set_offline(&self, g: &Arc<Group>, state: &mut GroupState, device: &DeviceId) {
+        if let Some(p) = state.positions.get_mut(device)
+            && p.online
+        {
+            p.online = false;
+            state.offline.push(device.clone());
+            self.mark_dirty(g, state);
+        }
+    }
+
+    /// Whether `device` holds at least one open socket here.
+    pub fn has_socket(&self, device: &str) -> bool {
+        self.sockets.get(device).is_some_and(|c| *c > 0)
+    }
+
+    /// Subscribes `outlet` to `group` and returns the group's current state, atomically: every
+    /// change after the returned snapshot reaches the outlet's queue.
+    pub fn subscribe(&self, group: &GroupId, outlet: &Outlet) -> Vec<Position> {
+        self.with_group(group, |_, state| {
+            if state.subscribers.insert(outlet.id, outlet.clone()).is_none() {
+                state.codecs[outlet.codec.index()] += 1;
+            }
+            state.positions.values().cloned().collect()
+        })
+    }
+
+    /// Removes `outlet_id` from `group`. Returns whether it was subscribed.
+    pub fn unsubscribe(&self, group: &str, outlet_id: u64) -> bool {
+        self.with_existing(group, |state| match state.subscribers.remove(&outlet_id) {
+            Some(outlet) => {
+                state.codecs[outlet.codec.index()] -= 1;
+                true
+            }
+            None => false,
+        })
+        .unwrap_or(false)
+    }
+
+    /// Current positions of `group` (empty when unknown).
+    pub fn positions(&self, group: &str) -> Vec<Position> {
+        self.with_existing(group, |state| state.positions.values().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// Encodes a `snapshot` of `group` from `positions`.
+    pub fn encode_snapshot(group: &str, positions: &[Position], codec: Codec) -> Frame {
+        let records: Vec<PositionRecord<'_>> = positions.iter().map(PositionRecord::from).collect();
+        ServerMessage::Snapshot {
+            group,
+            devices: &records,
+        }
+        .encode(codec)
+    }
+
+    /// Flushes every dirty group once per tick, and quiet groups at once, until `shutdown`.
+    pub async fn run_ticker(self: Arc<Self>, shutdown: CancellationToken) {
+        let mut tick = tokio::time::interval(self.config.tick());
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tick.tick() => {
+                    let started = Instant::now();
+                    let groups = std::mem::take(&mut *lock_list(&self.dirty));
+                    self.flush(&groups);
+                    let urgent = std::mem::take(&mut *lock_list(&self.urgent));
+                    self.flush(&urgent);
+                    self.metrics.tick_seconds.observe(started.elapsed().as_secs_f64());
+                }
+                _ = self.urgent_notify.notified() => {
+                    let urgent = std::mem::take(&mut *lock_list(&self.urgent));
+                    self.flush(&urgent);
+                }
+            }
+        }
+    }
+
+    /// Builds, encodes and fans out one batch per group with changes.
+    fn flush(&self, groups: &[Arc<Group>]) {
+        for g in groups {
+            self.flush_group(g);
+        }
+    }
+
+    fn flush_group(&self, g: &Arc<Group>) {
+        let (updates, offline, codecs) = {
+            let mut state = lock(g);
+            state.queued = false;
+            if !state.has_changes() {
+                return;
+            }
+            state.last_flush = Some(Instant::now());
+            let changed = std::mem::take(&mut state.changed);
+            let updates: Vec<Position> = changed
+                .iter()
+                .filter_map(|d| state.positions.get(d).cloned())
+                .collect();
+            let mut offline = std::mem::take(&mut state.offline);
+            // A device that came back within the tick is not offline any more.
+            offline.retain(|d| state.positions.get(d).is_some_and(|p| !p.online));
+            offline.dedup();
+            (updates, offline, state.codecs)
+        };
+        self.metrics.batches.inc();
+        let records: Vec<PositionRecord<'_>> = updates.iter().map(PositionRecord::from).collect();
+        let offline: Vec<&str> = offline.iter().map(DeviceId::as_str).collect();
+        let message = ServerMessage::Batch {
+            group: g.id.as_str(),
+            updates: &records,
+            offline: &offline,
+        };
+        let frames: [Option<Frame>; 2] = Codec::ALL.map(|codec| {
+            (codecs[codec.index()] > 0).then(|| {
+                self.metrics.encodes.inc();
+                message.encode(codec)
+            })
+        });
+
+        let mut state = lock(g);
+        let mut closed = Vec::new();
+        for outlet in state.subscribers.values() {
+            let Some(frame) = &frames[outlet.codec.index()] else {
+                continue;
+            };
+            match outlet.tx.try_send(frame.clone()) {
+                Ok(()) => {}
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    outlet.lagged.store(true, Ordering::Release);
+                    self.metrics.drops.inc();
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => closed.push(outlet.id),
+            }
+        }
+        for id in closed {
+            if let Some(outlet) = state.subscribers.remove(&id) {
+                state.codecs[outlet.codec.index()] -= 1;
+            }
+        }
+    }
+
+    /// Marks stale HTTP devices offline, forgets positions past retention, and drops empty
+    /// groups, every second until `shutdown`.
+    pub async fn run_sweeper(self: Arc<Self>, shutdown: CancellationToken) {
+        let mut every = tokio::time::interval(SWEEP_INTERVAL);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = every.tick() => self.sweep(now_ms()),
+            }
+        }
+    }
+
+    /// One sweep at time `now` (ms).
+    pub fn sweep(&self, now: i64) {
+        let stale_before = now - (self.config.stale_secs as i64) * 1000;
+        let expired_before = now - (self.config.retention_secs as i64) * 1000;
+        let groups: Vec<Arc<Group>> = self.groups.iter().map(|e| e.value().clone()).collect();
+        let mut positions = 0;
+        for g in &groups {
+            let mut state = lock(g);
+            state
+                .positions
+                .retain(|_, p| p.rts >= expired_before || p.online && self.has_socket(p.device.as_str()));
+            let stale: Vec<DeviceId> = state
+                .positions
+                .values()
+                .filter(|p| p.online && p.rts < stale_before && !self.has_socket(p.device.as_str()))
+                .map(|p| p.device.clone())
+                .collect();
+            for device in &stale {
+                self.set_offline(g, &mut state, device);
+            }
+            positions += state.positions.len();
+        }
+        self.groups.retain(|_, g| {
+            let mut state = lock(g);
+            let empty = state.positions.is_empty()
+                && state.subscribers.is_empty()
+                && !state.has_changes()
+                && !state.queued;
+            if empty {
+                state.removed = true;
+            }
+            !empty
+        });
+        self.metrics.groups.set(self.groups.len() as i64);
+        self.metrics.positions.set(positions as i64);
+    }
+}
+
+fn lock_list(list: &Mutex<Vec<Arc<Group>>>) -> MutexGuard<'_, Vec<Arc<Group>>> {
+    list.lock().unwrap_or_else(|e| e.into_inner())
+}

@@ -1,0 +1,633 @@
+//! Wire types of protocol v1 and the two codecs (`docs/protocol.md`).
+//!
+//! Decoding reads every client message into one flat, borrowing struct ([`RawMessage`]) and then
+//! checks it, so that the success path allocates nothing beyond the message itself and every
+//! refusal names the field at fault. Refusals are [`Refusal`] values (a code from the protocol's
+//! list and a message), never panics: whatever bytes a client sends, decoding returns.
+
+use std::borrow::Cow;
+use std::fmt;
+
+use axum::extract::ws::{Message, Utf8Bytes};
+use bytes::Bytes;
+use serde::de::{self, Deserializer, Visitor};
+use serde::{Deserialize, Serialize, Serializer};
+
+use crate::model::{Fix, Position};
+
+/// How far in the future a fix time may be, in ms (5 minutes, per the protocol).
+pub const MAX_FUTURE_MS: i64 = 5 * 60 * 1000;
+
+/// Subprotocol name of the JSON codec.
+pub const JSON_PROTOCOL: &str = "beacon.v1.json";
+/// Subprotocol name of the MessagePack codec.
+pub const MSGPACK_PROTOCOL: &str = "beacon.v1.msgpack";
+
+/// The encoding negotiated for one connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Codec {
+    /// JSON objects in text frames.
+    Json,
+    /// MessagePack maps (named keys) in binary frames.
+    MsgPack,
+}
+
+impl Codec {
+    /// Every codec, in a fixed order (used to index per-codec tables).
+    pub const ALL: [Codec; 2] = [Codec::Json, Codec::MsgPack];
+
+    /// Position of this codec in [`Codec::ALL`].
+    pub fn index(self) -> usize {
+        match self {
+            Codec::Json => 0,
+            Codec::MsgPack => 1,
+        }
+    }
+
+    /// The subprotocol name.
+    pub fn protocol(self) -> &'static str {
+        match self {
+            Codec::Json => JSON_PROTOCOL,
+            Codec::MsgPack => MSGPACK_PROTOCOL,
+        }
+    }
+
+    /// The codec for a subprotocol name.
+    pub fn from_protocol(name: &str) -> Option<Codec> {
+        match name {
+            JSON_PROTOCOL => Some(Codec::Json),
+            MSGPACK_PROTOCOL => Some(Codec::MsgPack),
+            _ => None,
+        }
+    }
+
+    /// Short label for logs and metrics.
+    pub fn label(self) -> &'static str {
+        match self {
+            Codec::Json => "json",
+            Codec::MsgPack => "msgpack",
+        }
+    }
+}
+
+/// One encoded server frame, ready to be written to any number of sockets.
+///
+/// Cloning is a reference-count increment: a batch is encoded once per codec and the same bytes
+/// go to every subscriber.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Frame {
+    /// A JSON text frame.
+    Text(Utf8Bytes),
+    /// A MessagePack binary frame.
+    Binary(Bytes),
+}
+
+impl Frame {
+    /// Length of the payload in bytes.
+    pub fn len(&self) -> usize {
+        match self {
+            Frame::Text(t) => t.len(),
+            Frame::Binary(b) => b.len(),
+        }
+    }
+
+    /// Whether the payload is empty (never, for frames this module encodes).
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The WebSocket message carrying this frame.
+    pub fn into_message(self) -> Message {
+        match self {
+            Frame::Text(t) => Message::Text(t),
+            Frame::Binary(b) => Message::Binary(b),
+        }
+    }
+}
+
+/// Error codes of the protocol.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ErrorCode {
+    /// Unparseable message or unknown type.
+    BadMessage,
+    /// A `pos` whose fields are out of range or missing.
+    InvalidPosition,
+    /// A group or role the identity may not use.
+    Forbidden,
+    /// Too many messages.
+    RateLimited,
+    /// `unsub` of a group the client does not watch.
+    NotSubscribed,
+}
+
+impl ErrorCode {
+    /// Every code, in a fixed order (used for metrics).
+    pub const ALL: [ErrorCode; 5] = [
+        ErrorCode::BadMessage,
+        ErrorCode::InvalidPosition,
+        ErrorCode::Forbidden,
+        ErrorCode::RateLimited,
+        ErrorCode::NotSubscribed,
+    ];
+
+    /// The protocol's name for the code.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::BadMessage => "bad_message",
+            ErrorCode::InvalidPosition => "invalid_position",
+            ErrorCode::Forbidden => "forbidden",
+            ErrorCode::RateLimited => "rate_limited",
+            ErrorCode::NotSubscribed => "not_subscribed",
+        }
+    }
+}
+
+impl Serialize for ErrorCode {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+/// A refused client message: what the client gets back in an `error` frame.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Refusal {
+    /// Which rule was broken.
+    pub code: ErrorCode,
+    /// Human-readable reason naming the field at fault.
+    pub message: Cow<'static, str>,
+    /// The `seq` of the refused `pos`, when it had one.
+    pub seq: Option<u64>,
+}
+
+impl Refusal {
+    /// A refusal with a fixed message.
+    pub fn new(code: ErrorCode, message: impl Into<Cow<'static, str>>) -> Self {
+        Refusal {
+            code,
+            message: message.into(),
+            seq: None,
+        }
+    }
+}
+
+impl fmt::Display for Refusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.code.as_str(), self.message)
+    }
+}
+
+/// The `id` of a `ping`, echoed unchanged in the `pong`: any number.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum PingId {
+    /// A non-negative integer.
+    Unsigned(u64),
+    /// A negative integer.
+    Signed(i64),
+    /// Any other number.
+    Float(f64),
+}
+
+impl Serialize for PingId {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match *self {
+            PingId::Unsigned(v) => s.serialize_u64(v),
+            PingId::Signed(v) => s.serialize_i64(v),
+            PingId::Float(v) => s.serialize_f64(v),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for PingId {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct NumberVisitor;
+        impl Visitor<'_> for NumberVisitor {
+            type Value = PingId;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a number")
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<PingId, E> {
+                Ok(PingId::Unsigned(v))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<PingId, E> {
+                Ok(if v >= 0 {
+                    PingId::Unsigned(v as u64)
+                } else {
+                    PingId::Signed(v)
+                })
+            }
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<PingId, E> {
+                Ok(PingId::Float(v))
+            }
+        }
+        d.deserialize_any(NumberVisitor)
+    }
+}
+
+/// Every field any client message may carry, read in one pass without buffering.
+///
+/// Unknown fields are ignored, as the protocol allows new optional fields.
+#[derive(Debug, Default, Deserialize)]
+pub struct RawMessage<'a> {
+    /// Message type.
+    #[serde(rename = "type", borrow, default)]
+    pub kind: Option<Cow<'a, str>>,
+    /// `pos`: latitude.
+    #[serde(default)]
+    pub lat: Option<f64>,
+    /// `pos`: longitude.
+    #[serde(default)]
+    pub lon: Option<f64>,
+    /// `pos`: fix time in ms.
+    #[serde(default)]
+    pub ts: Option<f64>,
+    /// `pos`: accuracy in m.
+    #[serde(default)]
+    pub acc: Option<f64>,
+    /// `pos`: altitude in m.
+    #[serde(default)]
+    pub alt: Option<f64>,
+    /// `pos`: speed in m/s.
+    #[serde(default)]
+    pub spd: Option<f64>,
+    /// `pos`: heading in degrees.
+    #[serde(default)]
+    pub hdg: Option<f64>,
+    /// `pos`: battery percent.
+    #[serde(default)]
+    pub batt: Option<f64>,
+    /// `pos`: client counter.
+    #[serde(default)]
+    pub seq: Option<u64>,
+    /// `sub` / `unsub`: group id.
+    #[serde(borrow, default)]
+    pub group: Option<Cow<'a, str>>,
+    /// `ping`: any number.
+    #[serde(default)]
+    pub id: Option<PingId>,
+}
+
+/// A decoded, validated client message.
+#[derive(Clone, Debug, PartialEq)]
+pub enum ClientMessage<'a> {
+    /// A new fix.
+    Pos {
+        /// The validated fix.
+        fix: Fix,
+        /// The client's counter, echoed in errors.
+        seq: Option<u64>,
+    },
+    /// Watch one more group.
+    Sub {
+        /// Group id (not yet checked against the identity).
+        group: Cow<'a, str>,
+    },
+    /// Stop watching a group.
+    Unsub {
+        /// Group id.
+        group: Cow<'a, str>,
+    },
+    /// Round-trip probe.
+    Ping {
+        /// Echoed in the `pong`.
+        id: PingId,
+    },
+}
+
+/// Decodes and validates one client frame in `codec`. `now_ms` is the receive time, used for
+/// fixes without `ts` and for the future-time check.
+pub fn decode(codec: Codec, bytes: &[u8], now_ms: i64) -> Result<ClientMessage<'_>, Refusal> {
+    let raw = decode_raw(codec, bytes)?;
+    let seq = raw.seq;
+    let kind = raw
+        .kind
+        .as_deref()
+        .ok_or_else(|| Refusal::new(ErrorCode::BadMessage, "type is required"))?;
+    match kind {
+        "pos" => match validate_fix(&raw, now_ms) {
+            Ok(fix) => Ok(ClientMessage::Pos { fix, seq }),
+            Err(mut refusal) => {
+                refusal.seq = seq;
+                Err(refusal)
+            }
+        },
+        "sub" => Ok(ClientMessage::Sub {
+            group: required_group(raw.group)?,
+        }),
+        "unsub" => Ok(ClientMessage::Unsub {
+            group: required_group(raw.group)?,
+        }),
+        "ping" => Ok(ClientMessage::Ping {
+            id: raw
+                .id
+                .ok_or_else(|| Refusal::new(ErrorCode::BadMessage, "id is required"))?,
+        }),
+        other => Err(Refusal::new(
+            ErrorCode::BadMessage,
+            format!("unknown message type {:?}", truncate(other, 32)),
+        )),
+    }
+}
+
+/// Reads the flat message struct, naming the offending field when a value has the wrong type.
+pub fn decode_raw(codec: Codec, bytes: &[u8]) -> Result<RawMessage<'_>, Refusal> {
+    let result = match codec {
+        Codec::Json => {
+            let mut de = serde_json::Deserializer::from_slice(bytes);
+            serde_path_to_error::deserialize(&mut de)
+                .map_err(|e| describe(e.path(), e.inner()))
+                .and_then(|raw| match de.end() {
+                    Ok(()) => Ok(raw),
+                    Err(e) => Err(format!("unparseable message: {e}")),
+                })
+        }
+        Codec::MsgPack => {
+            let mut de = rmp_serde::Deserializer::from_read_ref(bytes);
+            serde_path_to_error::deserialize(&mut de).map_err(|e| describe(e.path(), e.inner()))
+        }
+    };
+    result.map_err(|message| Refusal::new(ErrorCode::BadMessage, message))
+}
+
+fn describe(path: &serde_path_to_error::Path, inner: &dyn fmt::Display) -> String {
+    let path = path.to_string();
+    if path.is_empty() || path == "." {
+        format!("unparseable message: {inner}")
+    } else {
+        format!("{path}: {inner}")
+    }
+}
+
+fn truncate(s: &str, max: usize) -> &str {
+    match s.char_indices().nth(max) {
+        Some((i, _)) => &s[..i],
+        None => s,
+    }
+}
+
+fn required_group(group: Option<Cow<'_, str>>) -> Result<Cow<'_, str>, Refusal> {
+    group.ok_or_else(|| Refusal::new(ErrorCode::BadMessage, "group is required"))
+}
+
+/// Checks the fields of a `pos` against the protocol's rules and builds the fix.
+pub fn validate_fix(raw: &RawMessage<'_>, now_ms: i64) -> Result<Fix, Refusal> {
+    let invalid = |message: &'static str| Refusal::new(ErrorCode::InvalidPosition, message);
+    let lat = raw.lat.ok_or_else(|| invalid("lat is required"))?;
+    let lon = raw.lon.ok_or_else(|| invalid("lon is required"))?;
+    check_range(lat, -90.0, 90.0, "lat must be a finite number within [-90, 90]")?;
+    check_range(lon, -180.0, 180.0, "lon must be a finite number within [-180, 180]")?;
+    let ts = match raw.ts {
+        None => now_ms,
+        Some(ts) => {
+            if !ts.is_finite() || ts < 0.0 {
+                return Err(invalid("ts must be a non-negative number of ms since the epoch"));
+            }
+            let ts = ts as i64;
+            if ts > now_ms + MAX_FUTURE_MS {
+                return Err(invalid("ts must not be more than 5 minutes in the future"));
+            }
+            ts
+        }
+    };
+    let optional = |v: Option<f64>, lo: f64, hi: f64, message: &'static str| match v {
+        Some(v) => check_range(v, lo, hi, message).map(|()| Some(v)),
+        None => Ok(None),
+    };
+    Ok(Fix {
+        lat,
+        lon,
+        ts,
+        acc: optional(raw.acc, 0.0, f64::MAX, "acc must be a finite number >= 0")?,
+        alt: optional(raw.alt, f64::MIN, f64::MAX, "alt must be a finite number")?,
+        spd: optional(raw.spd, 0.0, f64::MAX, "spd must be a finite number >= 0")?,
+        hdg: optional(raw.hdg, 0.0, 360.0, "hdg must be a finite number within [0, 360]")?,
+        batt: optional(raw.batt, 0.0, 100.0, "batt must be a finite number within [0, 100]")?,
+    })
+}
+
+fn check_range(v: f64, lo: f64, hi: f64, message: &'static str) -> Result<(), Refusal> {
+    if v.is_finite() && v >= lo && v <= hi {
+        Ok(())
+    } else {
+        Err(Refusal::new(ErrorCode::InvalidPosition, message))
+    }
+}
+
+/// One device's position as it appears in `snapshot` and `batch` frames.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PositionRecord<'a> {
+    /// Device id.
+    #[serde(borrow)]
+    pub id: Cow<'a, str>,
+    /// Latitude.
+    pub lat: f64,
+    /// Longitude.
+    pub lon: f64,
+    /// Fix time, ms.
+    pub ts: i64,
+    /// Server receive time, ms.
+    pub rts: i64,
+    /// Whether the device is online.
+    pub online: bool,
+    /// Accuracy, m.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub acc: Option<f64>,
+    /// Altitude, m.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alt: Option<f64>,
+    /// Speed, m/s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spd: Option<f64>,
+    /// Heading, degrees.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hdg: Option<f64>,
+    /// Battery, percent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batt: Option<f64>,
+}
+
+impl<'a> From<&'a Position> for PositionRecord<'a> {
+    fn from(p: &'a Position) -> Self {
+        PositionRecord {
+            id: Cow::Borrowed(p.device.as_str()),
+            lat: p.fix.lat,
+            lon: p.fix.lon,
+            ts: p.fix.ts,
+            rts: p.rts,
+            online: p.online,
+            acc: p.fix.acc,
+            alt: p.fix.alt,
+            spd: p.fix.spd,
+            hdg: p.fix.hdg,
+            batt: p.fix.batt,
+        }
+    }
+}
+
+/// A message from the server, borrowing what it carries.
+#[derive(Debug, Serialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum ServerMessage<'a> {
+    /// First frame of every connection.
+    Welcome {
+        /// Server-chosen connection id.
+        session: &'a str,
+        /// Device or viewer id.
+        id: &'a str,
+        /// `device` or `viewer`.
+        role: &'a str,
+        /// Groups of the identity.
+        groups: Vec<&'a str>,
+        /// Server clock, ms.
+        server_time: i64,
+        /// Batch interval, ms.
+        tick_ms: u64,
+    },
+    /// Full state of one group.
+    Snapshot {
+        /// Group id.
+        group: &'a str,
+        /// Every device with a known position.
+        devices: &'a [PositionRecord<'a>],
+    },
+    /// Changes in one group since the previous batch.
+    Batch {
+        /// Group id.
+        group: &'a str,
+        /// Latest fix of every device that changed.
+        updates: &'a [PositionRecord<'a>],
+        /// Devices that stopped being online.
+        offline: &'a [&'a str],
+    },
+    /// Answer to `ping`.
+    Pong {
+        /// The ping's id.
+        id: PingId,
+        /// Server clock, ms.
+        server_time: i64,
+    },
+    /// A refused message.
+    Error {
+        /// Protocol error code.
+        code: ErrorCode,
+        /// Why.
+        message: &'a str,
+        /// The refused `pos`'s seq.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        seq: Option<u64>,
+    },
+}
+
+impl ServerMessage<'_> {
+    /// Encodes the message in `codec`.
+    pub fn encode(&self, codec: Codec) -> Frame {
+        match codec {
+            Codec::Json => {
+                // Serializing these types to JSON cannot fail: every map key is a string and
+                // every value a plain number, string, bool or list.
+                let text = serde_json::to_string(self).expect("server messages serialize to JSON");
+                Frame::Text(Utf8Bytes::from(text))
+            }
+            Codec::MsgPack => {
+                // Likewise infallible for MessagePack with named fields.
+                let bytes = rmp_serde::to_vec_named(self).expect("server messages serialize");
+                Frame::Binary(Bytes::from(bytes))
+            }
+        }
+    }
+}
+
+/// Encodes a refusal as an `error` frame.
+pub fn encode_refusal(refusal: &Refusal, codec: Codec) -> Frame {
+    ServerMessage::Error {
+        code: refusal.code,
+        message: &refusal.message,
+        seq: refusal.seq,
+    }
+    .encode(codec)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NOW: i64 = 1_763_780_000_000;
+
+    fn json(s: &str) -> Result<ClientMessage<'_>, Refusal> {
+        decode(Codec::Json, s.as_bytes(), NOW)
+    }
+
+    #[test]
+    fn decodes_a_full_pos() {
+        let msg = json(r#"{"type":"pos","lat":52.52,"lon":13.405,"ts":1763780000100,"spd":7.9,"hdg":270,"seq":41,"extra":[1,2]}"#).unwrap();
+        let ClientMessage::Pos { fix, seq } = msg else {
+            panic!("not a pos: {msg:?}")
+        };
+        assert_eq!(seq, Some(41));
+        assert_eq!(fix.lat, 52.52);
+        assert_eq!(fix.ts, 1_763_780_000_100);
+        assert_eq!(fix.hdg, Some(270.0));
+        assert_eq!(fix.batt, None);
+    }
+
+    #[test]
+    fn missing_ts_means_now() {
+        let ClientMessage::Pos { fix, .. } = json(r#"{"type":"pos","lat":1,"lon":2}"#).unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!(fix.ts, NOW);
+    }
+
+    #[test]
+    fn refusals_name_the_field() {
+        let cases = [
+            (r#"{"type":"pos","lon":2}"#, ErrorCode::InvalidPosition, "lat is required"),
+            (r#"{"type":"pos","lat":91,"lon":2,"seq":7}"#, ErrorCode::InvalidPosition, "lat must"),
+            (r#"{"type":"pos","lat":1,"lon":-181}"#, ErrorCode::InvalidPosition, "lon must"),
+            (r#"{"type":"pos","lat":1,"lon":1,"hdg":361}"#, ErrorCode::InvalidPosition, "hdg"),
+            (r#"{"type":"pos","lat":1,"lon":1,"batt":-1}"#, ErrorCode::InvalidPosition, "batt"),
+            (r#"{"type":"pos","lat":1,"lon":1,"acc":-1}"#, ErrorCode::InvalidPosition, "acc"),
+            (r#"{"type":"pos","lat":1,"lon":1,"spd":-0.5}"#, ErrorCode::InvalidPosition, "spd"),
+            (r#"{"type":"pos","lat":1,"lon":1,"ts":1763780400001}"#, ErrorCode::InvalidPosition, "future"),
+            (r#"{"type":"pos","lat":"x","lon":1}"#, ErrorCode::BadMessage, "lat:"),
+            (r#"{"type":"pos","lat":1,"lon":1,"seq":-1}"#, ErrorCode::BadMessage, "seq:"),
+            (r#"{"type":"fly"}"#, ErrorCode::BadMessage, "unknown message type"),
+            (r#"{"lat":1}"#, ErrorCode::BadMessage, "type is required"),
+            (r#"{"type":"sub"}"#, ErrorCode::BadMessage, "group is required"),
+            (r#"{"type":"ping"}"#, ErrorCode::BadMessage, "id is required"),
+            (r#"[1,2]"#, ErrorCode::BadMessage, "unparseable"),
+            (r#"{"type":"ping","id":1} x"#, ErrorCode::BadMessage, "unparseable"),
+            ("", ErrorCode::BadMessage, "unparseable"),
+        ];
+        for (input, code, needle) in cases {
+            let refusal = json(input).expect_err(input);
+            assert_eq!(refusal.code, code, "{input}: {refusal}");
+            assert!(refusal.message.contains(needle), "{input}: {refusal}");
+        }
+        assert_eq!(json(r#"{"type":"pos","lat":91,"lon":2,"seq":7}"#).unwrap_err().seq, Some(7));
+    }
+
+    #[test]
+    fn msgpack_rejects_nan() {
+        #[derive(Serialize)]
+        struct Pos {
+            r#type: &'static str,
+            lat: f64,
+            lon: f64,
+        }
+        let bytes = rmp_serde::to_vec_named(&Pos { r#type: "pos", lat: f64::NAN, lon: 1.0 }).unwrap();
+        let refusal = decode(Codec::MsgPack, &bytes, NOW).unwrap_err();
+        assert_eq!(refusal.code, ErrorCode::InvalidPosition);
+    }
+
+    #[test]
+    fn ping_id_round_trips_its_kind() {
+        for (input, expected) in [("7", "7"), ("-3", "-3"), ("1.5", "1.5")] {
+            let msg = format!(r#"{{"type":"ping","id":{input}}}"#);
+            let ClientMessage::Ping { id } = json(&msg).unwrap() else { panic!() };
+            let pong = ServerMessage::Pong { id, server_time: 1 }.encode(Codec::Json);
+            let Frame::Text(text) = pong else { panic!() };
+            assert_eq!(text.as_str(), format!(r#"{{"type":"pong","id":{expected},"server_time":1}}"#));
+        }
+    }
+}
