@@ -74,7 +74,11 @@ impl Authenticator {
     }
 
     /// Establishes the identity of a request from its headers and query.
-    pub fn identify(&self, _headers: &HeaderMap, query: &IdentityQuery) -> Result<Identity, AuthError> {
+    pub fn identify(
+        &self,
+        _headers: &HeaderMap,
+        query: &IdentityQuery,
+    ) -> Result<Identity, AuthError> {
         match self.config.mode {
             AuthMode::None => identity_from_query(query),
             AuthMode::Jwt => Err(AuthError::Unauthorized(
@@ -117,7 +121,9 @@ pub fn parse_groups(list: &str) -> Result<Vec<GroupId>, AuthError> {
         }
     }
     if groups.is_empty() {
-        return Err(AuthError::BadRequest("groups must name at least one group".into()));
+        return Err(AuthError::BadRequest(
+            "groups must name at least one group".into(),
+        ));
     }
     if groups.len() > MAX_GROUPS {
         return Err(AuthError::BadRequest(format!(

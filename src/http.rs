@@ -72,7 +72,11 @@ async fn group_positions(
     Query(query): Query<PositionsQuery>,
 ) -> Response {
     if let Err(why) = GroupId::parse(&group) {
-        return error_response(StatusCode::BAD_REQUEST, "bad_request", format!("group {why}"));
+        return error_response(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            format!("group {why}"),
+        );
     }
     let mut positions = state.hub.positions(&group);
     positions.sort_by(|a, b| a.device.cmp(&b.device));
@@ -82,7 +86,10 @@ async fn group_positions(
             Json(json!({ "group": group, "devices": devices })).into_response()
         }
         Some("geojson") => (
-            [(header::CONTENT_TYPE, HeaderValue::from_static("application/geo+json"))],
+            [(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/geo+json"),
+            )],
             Json(feature_collection(&positions)),
         )
             .into_response(),
@@ -125,7 +132,11 @@ async fn post_positions(
     body: Bytes,
 ) -> Response {
     let Ok(Query(query)) = query else {
-        return error_response(StatusCode::BAD_REQUEST, "bad_request", "malformed query string".into());
+        return error_response(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "malformed query string".into(),
+        );
     };
     let identity = match state.auth.identify(&headers, &query) {
         Ok(identity) => identity,
@@ -175,11 +186,20 @@ fn parse_fixes(body: &[u8], now: i64, max: usize) -> Result<Vec<Fix>, (&'static 
     raws.iter()
         .enumerate()
         .map(|(i, raw)| {
-            let at = |m: &str| if many { format!("[{i}]: {m}") } else { m.to_owned() };
+            let at = |m: &str| {
+                if many {
+                    format!("[{i}]: {m}")
+                } else {
+                    m.to_owned()
+                }
+            };
             if let Some(kind) = raw.kind.as_deref()
                 && kind != "pos"
             {
-                return Err(("bad_message", at(&format!("type must be \"pos\", not {kind:?}"))));
+                return Err((
+                    "bad_message",
+                    at(&format!("type must be \"pos\", not {kind:?}")),
+                ));
             }
             validate_fix(raw, now).map_err(|r| ("invalid_position", at(&r.message)))
         })
@@ -194,8 +214,12 @@ mod tests {
     fn parses_one_or_many() {
         let one = parse_fixes(br#"{"lat":1,"lon":2}"#, 10, 5).unwrap();
         assert_eq!(one.len(), 1);
-        let many = parse_fixes(br#" [{"type":"pos","lat":1,"lon":2},{"lat":3,"lon":4,"ts":5}]"#, 10, 5)
-            .unwrap();
+        let many = parse_fixes(
+            br#" [{"type":"pos","lat":1,"lon":2},{"lat":3,"lon":4,"ts":5}]"#,
+            10,
+            5,
+        )
+        .unwrap();
         assert_eq!(many[1].ts, 5);
     }
 

@@ -124,7 +124,11 @@ impl Hub {
     }
 
     /// Runs `f` on the state of `group`, creating the group when needed.
-    fn with_group<R>(&self, group: &GroupId, mut f: impl FnMut(&Arc<Group>, &mut GroupState) -> R) -> R {
+    fn with_group<R>(
+        &self,
+        group: &GroupId,
+        mut f: impl FnMut(&Arc<Group>, &mut GroupState) -> R,
+    ) -> R {
         loop {
             let g = self
                 .groups
@@ -260,7 +264,11 @@ impl Hub {
     /// change after the returned snapshot reaches the outlet's queue.
     pub fn subscribe(&self, group: &GroupId, outlet: &Outlet) -> Vec<Position> {
         self.with_group(group, |_, state| {
-            if state.subscribers.insert(outlet.id, outlet.clone()).is_none() {
+            if state
+                .subscribers
+                .insert(outlet.id, outlet.clone())
+                .is_none()
+            {
                 state.codecs[outlet.codec.index()] += 1;
             }
             state.positions.values().cloned().collect()
@@ -401,9 +409,9 @@ impl Hub {
         let mut positions = 0;
         for g in &groups {
             let mut state = lock(g);
-            state
-                .positions
-                .retain(|_, p| p.rts >= expired_before || p.online && self.has_socket(p.device.as_str()));
+            state.positions.retain(|_, p| {
+                p.rts >= expired_before || p.online && self.has_socket(p.device.as_str())
+            });
             let stale: Vec<DeviceId> = state
                 .positions
                 .values()

@@ -129,15 +129,40 @@ impl Metrics {
             msg_in_http: msg("http_pos"),
             bytes_in: counter(&mut registry, "bytes_in", "Bytes of client frames received"),
             frames_out: counter(&mut registry, "frames_out", "Frames written to clients"),
-            bytes_out: counter(&mut registry, "bytes_out", "Bytes of frames written to clients"),
-            batches: counter(&mut registry, "batches", "Batches built, one per group per tick"),
-            encodes: counter(&mut registry, "encodes", "Batch encodings, one per codec in use"),
-            drops: counter(&mut registry, "drops", "Frames dropped for clients whose queue was full"),
+            bytes_out: counter(
+                &mut registry,
+                "bytes_out",
+                "Bytes of frames written to clients",
+            ),
+            batches: counter(
+                &mut registry,
+                "batches",
+                "Batches built, one per group per tick",
+            ),
+            encodes: counter(
+                &mut registry,
+                "encodes",
+                "Batch encodings, one per codec in use",
+            ),
+            drops: counter(
+                &mut registry,
+                "drops",
+                "Frames dropped for clients whose queue was full",
+            ),
             resyncs: counter(&mut registry, "resyncs", "Fresh snapshots sent after drops"),
-            slow_closes: counter(&mut registry, "slow_closes", "Clients closed with 1013 (slow consumer)"),
-            errors: ErrorCode::ALL.map(|code| errors.get_or_create_owned(&vec![("code", code.as_str())])),
+            slow_closes: counter(
+                &mut registry,
+                "slow_closes",
+                "Clients closed with 1013 (slow consumer)",
+            ),
+            errors: ErrorCode::ALL
+                .map(|code| errors.get_or_create_owned(&vec![("code", code.as_str())])),
             groups: gauge(&mut registry, "groups", "Groups held in memory"),
-            positions: gauge(&mut registry, "positions", "Positions held in memory, summed over groups"),
+            positions: gauge(
+                &mut registry,
+                "positions",
+                "Positions held in memory, summed over groups",
+            ),
             tick_seconds,
             registry,
         }

@@ -373,13 +373,25 @@ pub fn validate_fix(raw: &RawMessage<'_>, now_ms: i64) -> Result<Fix, Refusal> {
     let invalid = |message: &'static str| Refusal::new(ErrorCode::InvalidPosition, message);
     let lat = raw.lat.ok_or_else(|| invalid("lat is required"))?;
     let lon = raw.lon.ok_or_else(|| invalid("lon is required"))?;
-    check_range(lat, -90.0, 90.0, "lat must be a finite number within [-90, 90]")?;
-    check_range(lon, -180.0, 180.0, "lon must be a finite number within [-180, 180]")?;
+    check_range(
+        lat,
+        -90.0,
+        90.0,
+        "lat must be a finite number within [-90, 90]",
+    )?;
+    check_range(
+        lon,
+        -180.0,
+        180.0,
+        "lon must be a finite number within [-180, 180]",
+    )?;
     let ts = match raw.ts {
         None => now_ms,
         Some(ts) => {
             if !ts.is_finite() || ts < 0.0 {
-                return Err(invalid("ts must be a non-negative number of ms since the epoch"));
+                return Err(invalid(
+                    "ts must be a non-negative number of ms since the epoch",
+                ));
             }
             let ts = ts as i64;
             if ts > now_ms + MAX_FUTURE_MS {
@@ -399,8 +411,18 @@ pub fn validate_fix(raw: &RawMessage<'_>, now_ms: i64) -> Result<Fix, Refusal> {
         acc: optional(raw.acc, 0.0, f64::MAX, "acc must be a finite number >= 0")?,
         alt: optional(raw.alt, f64::MIN, f64::MAX, "alt must be a finite number")?,
         spd: optional(raw.spd, 0.0, f64::MAX, "spd must be a finite number >= 0")?,
-        hdg: optional(raw.hdg, 0.0, 360.0, "hdg must be a finite number within [0, 360]")?,
-        batt: optional(raw.batt, 0.0, 100.0, "batt must be a finite number within [0, 100]")?,
+        hdg: optional(
+            raw.hdg,
+            0.0,
+            360.0,
+            "hdg must be a finite number within [0, 360]",
+        )?,
+        batt: optional(
+            raw.batt,
+            0.0,
+            100.0,
+            "batt must be a finite number within [0, 100]",
+        )?,
     })
 }
 
@@ -581,22 +603,78 @@ mod tests {
     #[test]
     fn refusals_name_the_field() {
         let cases = [
-            (r#"{"type":"pos","lon":2}"#, ErrorCode::InvalidPosition, "lat is required"),
-            (r#"{"type":"pos","lat":91,"lon":2,"seq":7}"#, ErrorCode::InvalidPosition, "lat must"),
-            (r#"{"type":"pos","lat":1,"lon":-181}"#, ErrorCode::InvalidPosition, "lon must"),
-            (r#"{"type":"pos","lat":1,"lon":1,"hdg":361}"#, ErrorCode::InvalidPosition, "hdg"),
-            (r#"{"type":"pos","lat":1,"lon":1,"batt":-1}"#, ErrorCode::InvalidPosition, "batt"),
-            (r#"{"type":"pos","lat":1,"lon":1,"acc":-1}"#, ErrorCode::InvalidPosition, "acc"),
-            (r#"{"type":"pos","lat":1,"lon":1,"spd":-0.5}"#, ErrorCode::InvalidPosition, "spd"),
-            (r#"{"type":"pos","lat":1,"lon":1,"ts":1763780400001}"#, ErrorCode::InvalidPosition, "future"),
-            (r#"{"type":"pos","lat":"x","lon":1}"#, ErrorCode::BadMessage, "lat:"),
-            (r#"{"type":"pos","lat":1,"lon":1,"seq":-1}"#, ErrorCode::BadMessage, "seq:"),
-            (r#"{"type":"fly"}"#, ErrorCode::BadMessage, "unknown message type"),
+            (
+                r#"{"type":"pos","lon":2}"#,
+                ErrorCode::InvalidPosition,
+                "lat is required",
+            ),
+            (
+                r#"{"type":"pos","lat":91,"lon":2,"seq":7}"#,
+                ErrorCode::InvalidPosition,
+                "lat must",
+            ),
+            (
+                r#"{"type":"pos","lat":1,"lon":-181}"#,
+                ErrorCode::InvalidPosition,
+                "lon must",
+            ),
+            (
+                r#"{"type":"pos","lat":1,"lon":1,"hdg":361}"#,
+                ErrorCode::InvalidPosition,
+                "hdg",
+            ),
+            (
+                r#"{"type":"pos","lat":1,"lon":1,"batt":-1}"#,
+                ErrorCode::InvalidPosition,
+                "batt",
+            ),
+            (
+                r#"{"type":"pos","lat":1,"lon":1,"acc":-1}"#,
+                ErrorCode::InvalidPosition,
+                "acc",
+            ),
+            (
+                r#"{"type":"pos","lat":1,"lon":1,"spd":-0.5}"#,
+                ErrorCode::InvalidPosition,
+                "spd",
+            ),
+            (
+                r#"{"type":"pos","lat":1,"lon":1,"ts":1763780400001}"#,
+                ErrorCode::InvalidPosition,
+                "future",
+            ),
+            (
+                r#"{"type":"pos","lat":"x","lon":1}"#,
+                ErrorCode::BadMessage,
+                "lat:",
+            ),
+            (
+                r#"{"type":"pos","lat":1,"lon":1,"seq":-1}"#,
+                ErrorCode::BadMessage,
+                "seq:",
+            ),
+            (
+                r#"{"type":"fly"}"#,
+                ErrorCode::BadMessage,
+                "unknown message type",
+            ),
             (r#"{"lat":1}"#, ErrorCode::BadMessage, "type is required"),
-            (r#"{"type":"sub"}"#, ErrorCode::BadMessage, "group is required"),
-            (r#"{"type":"ping"}"#, ErrorCode::BadMessage, "id is required"),
+            (
+                r#"{"type":"sub"}"#,
+                ErrorCode::BadMessage,
+                "group is required",
+            ),
+            (
+                r#"{"type":"ping"}"#,
+                ErrorCode::BadMessage,
+                "id is required",
+            ),
             (r#"[1,2]"#, ErrorCode::BadMessage, "unparseable"),
-            (r#"{"type":"ping","id":1} x"#, ErrorCode::BadMessage, "unparseable"),
+            (
+                r#"{"type":"ping","id":1} x"#,
+                ErrorCode::BadMessage,
+                "unparseable",
+            ),
             ("", ErrorCode::BadMessage, "unparseable"),
         ];
         for (input, code, needle) in cases {
@@ -604,7 +682,12 @@ mod tests {
             assert_eq!(refusal.code, code, "{input}: {refusal}");
             assert!(refusal.message.contains(needle), "{input}: {refusal}");
         }
-        assert_eq!(json(r#"{"type":"pos","lat":91,"lon":2,"seq":7}"#).unwrap_err().seq, Some(7));
+        assert_eq!(
+            json(r#"{"type":"pos","lat":91,"lon":2,"seq":7}"#)
+                .unwrap_err()
+                .seq,
+            Some(7)
+        );
     }
 
     #[test]
@@ -615,7 +698,12 @@ mod tests {
             lat: f64,
             lon: f64,
         }
-        let bytes = rmp_serde::to_vec_named(&Pos { r#type: "pos", lat: f64::NAN, lon: 1.0 }).unwrap();
+        let bytes = rmp_serde::to_vec_named(&Pos {
+            r#type: "pos",
+            lat: f64::NAN,
+            lon: 1.0,
+        })
+        .unwrap();
         let refusal = decode(Codec::MsgPack, &bytes, NOW).unwrap_err();
         assert_eq!(refusal.code, ErrorCode::InvalidPosition);
     }
@@ -624,10 +712,15 @@ mod tests {
     fn ping_id_round_trips_its_kind() {
         for (input, expected) in [("7", "7"), ("-3", "-3"), ("1.5", "1.5")] {
             let msg = format!(r#"{{"type":"ping","id":{input}}}"#);
-            let ClientMessage::Ping { id } = json(&msg).unwrap() else { panic!() };
+            let ClientMessage::Ping { id } = json(&msg).unwrap() else {
+                panic!()
+            };
             let pong = ServerMessage::Pong { id, server_time: 1 }.encode(Codec::Json);
             let Frame::Text(text) = pong else { panic!() };
-            assert_eq!(text.as_str(), format!(r#"{{"type":"pong","id":{expected},"server_time":1}}"#));
+            assert_eq!(
+                text.as_str(),
+                format!(r#"{{"type":"pong","id":{expected},"server_time":1}}"#)
+            );
         }
     }
 }

@@ -6,8 +6,9 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::{Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::serve::ListenerExt;
@@ -102,7 +103,10 @@ pub async fn serve(
     token.cancel();
     state.sessions.close();
     let grace = state.config.shutdown_grace();
-    if tokio::time::timeout(grace, state.sessions.wait()).await.is_err() {
+    if tokio::time::timeout(grace, state.sessions.wait())
+        .await
+        .is_err()
+    {
         warn!(
             remaining = state.sessions.len(),
             grace_secs = grace.as_secs(),
@@ -128,27 +132,43 @@ async fn upgrade(
     State(state): State<AppState>,
     headers: HeaderMap,
     query: Result<Query<IdentityQuery>, axum::extract::rejection::QueryRejection>,
-    ws: WebSocketUpgrade,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
     let refuse = |status: StatusCode, kind: &str, message: String| {
         state.metrics.refused_bad_request.inc();
         http::error_response(status, kind, message)
     };
     let Ok(Query(query)) = query else {
-        return refuse(StatusCode::BAD_REQUEST, "bad_request", "malformed query string".into());
+        return refuse(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "malformed query string".into(),
+        );
     };
     let identity = match state.auth.identify(&headers, &query) {
         Ok(identity) => identity,
         Err(e) => return refuse(e.status(), e.kind(), e.to_string()),
     };
-    let offered = ws.requested_protocols().next().is_some();
-    let codec = if !offered {
+    let Ok(ws) = ws else {
+        return refuse(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "this route takes a WebSocket upgrade".into(),
+        );
+    };
+    // The client lists subprotocols in order of preference; the first one we speak wins.
+    let offered: Vec<&str> = headers
+        .get_all(header::SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .collect();
+    let codec = if offered.is_empty() {
         Codec::Json
     } else {
-        match ws
-            .requested_protocols()
-            .find_map(|p| p.to_str().ok().and_then(Codec::from_protocol))
-        {
+        match offered.iter().find_map(|p| Codec::from_protocol(p)) {
             Some(codec) => codec,
             None => {
                 return refuse(
@@ -159,6 +179,7 @@ async fn upgrade(
             }
         }
     };
+    let offered = !offered.is_empty();
     let Ok(permit) = state.connections.clone().try_acquire_owned() else {
         state.metrics.refused_full.inc();
         return http::error_response(

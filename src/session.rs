@@ -94,7 +94,9 @@ pub async fn run(
         rx,
     };
     if role == Role::Device {
-        session.hub().device_connected(&session.identity.id, &session.identity.groups);
+        session
+            .hub()
+            .device_connected(&session.identity.id, &session.identity.groups);
     }
     let end = session.serve().await;
     match &end {
@@ -104,10 +106,15 @@ pub async fn run(
         }
     }
     for group in &session.subscribed {
-        session.state.hub.unsubscribe(group.as_str(), session.outlet.id);
+        session
+            .state
+            .hub
+            .unsubscribe(group.as_str(), session.outlet.id);
     }
     if role == Role::Device {
-        session.hub().device_disconnected(&session.identity.id, &session.identity.groups);
+        session
+            .hub()
+            .device_disconnected(&session.identity.id, &session.identity.groups);
     }
     session.state.metrics.connections(role).dec();
     drop(permit);
@@ -237,7 +244,9 @@ impl Session {
                     refusal.seq = seq;
                     Some(self.refuse(refusal))
                 } else {
-                    self.state.hub.publish(&self.identity.id, &self.identity.groups, &fix, now);
+                    self.state
+                        .hub
+                        .publish(&self.identity.id, &self.identity.groups, &fix, now);
                     None
                 }
             }
@@ -250,7 +259,10 @@ impl Session {
                     }
                     None => Some(self.refuse(Refusal::new(
                         ErrorCode::Forbidden,
-                        format!("group {:?} is not one of this identity's groups", clip(&group)),
+                        format!(
+                            "group {:?} is not one of this identity's groups",
+                            clip(&group)
+                        ),
                     ))),
                 }
             }
@@ -270,7 +282,13 @@ impl Session {
             }
             Ok(ClientMessage::Ping { id }) => {
                 self.state.metrics.msg_in_ping.inc();
-                Some(ServerMessage::Pong { id, server_time: now_ms() }.encode(self.codec))
+                Some(
+                    ServerMessage::Pong {
+                        id,
+                        server_time: now_ms(),
+                    }
+                    .encode(self.codec),
+                )
             }
             Err(refusal) => Some(self.refuse(refusal)),
         };
@@ -293,7 +311,8 @@ impl Session {
         let inner = error.into_inner();
         match inner.downcast_ref::<tungstenite::Error>() {
             Some(tungstenite::Error::Capacity(_)) => {
-                self.close(close::TOO_BIG, "frame larger than the limit").await
+                self.close(close::TOO_BIG, "frame larger than the limit")
+                    .await
             }
             Some(tungstenite::Error::Protocol(e)) => {
                 debug!(id = %self.identity.id, error = %e, "protocol violation");
