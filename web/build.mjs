@@ -1,0 +1,47 @@
+// Builds the page into dist/: app.js (the modules and Leaflet, bundled), app.css (Leaflet's
+// stylesheet and ours), the images the stylesheets refer to, and index.html. Every URL is
+// relative and every file sits at the top of dist/, so the server can serve dist/NAME at /NAME.
+//
+//   node build.mjs          minified build
+//   node build.mjs --dev    readable build with source maps
+
+import { build } from 'esbuild';
+import { copyFile, mkdir, readdir, rename, rm, stat } from 'node:fs/promises';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+const here = dirname(fileURLToPath(import.meta.url));
+const dist = join(here, 'dist');
+const dev = process.argv.includes('--dev');
+
+await rm(dist, { recursive: true, force: true });
+await mkdir(dist, { recursive: true });
+
+const result = await build({
+  entryPoints: { app: join(here, 'src', 'main.js') },
+  outdir: dist,
+  bundle: true,
+  format: 'esm',
+  target: 'es2020',
+  minify: !dev,
+  sourcemap: dev ? 'linked' : false,
+  legalComments: 'linked',
+  loader: { '.png': 'file', '.svg': 'file' },
+  assetNames: '[name]-[hash]',
+  metafile: true,
+  logLevel: 'warning',
+});
+
+// index.html last: its presence means the build is complete (build.rs checks for it).
+await copyFile(join(here, 'index.html'), join(dist, 'index.html.tmp'));
+await rename(join(dist, 'index.html.tmp'), join(dist, 'index.html'));
+
+const files = await readdir(dist);
+let total = 0;
+for (const f of files.sort()) {
+  const { size } = await stat(join(dist, f));
+  total += size;
+  console.log(`  dist/${f}  ${(size / 1024).toFixed(1)} KiB`);
+}
+console.log(`built ${files.length} files, ${(total / 1024).toFixed(1)} KiB${dev ? ' (dev)' : ''}`);
+if (result.errors.length > 0) process.exit(1);
