@@ -13,16 +13,13 @@
 #            when Cargo.toml/Cargo.lock change), then the server itself
 #   runtime  distroless glibc image holding one static-ish binary, running as nonroot
 #
-# Base images are pinned by tag. For reproducible releases also pin them by digest
-# (`docker buildx imagetools inspect IMAGE:TAG` prints it) and let a bot bump both.
+# Base images are pinned by tag (Rust 1.95.0, Node 24.11.1 LTS, Debian 12 everywhere). For
+# reproducible releases also pin them by digest (`docker buildx imagetools inspect IMAGE:TAG`
+# prints it) and let a dependency bot bump tag and digest together.
 # BuildKit is required (the default builder since Docker 23) for the cache mounts.
 
-ARG RUST_IMAGE=rust:1.95.0-slim-bookworm
-ARG NODE_IMAGE=node:24.11.1-bookworm-slim
-ARG RUNTIME_IMAGE=gcr.io/distroless/cc-debian12:nonroot
-
 # ---------------------------------------------------------------------------
-FROM ${NODE_IMAGE} AS web
+FROM node:24.11.1-bookworm-slim AS web
 WORKDIR /src/web
 # Manifests first: the `npm ci` layer is reused until the lock file changes.
 COPY web/package.json web/package-lock.json ./
@@ -32,7 +29,7 @@ COPY web/ ./
 RUN npm run build
 
 # ---------------------------------------------------------------------------
-FROM ${RUST_IMAGE} AS chef
+FROM rust:1.95.0-slim-bookworm AS chef
 # cargo-chef is compiled once and kept in this layer; --locked uses its own lock file.
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     cargo install --locked cargo-chef@0.1.78
@@ -60,7 +57,9 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
     && install -d -m 0750 /out/var/lib/beacon
 
 # ---------------------------------------------------------------------------
-FROM ${RUNTIME_IMAGE} AS runtime
+# glibc 2.36 + libgcc_s, the same Debian 12 the builder links against. Distroless publishes
+# no versioned tags: pin the digest of :nonroot for releases.
+FROM gcr.io/distroless/cc-debian12:nonroot AS runtime
 
 ARG VERSION=0.0.0-dev
 ARG REVISION=unknown
