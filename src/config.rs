@@ -46,6 +46,11 @@ pub struct Config {
     #[arg(long, env = "BEACON_DEMO", default_value_t = 0)]
     pub demo: usize,
 
+    /// Centre of the demo devices' street grid, as `lat,lon`. Default 52.5200,13.4050.
+    #[arg(long, env = "BEACON_DEMO_CENTER", default_value = "52.5200,13.4050",
+          value_parser = crate::demo::parse_center)]
+    pub demo_center: (f64, f64),
+
     /// Seconds to wait for connections to close after SIGTERM/SIGINT before exiting anyway.
     /// Default 10.
     #[arg(long, env = "BEACON_SHUTDOWN_GRACE_SECS", default_value_t = 10)]

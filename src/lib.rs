@@ -15,6 +15,7 @@
 //! - [`http`]: health, metrics, REST snapshots and HTTP ingest.
 //! - [`metrics`]: the Prometheus registry.
 //! - [`web`]: the embedded map page.
+//! - [`demo`]: simulated devices for `--demo N`.
 //! - [`shutdown`]: SIGINT/SIGTERM.
 //!
 //! # Errors
@@ -23,6 +24,7 @@
 
 pub mod auth;
 pub mod config;
+pub mod demo;
 pub mod http;
 pub mod hub;
 pub mod metrics;
