@@ -17,20 +17,31 @@ const dev = process.argv.includes('--dev');
 await rm(dist, { recursive: true, force: true });
 await mkdir(dist, { recursive: true });
 
-const result = await build({
-  entryPoints: { app: join(here, 'src', 'main.js') },
-  outdir: dist,
-  bundle: true,
-  format: 'esm',
-  target: 'es2020',
-  minify: !dev,
-  sourcemap: dev ? 'linked' : false,
-  legalComments: 'linked',
-  loader: { '.png': 'file', '.svg': 'file' },
-  assetNames: '[name]-[hash]',
-  metafile: true,
-  logLevel: 'warning',
-});
+let result;
+try {
+  result = await build({
+    entryPoints: { app: join(here, 'src', 'main.js') },
+    outdir: dist,
+    bundle: true,
+    format: 'esm',
+    target: 'es2020',
+    minify: !dev,
+    sourcemap: dev ? 'linked' : false,
+    legalComments: 'linked',
+    loader: { '.png': 'file', '.svg': 'file' },
+    assetNames: '[name]-[hash]',
+    logLevel: 'silent',
+  });
+} catch (err) {
+  // esbuild's messages name the file, line and problem; print those, not a stack trace.
+  for (const e of err.errors || [{ text: String(err) }]) {
+    const at = e.location ? `${e.location.file}:${e.location.line}:${e.location.column}: ` : '';
+    console.error(`error: ${at}${e.text}`);
+  }
+  console.error('build failed');
+  process.exit(1);
+}
+for (const w of result.warnings) console.error(`warning: ${w.text}`);
 
 // index.html last: its presence means the build is complete (build.rs checks for it).
 await copyFile(join(here, 'index.html'), join(dist, 'index.html.tmp'));
@@ -44,4 +55,3 @@ for (const f of files.sort()) {
   console.log(`  dist/${f}  ${(size / 1024).toFixed(1)} KiB`);
 }
 console.log(`built ${files.length} files, ${(total / 1024).toFixed(1)} KiB${dev ? ' (dev)' : ''}`);
-if (result.errors.length > 0) process.exit(1);
