@@ -9,8 +9,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rand::Rng;
-use rand::rngs::SmallRng;
 use rand::SeedableRng;
+use rand::rngs::SmallRng;
 use tokio_util::sync::CancellationToken;
 
 use crate::hub::Hub;
@@ -78,15 +78,23 @@ struct Vehicle {
 
 impl Vehicle {
     fn new(index: usize, rng: &mut impl Rng) -> Vehicle {
-        let dirs = [Dir::North, Dir::East, Dir::South, Dir::West];
+        let at = (
+            rng.random_range(-REACH_BLOCKS..=REACH_BLOCKS),
+            rng.random_range(-REACH_BLOCKS..=REACH_BLOCKS),
+        );
+        // Head along a street that stays on the grid.
+        let dirs: Vec<Dir> = [Dir::North, Dir::East, Dir::South, Dir::West]
+            .into_iter()
+            .filter(|d| {
+                let (dx, dy) = d.step();
+                (at.0 + dx).abs() <= REACH_BLOCKS && (at.1 + dy).abs() <= REACH_BLOCKS
+            })
+            .collect();
         Vehicle {
             // A formatted `demo-NNNN` is always a valid id.
             id: DeviceId::parse(&format!("demo-{index:04}")).unwrap_or_else(|_| unreachable!()),
-            at: (
-                rng.random_range(-REACH_BLOCKS..=REACH_BLOCKS),
-                rng.random_range(-REACH_BLOCKS..=REACH_BLOCKS),
-            ),
-            dir: dirs[rng.random_range(0..4)],
+            at,
+            dir: dirs[rng.random_range(0..dirs.len())],
             progress_m: rng.random_range(0.0..BLOCK_M),
             speed_mps: rng.random_range(4.0..16.0),
             battery: rng.random_range(40.0..100.0),
@@ -199,8 +207,14 @@ pub fn parse_center(s: &str) -> Result<(f64, f64), String> {
     let (lat, lon) = s
         .split_once(',')
         .ok_or_else(|| format!("expected lat,lon, got {s:?}"))?;
-    let lat: f64 = lat.trim().parse().map_err(|_| format!("bad latitude {lat:?}"))?;
-    let lon: f64 = lon.trim().parse().map_err(|_| format!("bad longitude {lon:?}"))?;
+    let lat: f64 = lat
+        .trim()
+        .parse()
+        .map_err(|_| format!("bad latitude {lat:?}"))?;
+    let lon: f64 = lon
+        .trim()
+        .parse()
+        .map_err(|_| format!("bad longitude {lon:?}"))?;
     if !(-85.0..=85.0).contains(&lat) || !(-180.0..=180.0).contains(&lon) {
         return Err("centre out of range (lat within ±85, lon within ±180)".into());
     }
@@ -225,7 +239,11 @@ mod tests {
                 assert!(on_grid(after.0) || on_grid(after.1), "{after:?}");
                 // Never further than it could drive in a second (Manhattan distance).
                 let moved = (after.0 - before.0).abs() + (after.1 - before.1).abs();
-                assert!(moved <= v.speed_mps + 1e-6, "moved {moved} at {}", v.speed_mps);
+                assert!(
+                    moved <= v.speed_mps + 1e-6,
+                    "moved {moved} at {}",
+                    v.speed_mps
+                );
                 assert!(v.at.0.abs() <= REACH_BLOCKS && v.at.1.abs() <= REACH_BLOCKS);
             }
         }

@@ -15,10 +15,16 @@
 //! - Queues are bounded. A full queue means the client is not reading: the batch is dropped for
 //!   it and the connection is flagged `lagged`; once it drains, the session sends a fresh
 //!   snapshot instead (position is state, so nothing of value is lost).
+//! - Other components (the Redis relay, the durable store) watch the hub through
+//!   [`HubObserver`]: after each flush they are told what changed *locally* (fixes received by
+//!   this instance, devices whose socket closed here), and when a group gains its first or loses
+//!   its last local subscriber. State that arrives from elsewhere enters through
+//!   [`Hub::merge_remote`], which fans it out locally but never reports it to observers, so
+//!   nothing echoes between instances.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
@@ -32,6 +38,21 @@ use crate::protocol::{Codec, Frame, PositionRecord, ServerMessage};
 
 /// How often presence and retention are swept.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Watches the hub's local changes. Calls are made from the ticker and from sessions, outside
+/// every hub lock; implementations must not block (push into a bounded queue of their own).
+pub trait HubObserver: Send + Sync + std::fmt::Debug {
+    /// After a flush of `group`: the fixes received by this instance and the devices that went
+    /// offline here since the previous flush. Either list may be empty, not both.
+    fn flushed(&self, group: &GroupId, updates: &[Position], offline: &[DeviceId]) {
+        let _ = (group, updates, offline);
+    }
+
+    /// `group` gained its first local subscriber (`watched`) or lost its last (`!watched`).
+    fn interest(&self, group: &GroupId, watched: bool) {
+        let _ = (group, watched);
+    }
+}
 
 /// The sending side of one connection, as the hub sees it.
 #[derive(Clone, Debug)]
@@ -58,6 +79,7 @@ pub struct Hub {
     urgent: Mutex<Vec<Arc<Group>>>,
     urgent_notify: Notify,
     next_outlet: AtomicU64,
+    observers: RwLock<Vec<Arc<dyn HubObserver>>>,
     config: HubConfig,
     metrics: Arc<Metrics>,
 }
@@ -75,6 +97,10 @@ struct GroupState {
     changed: HashSet<DeviceId>,
     /// Devices that went offline since the last batch.
     offline: Vec<DeviceId>,
+    /// The part of `changed` that this instance received (for observers).
+    local_changed: HashSet<DeviceId>,
+    /// The part of `offline` that happened here (a socket closed on this instance).
+    local_offline: Vec<DeviceId>,
     /// Whether the group sits in the hub's dirty list.
     queued: bool,
     /// When the last batch was built.
@@ -108,6 +134,7 @@ impl Hub {
             urgent: Mutex::new(Vec::new()),
             urgent_notify: Notify::new(),
             next_outlet: AtomicU64::new(1),
+            observers: RwLock::new(Vec::new()),
             config,
             metrics,
         }
@@ -116,6 +143,31 @@ impl Hub {
     /// The hub's configuration.
     pub fn config(&self) -> &HubConfig {
         &self.config
+    }
+
+    /// Adds an observer of local changes.
+    pub fn add_observer(&self, observer: Arc<dyn HubObserver>) {
+        self.observers
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(observer);
+    }
+
+    fn observers(&self) -> Vec<Arc<dyn HubObserver>> {
+        self.observers
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Groups that have at least one local subscriber.
+    pub fn watched_groups(&self) -> Vec<GroupId> {
+        let groups: Vec<Arc<Group>> = self.groups.iter().map(|e| e.value().clone()).collect();
+        groups
+            .into_iter()
+            .filter(|g| !lock(g).subscribers.is_empty())
+            .map(|g| g.id.clone())
+            .collect()
     }
 
     /// A new outlet id, unique within this hub.
@@ -195,9 +247,40 @@ impl Hub {
                     },
                 );
                 state.changed.insert(device.clone());
+                state.local_changed.insert(device.clone());
                 self.mark_dirty(g, state);
             });
         }
+    }
+
+    /// Merges state received from another instance (or loaded at start): each position replaces
+    /// the held one when its fix is newer (or, for the same fix, when its presence changed), and
+    /// `offline` devices go offline unless they hold a socket here. Fanned out to local
+    /// subscribers; never reported to observers.
+    pub fn merge_remote(&self, group: &GroupId, updates: &[Position], offline: &[DeviceId]) {
+        self.with_group(group, |g, state| {
+            for p in updates {
+                let newer = match state.positions.get(&p.device) {
+                    Some(held) => {
+                        (p.fix.ts, p.rts) > (held.fix.ts, held.rts)
+                            || (p.fix.ts == held.fix.ts && p.online != held.online)
+                    }
+                    None => true,
+                };
+                if newer {
+                    let mut p = p.clone();
+                    p.online = p.online || self.has_socket(p.device.as_str());
+                    state.changed.insert(p.device.clone());
+                    state.positions.insert(p.device.clone(), p);
+                    self.mark_dirty(g, state);
+                }
+            }
+            for device in offline {
+                if !self.has_socket(device.as_str()) {
+                    self.set_offline(g, state, device, false);
+                }
+            }
+        });
     }
 
     /// A device socket opened: the device is online in all its groups.
@@ -218,6 +301,7 @@ impl Hub {
                 {
                     p.online = true;
                     state.changed.insert(device.clone());
+                    state.local_changed.insert(device.clone());
                     self.mark_dirty(&g, &mut state);
                 }
             }
@@ -240,17 +324,21 @@ impl Hub {
         for group in groups {
             if let Some(g) = self.groups.get(group.as_str()).map(|g| g.clone()) {
                 let mut state = lock(&g);
-                self.set_offline(&g, &mut state, device);
+                self.set_offline(&g, &mut state, device, true);
             }
         }
     }
 
-    fn set_offline(&self, g: &Arc<Group>, state: &mut GroupState, device: &DeviceId) {
+    /// Marks `device` offline in one group; `local` when it happened on this instance.
+    fn set_offline(&self, g: &Arc<Group>, state: &mut GroupState, device: &DeviceId, local: bool) {
         if let Some(p) = state.positions.get_mut(device)
             && p.online
         {
             p.online = false;
             state.offline.push(device.clone());
+            if local {
+                state.local_offline.push(device.clone());
+            }
             self.mark_dirty(g, state);
         }
     }
@@ -263,7 +351,8 @@ impl Hub {
     /// Subscribes `outlet` to `group` and returns the group's current state, atomically: every
     /// change after the returned snapshot reaches the outlet's queue.
     pub fn subscribe(&self, group: &GroupId, outlet: &Outlet) -> Vec<Position> {
-        self.with_group(group, |_, state| {
+        let (positions, first) = self.with_group(group, |_, state| {
+            let first = state.subscribers.is_empty();
             if state
                 .subscribers
                 .insert(outlet.id, outlet.clone())
@@ -271,20 +360,34 @@ impl Hub {
             {
                 state.codecs[outlet.codec.index()] += 1;
             }
-            state.positions.values().cloned().collect()
-        })
+            (state.positions.values().cloned().collect(), first)
+        });
+        if first {
+            self.observers()
+                .iter()
+                .for_each(|o| o.interest(group, true));
+        }
+        positions
     }
 
     /// Removes `outlet_id` from `group`. Returns whether it was subscribed.
     pub fn unsubscribe(&self, group: &str, outlet_id: u64) -> bool {
-        self.with_existing(group, |state| match state.subscribers.remove(&outlet_id) {
-            Some(outlet) => {
-                state.codecs[outlet.codec.index()] -= 1;
+        let removed = self.with_existing(group, |state| {
+            let outlet = state.subscribers.remove(&outlet_id)?;
+            state.codecs[outlet.codec.index()] -= 1;
+            Some(state.subscribers.is_empty())
+        });
+        match removed.flatten() {
+            Some(last) => {
+                if last && let Ok(group) = GroupId::parse(group) {
+                    self.observers()
+                        .iter()
+                        .for_each(|o| o.interest(&group, false));
+                }
                 true
             }
             None => false,
-        })
-        .unwrap_or(false)
+        }
     }
 
     /// Current positions of `group` (empty when unknown).
@@ -334,7 +437,7 @@ impl Hub {
     }
 
     fn flush_group(&self, g: &Arc<Group>) {
-        let (updates, offline, codecs) = {
+        let (updates, offline, codecs, local) = {
             let mut state = lock(g);
             state.queued = false;
             if !state.has_changes() {
@@ -350,8 +453,27 @@ impl Hub {
             // A device that came back within the tick is not offline any more.
             offline.retain(|d| state.positions.get(d).is_some_and(|p| !p.online));
             offline.dedup();
-            (updates, offline, state.codecs)
+            let local_changed = std::mem::take(&mut state.local_changed);
+            let mut local_offline = std::mem::take(&mut state.local_offline);
+            local_offline.retain(|d| offline.contains(d));
+            let local_updates: Vec<Position> = updates
+                .iter()
+                .filter(|p| local_changed.contains(&p.device))
+                .cloned()
+                .collect();
+            (
+                updates,
+                offline,
+                state.codecs,
+                (local_updates, local_offline),
+            )
         };
+        let (local_updates, local_offline) = local;
+        if !local_updates.is_empty() || !local_offline.is_empty() {
+            for observer in self.observers() {
+                observer.flushed(&g.id, &local_updates, &local_offline);
+            }
+        }
         self.metrics.batches.inc();
         let records: Vec<PositionRecord<'_>> = updates.iter().map(PositionRecord::from).collect();
         let offline: Vec<&str> = offline.iter().map(DeviceId::as_str).collect();
@@ -382,10 +504,18 @@ impl Hub {
                 Err(mpsc::error::TrySendError::Closed(_)) => closed.push(outlet.id),
             }
         }
+        let removed_some = !closed.is_empty();
         for id in closed {
             if let Some(outlet) = state.subscribers.remove(&id) {
                 state.codecs[outlet.codec.index()] -= 1;
             }
+        }
+        let abandoned = removed_some && state.subscribers.is_empty();
+        drop(state);
+        if abandoned {
+            self.observers()
+                .iter()
+                .for_each(|o| o.interest(&g.id, false));
         }
     }
 
@@ -419,7 +549,7 @@ impl Hub {
                 .map(|p| p.device.clone())
                 .collect();
             for device in &stale {
-                self.set_offline(g, &mut state, device);
+                self.set_offline(g, &mut state, device, false);
             }
             positions += state.positions.len();
         }

@@ -330,6 +330,19 @@ pub fn decode(codec: Codec, bytes: &[u8], now_ms: i64) -> Result<ClientMessage<'
 
 /// Reads the flat message struct, naming the offending field when a value has the wrong type.
 pub fn decode_raw(codec: Codec, bytes: &[u8]) -> Result<RawMessage<'_>, Refusal> {
+    // Messages are objects with named fields, never positional arrays (which serde would
+    // otherwise accept for a struct).
+    let is_map = match codec {
+        Codec::Json => bytes.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{'),
+        Codec::MsgPack => matches!(bytes.first(), Some(0x80..=0x8f | 0xde | 0xdf)),
+    };
+    if !is_map {
+        let message = match codec {
+            Codec::Json => "unparseable message: expected a JSON object",
+            Codec::MsgPack => "unparseable message: expected a MessagePack map",
+        };
+        return Err(Refusal::new(ErrorCode::BadMessage, message));
+    }
     let result = match codec {
         Codec::Json => {
             let mut de = serde_json::Deserializer::from_slice(bytes);

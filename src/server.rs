@@ -79,7 +79,11 @@ pub async fn serve(
     background.spawn(state.hub.clone().run_ticker(state.shutdown.clone()));
     background.spawn(state.hub.clone().run_sweeper(state.shutdown.clone()));
     if state.config.demo > 0 {
-        let (hub, count, center) = (state.hub.clone(), state.config.demo, state.config.demo_center);
+        let (hub, count, center) = (
+            state.hub.clone(),
+            state.config.demo,
+            state.config.demo_center,
+        );
         background.spawn(crate::demo::run(hub, count, center, state.shutdown.clone()));
     }
     background.close();
