@@ -1,0 +1,804 @@
+//! One simulated client: connecting, and the session loop of a device, viewer or storm client.
+//!
+//! Connecting binds the TCP socket to one of the 127.0.0.x source addresses before
+//! connecting (with `IP_BIND_ADDRESS_NO_PORT`, so the port is picked per 4-tuple at connect
+//! time), sets `TCP_NODELAY`, then runs the WebSocket handshake over that stream with small
+//! tungstenite buffers: the harness holds thousands of sockets and must stay light itself.
+//!
+//! A session reads every frame the server sends (devices receive their group's batches too),
+//! measures latency on every update of this run's devices, keeps the subscriber's view for the
+//! latest-state check, and, for devices, sends fixes at the planned rate until told to stop.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+use tokio::net::{TcpSocket, TcpStream};
+use tokio::time::{Instant, sleep, sleep_until, timeout};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::error::ProtocolError;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::protocol::frame::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+use tokio_tungstenite::{WebSocketStream, client_async_with_config};
+
+use crate::clock::{now_micros, now_ms};
+use crate::config::{Codec, Plan, Scenario};
+use crate::latest::{EXCLUDED, View};
+use crate::limits::{current_soft_limit, is_open_file_limit};
+use crate::metrics::{add, bump};
+use crate::path::{Grid, Vehicle};
+use crate::wire::{DecodeError, decode, encode_pos};
+use crate::worker::{Phase, WorkerShared};
+
+/// A client WebSocket over a plain TCP stream.
+pub type Ws = WebSocketStream<TcpStream>;
+
+/// Read buffer per connection: tungstenite allocates it eagerly, 128 KiB by default.
+pub const READ_BUFFER_BYTES: usize = 8 * 1024;
+
+/// How long a closing handshake may take before the socket is simply dropped.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Whether a client publishes or only watches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Publishes fixes and watches its group.
+    Device,
+    /// Watches its group.
+    Viewer,
+}
+
+impl Role {
+    /// The `role` query value.
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Device => "device",
+            Role::Viewer => "viewer",
+        }
+    }
+}
+
+/// Who client number `index` of the run is.
+///
+/// Indices `0..viewers` are viewers and the rest devices, so viewers connect first during the
+/// ramp and see the devices' traffic from its start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientSpec {
+    /// Global client index, `0..devices + viewers`.
+    pub index: u32,
+    /// Device or viewer.
+    pub role: Role,
+    /// Device number (`0..devices`) or viewer number (`0..viewers`).
+    pub number: u32,
+    /// Device or viewer id sent in the query.
+    pub id: String,
+    /// Group number.
+    pub group: u32,
+    /// Codec of this connection.
+    pub codec: Codec,
+    /// Index into the plan's targets.
+    pub target: usize,
+    /// Local address to bind, for IPv4 loopback targets.
+    pub source: Option<Ipv4Addr>,
+}
+
+/// Id of device `d` in run `run_id`.
+pub fn device_id(run_id: &str, d: u32) -> String {
+    format!("{run_id}-d{d}")
+}
+
+/// Id of group `g` in run `run_id`.
+pub fn group_id(run_id: &str, g: u32) -> String {
+    format!("{run_id}-g{g}")
+}
+
+/// Device number from a record id of this run (`None` for anybody else's device).
+pub fn parse_device(prefix: &str, id: &str, devices: u32) -> Option<u32> {
+    let d: u32 = id.strip_prefix(prefix)?.parse().ok()?;
+    (d < devices).then_some(d)
+}
+
+impl ClientSpec {
+    /// The spec of client `index` of a plan.
+    pub fn new(plan: &Plan, index: u32) -> ClientSpec {
+        let (role, number) = if index < plan.viewers {
+            (Role::Viewer, index)
+        } else {
+            (Role::Device, index - plan.viewers)
+        };
+        let id = match role {
+            Role::Device => device_id(&plan.run_id, number),
+            Role::Viewer => format!("{}-v{number}", plan.run_id),
+        };
+        let target = index as usize % plan.targets.len().max(1);
+        let source = match plan.targets.get(target).map(|t| (t.loopback, t.addr)) {
+            Some((true, SocketAddr::V4(_))) => {
+                let n = u8::try_from(index % u32::from(plan.source_addrs.max(1))).unwrap_or(0);
+                Some(Ipv4Addr::new(127, 0, 0, 1 + n))
+            }
+            _ => None,
+        };
+        ClientSpec {
+            index,
+            role,
+            number,
+            id,
+            group: number % plan.groups.max(1),
+            codec: plan.codec.for_client(index),
+            target,
+            source,
+        }
+    }
+
+    /// Full WebSocket URL with the identity query.
+    pub fn url(&self, plan: &Plan) -> String {
+        let base = plan
+            .targets
+            .get(self.target)
+            .map(|t| t.url.as_str())
+            .unwrap_or_default();
+        let mut url = format!(
+            "{base}?id={}&groups={}&role={}",
+            self.id,
+            group_id(&plan.run_id, self.group),
+            self.role.name()
+        );
+        if let Some(token) = &plan.token {
+            url.push_str("&access_token=");
+            url.push_str(&percent_encode(token));
+        }
+        url
+    }
+}
+
+/// Percent-encodes everything but RFC 3986 unreserved characters.
+pub fn percent_encode(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for b in text.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// Why a connection attempt failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnectFailure {
+    /// Short reason used as a report key: `refused`, `timeout`, `http_503`, `open_file_limit`, …
+    pub reason: String,
+    /// Human-readable detail.
+    pub detail: String,
+}
+
+impl ConnectFailure {
+    fn new(reason: impl Into<String>, detail: impl Into<String>) -> ConnectFailure {
+        ConnectFailure {
+            reason: reason.into(),
+            detail: detail.into(),
+        }
+    }
+
+    fn io(stage: &str, e: &std::io::Error) -> ConnectFailure {
+        use nix::libc;
+        if is_open_file_limit(e) {
+            return ConnectFailure::new(
+                "open_file_limit",
+                format!(
+                    "open-file limit reached ({}); use more --workers",
+                    current_soft_limit()
+                ),
+            );
+        }
+        let reason = match e.raw_os_error() {
+            Some(libc::ECONNREFUSED) => "refused",
+            Some(libc::EADDRNOTAVAIL) => "no_free_port",
+            Some(libc::EADDRINUSE) => "addr_in_use",
+            Some(libc::ECONNRESET) => "reset",
+            Some(libc::ETIMEDOUT) => "timeout",
+            _ => return ConnectFailure::new(format!("io_{stage}"), format!("{stage}: {e}")),
+        };
+        let detail = if reason == "no_free_port" {
+            format!("{stage}: {e} (local ports exhausted: use more --source-addrs)")
+        } else {
+            format!("{stage}: {e}")
+        };
+        ConnectFailure::new(reason, detail)
+    }
+
+    fn handshake(e: WsError) -> ConnectFailure {
+        match e {
+            WsError::Http(resp) => {
+                let status = resp.status();
+                ConnectFailure::new(
+                    format!("http_{}", status.as_u16()),
+                    format!("upgrade refused: {status}"),
+                )
+            }
+            WsError::Io(e) => ConnectFailure::io("handshake", &e),
+            WsError::Protocol(ProtocolError::SecWebSocketSubProtocolError(e)) => {
+                ConnectFailure::new("subprotocol", format!("codec not negotiated: {e}"))
+            }
+            WsError::Protocol(e) => ConnectFailure::new("handshake_protocol", e.to_string()),
+            WsError::ConnectionClosed | WsError::AlreadyClosed => ConnectFailure::new(
+                "closed_during_handshake",
+                "server closed during the handshake",
+            ),
+            other => ConnectFailure::new("handshake_other", other.to_string()),
+        }
+    }
+}
+
+/// The tungstenite settings of every client connection.
+pub fn ws_config() -> WebSocketConfig {
+    WebSocketConfig::default()
+        .read_buffer_size(READ_BUFFER_BYTES)
+        // Frames are small and flushed one by one; nothing to gain from write coalescing.
+        .write_buffer_size(0)
+        .max_write_buffer_size(256 * 1024)
+        // Snapshots of big groups can be large; stay well under the default 64 MiB.
+        .max_message_size(Some(16 << 20))
+        .max_frame_size(Some(16 << 20))
+}
+
+/// Opens one WebSocket connection for `spec`.
+pub async fn connect(plan: &Plan, spec: &ClientSpec) -> Result<Ws, ConnectFailure> {
+    let target = plan
+        .targets
+        .get(spec.target)
+        .ok_or_else(|| ConnectFailure::new("no_target", "plan has no targets"))?;
+    let socket = match target.addr {
+        SocketAddr::V4(_) => TcpSocket::new_v4(),
+        SocketAddr::V6(_) => TcpSocket::new_v6(),
+    }
+    .map_err(|e| ConnectFailure::io("socket", &e))?;
+    socket
+        .set_nodelay(true)
+        .map_err(|e| ConnectFailure::io("nodelay", &e))?;
+    if let Some(source) = spec.source {
+        // Without this the kernel reserves a port at bind time, unique per source address
+        // over all destinations; with it the port only has to be unique per 4-tuple.
+        let _ = nix::sys::socket::setsockopt(
+            &socket,
+            nix::sys::socket::sockopt::IpBindAddressNoPort,
+            &true,
+        );
+        socket
+            .bind(SocketAddr::new(IpAddr::V4(source), 0))
+            .map_err(|e| ConnectFailure::io("bind", &e))?;
+    }
+    let limit = Duration::from_millis(plan.connect_timeout_ms);
+    let started = Instant::now();
+    let stream = timeout(limit, socket.connect(target.addr))
+        .await
+        .map_err(|_| ConnectFailure::new("timeout", "TCP connect timed out"))?
+        .map_err(|e| ConnectFailure::io("connect", &e))?;
+    let mut request = spec
+        .url(plan)
+        .into_client_request()
+        .map_err(|e| ConnectFailure::new("bad_url", e.to_string()))?;
+    request.headers_mut().insert(
+        "Sec-WebSocket-Protocol",
+        HeaderValue::from_static(spec.codec.subprotocol()),
+    );
+    let remaining = limit
+        .saturating_sub(started.elapsed())
+        .max(Duration::from_millis(1));
+    let (ws, _response) = timeout(
+        remaining,
+        client_async_with_config(request, stream, Some(ws_config())),
+    )
+    .await
+    .map_err(|_| ConnectFailure::new("timeout", "WebSocket handshake timed out"))?
+    .map_err(ConnectFailure::handshake)?;
+    Ok(ws)
+}
+
+/// How a read error ended a connection, for the close-codes map.
+fn read_error_kind(e: &WsError) -> &'static str {
+    match e {
+        WsError::Io(_) => "reset",
+        WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake) => "reset",
+        WsError::Capacity(_) => "too_large",
+        WsError::ConnectionClosed | WsError::AlreadyClosed => "eof",
+        _ => "protocol_error",
+    }
+}
+
+/// What a received frame meant to the session.
+enum Step {
+    Continue,
+    /// All initial snapshots have arrived: a device may start sending.
+    Ready,
+    /// The server sent a close frame with this code.
+    Closed(String),
+}
+
+/// Per-connection receive state.
+struct Session<'a> {
+    w: &'a WorkerShared,
+    spec: &'a ClientSpec,
+    view: Option<&'a View>,
+    initial_snapshots_left: u32,
+    latencies_us: Vec<u64>,
+    records: Vec<(u32, u32)>,
+}
+
+impl<'a> Session<'a> {
+    fn new(w: &'a WorkerShared, spec: &'a ClientSpec, view: Option<&'a View>) -> Session<'a> {
+        Session {
+            w,
+            spec,
+            view,
+            initial_snapshots_left: 1,
+            latencies_us: Vec::new(),
+            records: Vec::new(),
+        }
+    }
+
+    fn on_message(&mut self, msg: &Message) -> Step {
+        let c = &self.w.counters;
+        let received_us = now_micros();
+        if let Message::Close(frame) = msg {
+            let code = frame.as_ref().map(|f| u16::from(f.code)).unwrap_or(1005);
+            return Step::Closed(code.to_string());
+        }
+        let frame = match decode(self.spec.codec, msg) {
+            None => return Step::Continue,
+            Some(Ok(frame)) => frame,
+            Some(Err(e)) => {
+                bump(&c.frames_received);
+                bump(match e {
+                    DecodeError::WrongFrameKind => &c.wrong_frame_kind,
+                    DecodeError::Malformed => &c.malformed_frames,
+                });
+                return Step::Continue;
+            }
+        };
+        bump(&c.frames_received);
+        add(&c.bytes_received, msg.len() as u64);
+        match frame.kind.as_ref() {
+            "welcome" => {
+                if let Some(tick) = frame.tick_ms.filter(|t| t.is_finite() && *t >= 0.0) {
+                    self.w.tick_ms.fetch_max(tick as u64, Ordering::Relaxed);
+                }
+                Step::Continue
+            }
+            "snapshot" => {
+                self.apply(frame.devices.as_deref().unwrap_or_default(), None);
+                if self.initial_snapshots_left > 0 {
+                    self.initial_snapshots_left -= 1;
+                    bump(&c.snapshots);
+                    if self.initial_snapshots_left == 0 {
+                        return Step::Ready;
+                    }
+                } else {
+                    bump(&c.resyncs);
+                }
+                Step::Continue
+            }
+            "batch" => {
+                self.apply(
+                    frame.updates.as_deref().unwrap_or_default(),
+                    Some(received_us),
+                );
+                add(
+                    &c.offline_notices,
+                    frame.offline.map_or(0, |o| o.len() as u64),
+                );
+                Step::Continue
+            }
+            "error" => {
+                c.error_frame(frame.code.as_deref().unwrap_or("unknown"));
+                Step::Continue
+            }
+            // pong, and message types newer than this harness.
+            _ => Step::Continue,
+        }
+    }
+
+    /// Records latency (for batches) and updates the view, for this run's devices only.
+    fn apply(&mut self, records: &[crate::wire::Record<'_>], received_us: Option<u64>) {
+        let w = self.w;
+        let base = w.plan.base_ms;
+        self.records.clear();
+        self.latencies_us.clear();
+        for r in records {
+            let Some(d) = parse_device(&w.device_prefix, &r.id, w.plan.devices) else {
+                continue;
+            };
+            if !(r.ts.is_finite() && r.ts > 0.0) {
+                continue;
+            }
+            if let Some(rx) = received_us {
+                bump(&w.counters.updates_received);
+                self.latencies_us
+                    .push(rx.saturating_sub((r.ts * 1000.0) as u64));
+            }
+            if w.layout.group_of(d) == self.spec.group {
+                let offset = (r.ts as u64)
+                    .saturating_sub(base)
+                    .clamp(1, u64::from(EXCLUDED - 1));
+                self.records.push((w.layout.slot_of(d), offset as u32));
+            }
+        }
+        if !self.latencies_us.is_empty() {
+            w.record_latencies(&self.latencies_us);
+        }
+        if let Some(view) = self.view {
+            let backwards = view.apply(&self.records);
+            add(&w.counters.out_of_order, backwards);
+        }
+    }
+}
+
+/// Produces a device's fixes: moves its vehicle by the time elapsed and stamps each fix with
+/// a strictly increasing `ts`, so a fix time identifies a fix.
+struct FixSource {
+    vehicle: Vehicle,
+    seq: u64,
+    last_ts: u64,
+    last_move: Instant,
+    period: Duration,
+    next_at: Instant,
+}
+
+impl FixSource {
+    fn new(plan: &Plan, device: u32) -> FixSource {
+        let seed = plan
+            .seed
+            .wrapping_mul(0x9e37_79b9_7f4a_7c15)
+            .wrapping_add(u64::from(device));
+        FixSource {
+            vehicle: Vehicle::new(Grid::city(plan.center), seed),
+            seq: 0,
+            last_ts: 0,
+            last_move: Instant::now(),
+            period: Duration::from_secs_f64(1.0 / plan.rate_hz),
+            next_at: Instant::now(),
+        }
+    }
+
+    /// Encodes the next fix; returns it with its `ts`.
+    fn next_message(&mut self, codec: Codec) -> anyhow::Result<(Message, u64)> {
+        let now = Instant::now();
+        self.vehicle
+            .advance(now.duration_since(self.last_move).as_secs_f64());
+        self.last_move = now;
+        let ts = now_ms().max(self.last_ts + 1);
+        self.last_ts = ts;
+        self.seq += 1;
+        let msg = encode_pos(codec, &self.vehicle.fix(), ts, self.seq)?;
+        // Keep the schedule, but never burst to catch up after a stall.
+        self.next_at = (self.next_at + self.period).max(now);
+        Ok((msg, ts))
+    }
+}
+
+/// Counts a connection attempt and its outcome.
+async fn connect_counted(w: &WorkerShared, spec: &ClientSpec) -> Option<Ws> {
+    bump(&w.counters.attempted);
+    match connect(&w.plan, spec).await {
+        Ok(ws) => {
+            bump(&w.counters.established);
+            bump(&w.counters.open);
+            Some(ws)
+        }
+        Err(f) => {
+            w.counters.connect_failed(&f.reason);
+            w.warn_once(&f);
+            None
+        }
+    }
+}
+
+/// Sends a normal close and waits briefly for the server's answer.
+async fn close_gracefully(ws: &mut Ws) {
+    let frame = CloseFrame {
+        code: CloseCode::Normal,
+        reason: "".into(),
+    };
+    let _ = timeout(CLOSE_TIMEOUT, async {
+        if ws.send(Message::Close(Some(frame))).await.is_err() {
+            return;
+        }
+        while let Some(Ok(_)) = ws.next().await {}
+    })
+    .await;
+}
+
+/// Runs a long-lived device or viewer (idle, fleet and viewers scenarios): one connection,
+/// no reconnect, until the worker moves to [`Phase::Closing`].
+pub async fn run_steady(w: Arc<WorkerShared>, spec: ClientSpec) {
+    let mut phase = w.phase();
+    let connected = connect_counted(&w, &spec).await;
+    w.resolved_one();
+    let Some(mut ws) = connected else { return };
+
+    let view = Arc::new(View::new(&w.layout, spec.group));
+    w.register_view(view.clone());
+    let mut session = Session::new(&w, &spec, Some(&view));
+    let device = (spec.role == Role::Device).then_some(spec.number);
+    let mut fixes = device.map(|d| FixSource::new(&w.plan, d));
+    let one_fix_only = w.plan.scenario == Scenario::Idle;
+    let mut sending = device.is_some() && w.start_sending();
+    let mut ready = false;
+    let mut closing = false;
+    let mut ended_by: Option<String> = None;
+
+    while !closing && ended_by.is_none() {
+        let next_at = fixes
+            .as_ref()
+            .map(|f| f.next_at)
+            .unwrap_or_else(Instant::now);
+        tokio::select! {
+            changed = phase.changed() => {
+                let now = if changed.is_ok() { *phase.borrow_and_update() } else { Phase::Closing };
+                if now != Phase::Running && sending {
+                    sending = false;
+                    w.stop_sending();
+                }
+                closing = now == Phase::Closing;
+            }
+            msg = ws.next() => match msg {
+                Some(Ok(m)) => match session.on_message(&m) {
+                    Step::Ready => ready = true,
+                    Step::Closed(code) => ended_by = Some(code),
+                    Step::Continue => {}
+                },
+                Some(Err(e)) => ended_by = Some(read_error_kind(&e).to_string()),
+                None => ended_by = Some("eof".to_string()),
+            },
+            _ = sleep_until(next_at), if sending && ready => {
+                let Some(src) = fixes.as_mut() else { continue };
+                let Ok((msg, ts)) = src.next_message(spec.codec) else { continue };
+                if let Err(e) = ws.send(msg).await {
+                    ended_by = Some(read_error_kind(&e).to_string());
+                    continue;
+                }
+                bump(&w.counters.fixes_sent);
+                if let Some(d) = device {
+                    w.set_last_sent(d, ts);
+                }
+                if one_fix_only {
+                    sending = false;
+                    w.stop_sending();
+                }
+            }
+        }
+    }
+
+    view.close();
+    if let Some(how) = ended_by {
+        w.counters.closed_by_server(&how);
+        if sending {
+            // It may have written fixes the server never took: leave it out of the check.
+            if let Some(d) = device {
+                w.exclude_device(d);
+            }
+            w.stop_sending();
+        }
+    } else {
+        close_gracefully(&mut ws).await;
+    }
+    w.counters.open.fetch_sub(1, Ordering::Relaxed);
+}
+
+/// Runs a storm client: connect, wait for the snapshot, send a few fixes, close, pause,
+/// again, until the worker leaves [`Phase::Running`].
+pub async fn run_storm(w: Arc<WorkerShared>, spec: ClientSpec) {
+    let phase = w.phase();
+    let mut fixes = FixSource::new(&w.plan, spec.number);
+    let mut rng = SmallRng::seed_from_u64(w.plan.seed ^ u64::from(spec.index));
+    let pause_ms = w.plan.storm_pause_ms.max(1);
+    let mut first = true;
+    // One session must not stall the storm: bounded by the connect timeout plus the time its
+    // fixes take, plus slack.
+    let session_limit = Duration::from_millis(w.plan.connect_timeout_ms)
+        + fixes.period * w.plan.storm_fixes
+        + Duration::from_secs(5);
+
+    while *phase.borrow() == Phase::Running {
+        let connected = connect_counted(&w, &spec).await;
+        if std::mem::take(&mut first) {
+            w.resolved_one();
+        }
+        if let Some(mut ws) = connected {
+            let is_device = spec.role == Role::Device;
+            let mut session = Session::new(&w, &spec, None);
+            let (mut ready, mut sent) = (false, 0u32);
+            let mut ended_by: Option<String> = None;
+            let deadline = Instant::now() + session_limit;
+            fixes.next_at = Instant::now();
+            let mut stop = phase.clone();
+            loop {
+                let done_sending = !is_device || sent >= w.plan.storm_fixes;
+                if ready && done_sending {
+                    break;
+                }
+                tokio::select! {
+                    _ = stop.changed() => break,
+                    _ = sleep_until(deadline) => break,
+                    msg = ws.next() => match msg {
+                        Some(Ok(m)) => match session.on_message(&m) {
+                            Step::Ready => ready = true,
+                            Step::Closed(code) => { ended_by = Some(code); break }
+                            Step::Continue => {}
+                        },
+                        Some(Err(e)) => { ended_by = Some(read_error_kind(&e).to_string()); break }
+                        None => { ended_by = Some("eof".to_string()); break }
+                    },
+                    _ = sleep_until(fixes.next_at), if ready && !done_sending => {
+                        let Ok((msg, _ts)) = fixes.next_message(spec.codec) else { break };
+                        if let Err(e) = ws.send(msg).await {
+                            ended_by = Some(read_error_kind(&e).to_string());
+                            break;
+                        }
+                        bump(&w.counters.fixes_sent);
+                        sent += 1;
+                    }
+                }
+            }
+            match ended_by {
+                Some(how) => w.counters.closed_by_server(&how),
+                None => {
+                    close_gracefully(&mut ws).await;
+                    if ready {
+                        bump(&w.counters.storm_cycles);
+                    }
+                }
+            }
+            w.counters.open.fetch_sub(1, Ordering::Relaxed);
+        }
+        let pause = Duration::from_millis(rng.random_range(pause_ms / 2..=pause_ms + pause_ms / 2));
+        let mut stop = phase.clone();
+        tokio::select! {
+            _ = sleep(pause) => {}
+            _ = stop.changed() => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Center, CodecChoice, Target};
+
+    fn plan(devices: u32, viewers: u32, source_addrs: u8) -> Plan {
+        Plan {
+            run_id: "lt1".into(),
+            scenario: Scenario::Fleet,
+            devices,
+            viewers,
+            groups: 3,
+            rate_hz: 1.0,
+            codec: CodecChoice::Mixed,
+            ramp_per_s: 100.0,
+            duration_ms: 1000,
+            settle_ms: 1000,
+            connect_timeout_ms: 1000,
+            max_time_ms: 10_000,
+            targets: vec![
+                Target {
+                    url: "ws://127.0.0.1:1/v1/ws".into(),
+                    addr: "127.0.0.1:1".parse().unwrap(),
+                    loopback: true,
+                },
+                Target {
+                    url: "ws://[::1]:2/v1/ws".into(),
+                    addr: "[::1]:2".parse().unwrap(),
+                    loopback: true,
+                },
+            ],
+            source_addrs,
+            token: Some("a.b+c".into()),
+            workers: 1,
+            center: Center {
+                lat: 52.5,
+                lon: 13.4,
+            },
+            seed: 1,
+            storm_fixes: 3,
+            storm_pause_ms: 100,
+            base_ms: 1_000,
+        }
+    }
+
+    #[test]
+    fn specs_put_viewers_first_and_spread_targets_and_sources() {
+        let p = plan(10, 2, 4);
+        let v = ClientSpec::new(&p, 1);
+        assert_eq!((v.role, v.number, v.group), (Role::Viewer, 1, 1));
+        let d = ClientSpec::new(&p, 2);
+        assert_eq!(
+            (d.role, d.number, d.group, d.id.as_str()),
+            (Role::Device, 0, 0, "lt1-d0")
+        );
+        assert_eq!(d.target, 0);
+        assert_eq!(d.source, Some(Ipv4Addr::new(127, 0, 0, 3)));
+        let d6 = ClientSpec::new(&p, 3);
+        assert_eq!(d6.target, 1);
+        assert_eq!(d6.source, None, "no IPv4 source address for an IPv6 target");
+        assert_eq!((d.codec, d6.codec), (Codec::Json, Codec::Msgpack));
+    }
+
+    #[test]
+    fn urls_carry_identity_and_token() {
+        let p = plan(10, 2, 1);
+        let url = ClientSpec::new(&p, 4).url(&p);
+        assert_eq!(
+            url,
+            "ws://127.0.0.1:1/v1/ws?id=lt1-d2&groups=lt1-g2&role=device&access_token=a.b%2Bc"
+        );
+        assert!(ClientSpec::new(&p, 0).url(&p).contains("role=viewer"));
+    }
+
+    #[test]
+    fn only_this_runs_devices_are_recognised() {
+        assert_eq!(parse_device("lt1-d", "lt1-d42", 100), Some(42));
+        assert_eq!(parse_device("lt1-d", "lt1-d420", 100), None);
+        assert_eq!(parse_device("lt1-d", "lt2-d4", 100), None);
+        assert_eq!(parse_device("lt1-d", "bus-17", 100), None);
+        assert_eq!(parse_device("lt1-d", "lt1-d", 100), None);
+    }
+
+    #[test]
+    fn fix_times_strictly_increase() {
+        let p = plan(1, 0, 1);
+        let mut src = FixSource::new(&p, 0);
+        let mut last = 0;
+        for _ in 0..50 {
+            let (_, ts) = src.next_message(Codec::Json).unwrap();
+            assert!(ts > last);
+            last = ts;
+        }
+        assert_eq!(src.seq, 50);
+    }
+
+    #[test]
+    fn failures_are_classified() {
+        let e = std::io::Error::from_raw_os_error(nix::libc::EMFILE);
+        let f = ConnectFailure::io("socket", &e);
+        assert_eq!(f.reason, "open_file_limit");
+        assert!(
+            f.detail.starts_with("open-file limit reached ("),
+            "{}",
+            f.detail
+        );
+        let f = ConnectFailure::io(
+            "connect",
+            &std::io::Error::from_raw_os_error(nix::libc::ECONNREFUSED),
+        );
+        assert_eq!(f.reason, "refused");
+        let f = ConnectFailure::io(
+            "connect",
+            &std::io::Error::from_raw_os_error(nix::libc::EADDRNOTAVAIL),
+        );
+        assert!(f.detail.contains("--source-addrs"));
+    }
+
+    #[tokio::test]
+    async fn refused_connections_report_refused() {
+        // Bind then drop a listener to get a port nobody listens on.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut p = plan(1, 0, 1);
+        p.targets.truncate(1);
+        p.targets[0].addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let spec = ClientSpec::new(&p, 0);
+        let err = connect(&p, &spec).await.unwrap_err();
+        assert_eq!(err.reason, "refused", "{err:?}");
+    }
+}

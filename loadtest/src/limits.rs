@@ -1,0 +1,95 @@
+//! Open-file limits and how many worker processes a run needs.
+//!
+//! Every socket is a file descriptor. On these machines one process may hold at most 20,000
+//! (hard limit, not raisable without privileges), so the harness raises its soft limit to the
+//! hard one and splits larger runs over several worker processes.
+
+use std::io;
+
+use nix::sys::resource::{Resource, getrlimit, setrlimit};
+
+/// Descriptors kept free for the runtime, pipes, /proc reads and the report file.
+pub const RESERVED_FDS: u64 = 200;
+
+/// The open-file limit after raising it: (soft, hard).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileLimit {
+    /// Soft limit in force now.
+    pub soft: u64,
+    /// Hard ceiling.
+    pub hard: u64,
+}
+
+impl FileLimit {
+    /// Sockets one process can hold with this limit.
+    pub fn socket_capacity(&self) -> u64 {
+        self.soft.saturating_sub(RESERVED_FDS).max(1)
+    }
+}
+
+/// Raises the soft `RLIMIT_NOFILE` to the hard limit and returns what is in force.
+pub fn raise_open_file_limit() -> io::Result<FileLimit> {
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).map_err(io::Error::from)?;
+    if soft < hard {
+        setrlimit(Resource::RLIMIT_NOFILE, hard, hard).map_err(io::Error::from)?;
+    }
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).map_err(io::Error::from)?;
+    Ok(FileLimit { soft, hard })
+}
+
+/// The soft limit now in force (for error messages).
+pub fn current_soft_limit() -> u64 {
+    getrlimit(Resource::RLIMIT_NOFILE)
+        .map(|(soft, _)| soft)
+        .unwrap_or(0)
+}
+
+/// Workers needed so that no process holds more sockets than it can.
+pub fn workers_needed(connections: u64, limit: FileLimit) -> u32 {
+    u32::try_from(connections.div_ceil(limit.socket_capacity()).max(1)).unwrap_or(u32::MAX)
+}
+
+/// Whether an I/O error is "too many open files" (per process or system-wide).
+pub fn is_open_file_limit(err: &io::Error) -> bool {
+    matches!(err.raw_os_error(), Some(code) if code == nix::libc::EMFILE || code == nix::libc::ENFILE)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn splits_runs_that_exceed_one_process() {
+        let limit = FileLimit {
+            soft: 20_000,
+            hard: 20_000,
+        };
+        assert_eq!(limit.socket_capacity(), 19_800);
+        assert_eq!(workers_needed(1_000, limit), 1);
+        assert_eq!(workers_needed(19_800, limit), 1);
+        assert_eq!(workers_needed(19_801, limit), 2);
+        assert_eq!(workers_needed(50_000, limit), 3);
+        assert_eq!(workers_needed(0, limit), 1);
+    }
+
+    #[test]
+    fn raising_never_lowers() {
+        let before = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
+        let after = raise_open_file_limit().unwrap();
+        assert!(after.soft >= before.0);
+        assert_eq!(after.soft, after.hard);
+    }
+
+    #[test]
+    fn recognises_emfile() {
+        assert!(is_open_file_limit(&io::Error::from_raw_os_error(
+            nix::libc::EMFILE
+        )));
+        assert!(is_open_file_limit(&io::Error::from_raw_os_error(
+            nix::libc::ENFILE
+        )));
+        assert!(!is_open_file_limit(&io::Error::from_raw_os_error(
+            nix::libc::ECONNREFUSED
+        )));
+    }
+}

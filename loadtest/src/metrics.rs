@@ -1,0 +1,328 @@
+//! Counters and latency histograms, and how worker figures merge.
+//!
+//! Each worker keeps one [`Counters`] (atomics, shared by all its connection tasks) and one
+//! latency [`Histogram`]. Once a second, and at the end, it sends a [`Stats`] snapshot plus
+//! its histogram (HdrHistogram V2 encoding, base64) to the parent, which merges them: counts
+//! add up, histograms add up exactly, so merged percentiles are the true percentiles over all
+//! workers, not an average of per-worker ones.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use anyhow::Context;
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use hdrhistogram::Histogram;
+use hdrhistogram::serialization::{Deserializer, Serializer, V2Serializer};
+use serde::{Deserialize, Serialize};
+
+/// Largest latency the histograms track: 10 minutes, in microseconds. Larger values are
+/// clamped to it.
+pub const MAX_LATENCY_US: u64 = 600_000_000;
+
+/// A latency histogram in microseconds with 3 significant digits.
+pub fn new_histogram() -> Histogram<u64> {
+    // Cannot fail: the bounds are constants that satisfy 1 <= low, 2 * low <= high, sigfig <= 5.
+    Histogram::new_with_bounds(1, MAX_LATENCY_US, 3).expect("constant histogram bounds are valid")
+}
+
+/// Serializes a histogram for a JSON line (V2 encoding, base64).
+pub fn encode_histogram(h: &Histogram<u64>) -> anyhow::Result<String> {
+    let mut buf = Vec::new();
+    V2Serializer::new()
+        .serialize(h, &mut buf)
+        .map_err(|e| anyhow::anyhow!("serializing histogram: {e:?}"))?;
+    Ok(BASE64.encode(buf))
+}
+
+/// Reads back a histogram written by [`encode_histogram`].
+pub fn decode_histogram(text: &str) -> anyhow::Result<Histogram<u64>> {
+    let bytes = BASE64.decode(text).context("histogram is not base64")?;
+    let h: Histogram<u64> = Deserializer::new()
+        .deserialize(&mut bytes.as_slice())
+        .map_err(|e| anyhow::anyhow!("deserializing histogram: {e:?}"))?;
+    Ok(h)
+}
+
+/// Adds `other` into `into` (both from [`new_histogram`]).
+pub fn merge_histogram(into: &mut Histogram<u64>, other: &Histogram<u64>) -> anyhow::Result<()> {
+    into.add(other)
+        .map_err(|e| anyhow::anyhow!("merging histograms: {e:?}"))
+}
+
+/// Latency summary in milliseconds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct LatencySummary {
+    /// Number of updates measured.
+    pub count: u64,
+    /// Smallest latency.
+    pub min_ms: f64,
+    /// Mean latency.
+    pub mean_ms: f64,
+    /// Median.
+    pub p50_ms: f64,
+    /// 90th percentile.
+    pub p90_ms: f64,
+    /// 99th percentile.
+    pub p99_ms: f64,
+    /// 99.9th percentile.
+    pub p999_ms: f64,
+    /// Largest latency.
+    pub max_ms: f64,
+}
+
+impl LatencySummary {
+    /// Summarises a histogram in microseconds; `None` when it is empty.
+    pub fn of(h: &Histogram<u64>) -> Option<LatencySummary> {
+        if h.is_empty() {
+            return None;
+        }
+        let ms = |us: u64| us as f64 / 1000.0;
+        Some(LatencySummary {
+            count: h.len(),
+            min_ms: ms(h.min()),
+            mean_ms: h.mean() / 1000.0,
+            p50_ms: ms(h.value_at_quantile(0.50)),
+            p90_ms: ms(h.value_at_quantile(0.90)),
+            p99_ms: ms(h.value_at_quantile(0.99)),
+            p999_ms: ms(h.value_at_quantile(0.999)),
+            max_ms: ms(h.max()),
+        })
+    }
+}
+
+/// Live counters of one worker; every connection task updates them.
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// Connection attempts.
+    pub attempted: AtomicU64,
+    /// Connections whose WebSocket handshake completed.
+    pub established: AtomicU64,
+    /// Connection attempts that failed (see the reasons map).
+    pub failed: AtomicU64,
+    /// Connections open right now (a gauge).
+    pub open: AtomicU64,
+    /// Connections the server closed, or that dropped, before the harness closed them.
+    pub disconnects: AtomicU64,
+    /// `pos` messages written.
+    pub fixes_sent: AtomicU64,
+    /// Position records of this run's devices received in batches.
+    pub updates_received: AtomicU64,
+    /// Data frames received.
+    pub frames_received: AtomicU64,
+    /// Payload bytes of data frames received.
+    pub bytes_received: AtomicU64,
+    /// Initial snapshots (one per subscribed group after connect).
+    pub snapshots: AtomicU64,
+    /// Snapshots after the initial ones: the server resynced a slow client.
+    pub resyncs: AtomicU64,
+    /// `error` frames (see the codes map).
+    pub errors: AtomicU64,
+    /// Updates older than what the subscriber already held for that device.
+    pub out_of_order: AtomicU64,
+    /// Device ids listed in batches' `offline`.
+    pub offline_notices: AtomicU64,
+    /// Frames that did not decode as protocol messages.
+    pub malformed_frames: AtomicU64,
+    /// Data frames of the wrong kind for the negotiated codec.
+    pub wrong_frame_kind: AtomicU64,
+    /// Storm: complete connect-send-disconnect cycles.
+    pub storm_cycles: AtomicU64,
+    /// Reasons, error codes and close codes.
+    pub maps: Mutex<Maps>,
+}
+
+/// The keyed counters.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Maps {
+    /// Failed connection attempts by reason (`refused`, `timeout`, `http_503`, `open_file_limit`, …).
+    pub failed_by_reason: BTreeMap<String, u64>,
+    /// `error` frames by `code`.
+    pub errors_by_code: BTreeMap<String, u64>,
+    /// How connections ended before the harness closed them: a close code (`1013`) or
+    /// `reset`/`eof` when no close frame came.
+    pub close_codes: BTreeMap<String, u64>,
+}
+
+/// Adds one to a counter.
+pub fn bump(c: &AtomicU64) {
+    c.fetch_add(1, Ordering::Relaxed);
+}
+
+/// Adds `n` to a counter.
+pub fn add(c: &AtomicU64, n: u64) {
+    c.fetch_add(n, Ordering::Relaxed);
+}
+
+impl Counters {
+    /// Counts a failed connection attempt.
+    pub fn connect_failed(&self, reason: &str) {
+        bump(&self.failed);
+        self.count_key(|m| &mut m.failed_by_reason, reason);
+    }
+
+    /// Counts an `error` frame.
+    pub fn error_frame(&self, code: &str) {
+        bump(&self.errors);
+        self.count_key(|m| &mut m.errors_by_code, code);
+    }
+
+    /// Counts a connection the server ended (close code or `reset`/`eof`).
+    pub fn closed_by_server(&self, how: &str) {
+        bump(&self.disconnects);
+        self.count_key(|m| &mut m.close_codes, how);
+    }
+
+    fn count_key(&self, map: impl FnOnce(&mut Maps) -> &mut BTreeMap<String, u64>, key: &str) {
+        // A poisoned lock only means another task panicked mid-update; the counts stay usable.
+        let mut maps = self.maps.lock().unwrap_or_else(|p| p.into_inner());
+        let map = map(&mut maps);
+        match map.get_mut(key) {
+            Some(n) => *n += 1,
+            None => {
+                map.insert(key.to_string(), 1);
+            }
+        }
+    }
+
+    /// A consistent-enough copy for reporting.
+    pub fn snapshot(&self) -> Stats {
+        let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        Stats {
+            attempted: g(&self.attempted),
+            established: g(&self.established),
+            failed: g(&self.failed),
+            open: g(&self.open),
+            disconnects: g(&self.disconnects),
+            fixes_sent: g(&self.fixes_sent),
+            updates_received: g(&self.updates_received),
+            frames_received: g(&self.frames_received),
+            bytes_received: g(&self.bytes_received),
+            snapshots: g(&self.snapshots),
+            resyncs: g(&self.resyncs),
+            errors: g(&self.errors),
+            out_of_order: g(&self.out_of_order),
+            offline_notices: g(&self.offline_notices),
+            malformed_frames: g(&self.malformed_frames),
+            wrong_frame_kind: g(&self.wrong_frame_kind),
+            storm_cycles: g(&self.storm_cycles),
+            maps: self.maps.lock().unwrap_or_else(|p| p.into_inner()).clone(),
+        }
+    }
+}
+
+/// A snapshot of [`Counters`]; plain numbers that serialize and merge.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[allow(missing_docs)] // Same fields as `Counters`, documented there.
+pub struct Stats {
+    pub attempted: u64,
+    pub established: u64,
+    pub failed: u64,
+    pub open: u64,
+    pub disconnects: u64,
+    pub fixes_sent: u64,
+    pub updates_received: u64,
+    pub frames_received: u64,
+    pub bytes_received: u64,
+    pub snapshots: u64,
+    pub resyncs: u64,
+    pub errors: u64,
+    pub out_of_order: u64,
+    pub offline_notices: u64,
+    pub malformed_frames: u64,
+    pub wrong_frame_kind: u64,
+    pub storm_cycles: u64,
+    pub maps: Maps,
+}
+
+impl Stats {
+    /// Adds another worker's figures.
+    pub fn merge(&mut self, o: &Stats) {
+        self.attempted += o.attempted;
+        self.established += o.established;
+        self.failed += o.failed;
+        self.open += o.open;
+        self.disconnects += o.disconnects;
+        self.fixes_sent += o.fixes_sent;
+        self.updates_received += o.updates_received;
+        self.frames_received += o.frames_received;
+        self.bytes_received += o.bytes_received;
+        self.snapshots += o.snapshots;
+        self.resyncs += o.resyncs;
+        self.errors += o.errors;
+        self.out_of_order += o.out_of_order;
+        self.offline_notices += o.offline_notices;
+        self.malformed_frames += o.malformed_frames;
+        self.wrong_frame_kind += o.wrong_frame_kind;
+        self.storm_cycles += o.storm_cycles;
+        for (mine, theirs) in [
+            (&mut self.maps.failed_by_reason, &o.maps.failed_by_reason),
+            (&mut self.maps.errors_by_code, &o.maps.errors_by_code),
+            (&mut self.maps.close_codes, &o.maps.close_codes),
+        ] {
+            for (k, v) in theirs {
+                *mine.entry(k.clone()).or_default() += v;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histograms_survive_serialization_and_merge_exactly() {
+        let mut a = new_histogram();
+        let mut b = new_histogram();
+        for v in 1..=1000u64 {
+            a.record(v * 1000).unwrap();
+        }
+        for v in 1001..=2000u64 {
+            b.record(v * 1000).unwrap();
+        }
+        let a2 = decode_histogram(&encode_histogram(&a).unwrap()).unwrap();
+        let b2 = decode_histogram(&encode_histogram(&b).unwrap()).unwrap();
+        assert_eq!(a2, a);
+        let mut merged = new_histogram();
+        merge_histogram(&mut merged, &a2).unwrap();
+        merge_histogram(&mut merged, &b2).unwrap();
+        let s = LatencySummary::of(&merged).unwrap();
+        assert_eq!(s.count, 2000);
+        // 1..2000 ms uniformly: the median is ~1000 ms and p99 ~1980 ms (3 significant digits).
+        assert!((s.p50_ms - 1000.0).abs() <= 1.0, "{s:?}");
+        assert!((s.p99_ms - 1980.0).abs() <= 2.0, "{s:?}");
+        assert!((s.max_ms - 2000.0).abs() <= 2.0, "{s:?}");
+        assert!((s.min_ms - 1.0).abs() < 0.01, "{s:?}");
+    }
+
+    #[test]
+    fn empty_histograms_have_no_summary() {
+        assert!(LatencySummary::of(&new_histogram()).is_none());
+        assert!(decode_histogram("!!").is_err());
+    }
+
+    #[test]
+    fn stats_merge_adds_counts_and_maps() {
+        let c = Counters::default();
+        c.connect_failed("refused");
+        c.connect_failed("refused");
+        c.error_frame("rate_limited");
+        c.closed_by_server("1013");
+        bump(&c.fixes_sent);
+        let mut total = c.snapshot();
+        let other = Counters::default();
+        other.connect_failed("timeout");
+        other.connect_failed("refused");
+        add(&other.fixes_sent, 4);
+        total.merge(&other.snapshot());
+        assert_eq!(total.failed, 4);
+        assert_eq!(total.fixes_sent, 5);
+        assert_eq!(total.maps.failed_by_reason["refused"], 3);
+        assert_eq!(total.maps.failed_by_reason["timeout"], 1);
+        assert_eq!(total.maps.errors_by_code["rate_limited"], 1);
+        assert_eq!(total.maps.close_codes["1013"], 1);
+        assert_eq!(total.disconnects, 1);
+    }
+}

@@ -1,0 +1,463 @@
+//! The final report: JSON for machines, a table for people.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use serde::Serialize;
+
+use crate::latest::CheckResult;
+use crate::metrics::LatencySummary;
+use crate::slo::Verdict;
+
+/// Everything a run measured. Serialized as-is by `--report`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    /// Report format version.
+    pub version: u32,
+    /// Whether the run went through all its phases (false: deadline hit or a worker failed).
+    pub completed: bool,
+    /// Why the run did not complete.
+    pub aborted_reason: Option<String>,
+    /// What was run.
+    pub config: ReportConfig,
+    /// Phase timings.
+    pub timing: Timing,
+    /// Connection figures.
+    pub connections: Connections,
+    /// Message figures.
+    pub traffic: Traffic,
+    /// `error` frames.
+    pub errors: Errors,
+    /// End-to-end latency (device send → subscriber receive); `None` when nothing arrived.
+    pub latency_ms: Option<LatencySummary>,
+    /// Latest-state check.
+    pub latest_state: LatestState,
+    /// Server process figures (when `--server-pid` was given).
+    pub server: Option<ProcFigures>,
+    /// The harness's own processes.
+    pub harness: ProcFigures,
+    /// Idle scenario: memory per connection.
+    pub idle_memory: Option<IdleMemory>,
+    /// SLO verdicts (empty without `--slo`).
+    pub slo: Vec<Verdict>,
+    /// Whether every SLO was met (true without `--slo`).
+    pub slo_pass: bool,
+}
+
+/// What was run.
+#[derive(Debug, Clone, Serialize)]
+pub struct ReportConfig {
+    /// Scenario name.
+    pub scenario: String,
+    /// Codec choice.
+    pub codec: String,
+    /// Run id (prefix of every device and group id).
+    pub run_id: String,
+    /// Target endpoints.
+    pub urls: Vec<String>,
+    /// Devices.
+    pub devices: u32,
+    /// Viewers.
+    pub viewers: u32,
+    /// Groups.
+    pub groups: u32,
+    /// Fixes per second per device.
+    pub rate_hz: f64,
+    /// Ramp rate, connections per second.
+    pub ramp_per_s: f64,
+    /// Planned steady phase, seconds.
+    pub duration_s: f64,
+    /// Worker processes.
+    pub workers: u32,
+    /// Source addresses used.
+    pub source_addrs: u8,
+    /// Server tick as announced in welcomes.
+    pub server_tick_ms: Option<u64>,
+}
+
+/// Phase timings, seconds from the start.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct Timing {
+    /// Ramp-up time (all first connection attempts finished).
+    pub ramp_s: f64,
+    /// Time from the start until sending stopped.
+    pub load_s: f64,
+    /// Whole run.
+    pub total_s: f64,
+    /// From sending stopped until every subscriber held every latest fix (or the limit).
+    pub settle_ms: u64,
+}
+
+/// Connection figures.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Connections {
+    /// Attempts.
+    pub attempted: u64,
+    /// Established (handshake completed).
+    pub established: u64,
+    /// Failed attempts.
+    pub failed: u64,
+    /// Failed attempts by reason.
+    pub failed_by_reason: BTreeMap<String, u64>,
+    /// Open when sending stopped.
+    pub open_at_stop: u64,
+    /// Closed by the server or dropped before the harness closed them.
+    pub disconnects: u64,
+    /// How those ended: close code, or `reset`/`eof`.
+    pub close_codes: BTreeMap<String, u64>,
+    /// Established connections per second over the load phase.
+    pub connects_per_s: f64,
+    /// Storm: complete connect-send-disconnect cycles.
+    pub storm_cycles: u64,
+}
+
+/// Message figures.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Traffic {
+    /// `pos` messages sent.
+    pub fixes_sent: u64,
+    /// Fixes per second during the steady phase.
+    pub fixes_per_s: f64,
+    /// Position updates of this run's devices received in batches (all subscribers).
+    pub updates_received: u64,
+    /// Updates per second during the steady phase.
+    pub updates_per_s: f64,
+    /// Data frames received.
+    pub frames_received: u64,
+    /// Payload bytes received.
+    pub bytes_received: u64,
+    /// Initial snapshots.
+    pub snapshots: u64,
+    /// Snapshots after the initial ones (server resynced a slow client).
+    pub resyncs: u64,
+    /// Updates older than what the subscriber held.
+    pub out_of_order: u64,
+    /// Offline notices in batches.
+    pub offline_notices: u64,
+    /// Frames that did not decode.
+    pub malformed_frames: u64,
+    /// Frames of the wrong kind for the codec.
+    pub wrong_frame_kind: u64,
+}
+
+/// `error` frames.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Errors {
+    /// Total.
+    pub total: u64,
+    /// By code.
+    pub by_code: BTreeMap<String, u64>,
+}
+
+/// Latest-state check figures.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct LatestState {
+    /// Whether the check ran (not for storm).
+    pub checked: bool,
+    /// Counts.
+    #[serde(flatten)]
+    pub result: CheckResult,
+    /// `missing + stale + ahead`.
+    pub mismatches: u64,
+    /// `mismatches / pairs` (0 when nothing was checked).
+    pub loss: f64,
+    /// Devices left out because their connection dropped while sending.
+    pub excluded_devices: u64,
+}
+
+/// Memory and CPU of a set of processes, sampled once a second.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ProcFigures {
+    /// Process ids.
+    pub pids: Vec<u32>,
+    /// Largest summed RSS.
+    pub rss_peak_bytes: u64,
+    /// Summed RSS at the last sample.
+    pub rss_last_bytes: u64,
+    /// Mean CPU over the samples, % of one core.
+    pub cpu_avg_pct: f64,
+    /// Largest one-second CPU, % of one core.
+    pub cpu_peak_pct: f64,
+    /// Whether a process disappeared during the run.
+    pub exited: bool,
+    /// The samples: (seconds from start, RSS bytes, CPU %).
+    pub samples: Vec<(f64, u64, f64)>,
+}
+
+/// Idle scenario: what each connection costs the server.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct IdleMemory {
+    /// Server RSS before the first connection.
+    pub rss_before_bytes: u64,
+    /// Server RSS once every connection was open and had sent its fix.
+    pub rss_after_bytes: u64,
+    /// Connections open at the second sample.
+    pub connections: u64,
+    /// `(after − before) / connections`.
+    pub bytes_per_connection: f64,
+}
+
+fn mb(bytes: u64) -> String {
+    format!("{:.1} MB", bytes as f64 / 1e6)
+}
+
+fn rate(v: f64) -> String {
+    if v >= 10_000.0 {
+        format!("{:.1}k", v / 1e3)
+    } else {
+        format!("{v:.1}")
+    }
+}
+
+fn keyed(map: &BTreeMap<String, u64>) -> String {
+    if map.is_empty() {
+        return "-".into();
+    }
+    map.iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+impl Report {
+    /// A human-readable summary.
+    pub fn table(&self) -> String {
+        let mut t = String::new();
+        let c = &self.config;
+        let mut row = |k: &str, v: String| {
+            let _ = writeln!(t, "  {k:<24} {v}");
+        };
+        row(
+            "scenario",
+            format!(
+                "{} ({} codec, {} devices, {} viewers, {} groups, {} Hz, {} worker(s), {} source addr(s))",
+                c.scenario,
+                c.codec,
+                c.devices,
+                c.viewers,
+                c.groups,
+                c.rate_hz,
+                c.workers,
+                c.source_addrs
+            ),
+        );
+        row("targets", c.urls.join(", "));
+        row(
+            "timing",
+            format!(
+                "ramp {:.1} s, load {:.1} s, total {:.1} s, settle {} ms{}",
+                self.timing.ramp_s,
+                self.timing.load_s,
+                self.timing.total_s,
+                self.timing.settle_ms,
+                c.server_tick_ms
+                    .map(|t| format!(", server tick {t} ms"))
+                    .unwrap_or_default()
+            ),
+        );
+        let k = &self.connections;
+        row(
+            "connections",
+            format!(
+                "{} established / {} attempted, {} failed, {} open at stop, {:.1}/s",
+                k.established, k.attempted, k.failed, k.open_at_stop, k.connects_per_s
+            ),
+        );
+        row("  failed by reason", keyed(&k.failed_by_reason));
+        row(
+            "  closed by server",
+            format!("{} ({})", k.disconnects, keyed(&k.close_codes)),
+        );
+        if k.storm_cycles > 0 {
+            row("  storm cycles", k.storm_cycles.to_string());
+        }
+        let f = &self.traffic;
+        row(
+            "fixes sent",
+            format!("{} ({}/s steady)", f.fixes_sent, rate(f.fixes_per_s)),
+        );
+        row(
+            "updates received",
+            format!(
+                "{} ({}/s steady), {} frames, {}",
+                f.updates_received,
+                rate(f.updates_per_s),
+                f.frames_received,
+                mb(f.bytes_received)
+            ),
+        );
+        row(
+            "snapshots",
+            format!(
+                "{} initial, {} resyncs, {} out-of-order updates",
+                f.snapshots, f.resyncs, f.out_of_order
+            ),
+        );
+        if f.malformed_frames + f.wrong_frame_kind > 0 {
+            row(
+                "bad frames",
+                format!(
+                    "{} malformed, {} wrong kind",
+                    f.malformed_frames, f.wrong_frame_kind
+                ),
+            );
+        }
+        row(
+            "errors",
+            format!("{} ({})", self.errors.total, keyed(&self.errors.by_code)),
+        );
+        match &self.latency_ms {
+            Some(l) => row(
+                "latency (ms)",
+                format!(
+                    "p50 {:.2}  p90 {:.2}  p99 {:.2}  p99.9 {:.2}  max {:.2}  (mean {:.2}, n={})",
+                    l.p50_ms, l.p90_ms, l.p99_ms, l.p999_ms, l.max_ms, l.mean_ms, l.count
+                ),
+            ),
+            None => row("latency (ms)", "no updates measured".into()),
+        }
+        let s = &self.latest_state;
+        if s.checked {
+            row(
+                "latest state",
+                format!(
+                    "{} mismatches of {} pairs over {} subscribers (missing {}, stale {}, ahead {}), loss {:.4}%{}",
+                    s.mismatches,
+                    s.result.pairs,
+                    s.result.subscribers,
+                    s.result.missing,
+                    s.result.stale,
+                    s.result.ahead,
+                    s.loss * 100.0,
+                    if s.excluded_devices > 0 {
+                        format!(", {} devices excluded", s.excluded_devices)
+                    } else {
+                        String::new()
+                    }
+                ),
+            );
+        } else {
+            row("latest state", "not checked (storm)".into());
+        }
+        if let Some(srv) = &self.server {
+            row(
+                "server",
+                format!(
+                    "RSS peak {}, last {}; CPU avg {:.0}%, peak {:.0}%{}",
+                    mb(srv.rss_peak_bytes),
+                    mb(srv.rss_last_bytes),
+                    srv.cpu_avg_pct,
+                    srv.cpu_peak_pct,
+                    if srv.exited {
+                        " — SERVER PROCESS EXITED"
+                    } else {
+                        ""
+                    }
+                ),
+            );
+        }
+        if let Some(idle) = &self.idle_memory {
+            row(
+                "idle memory",
+                format!(
+                    "{} before, {} after {} connections: {:.0} bytes/connection",
+                    mb(idle.rss_before_bytes),
+                    mb(idle.rss_after_bytes),
+                    idle.connections,
+                    idle.bytes_per_connection
+                ),
+            );
+        }
+        let h = &self.harness;
+        row(
+            "harness",
+            format!(
+                "RSS peak {}, CPU avg {:.0}%, peak {:.0}%",
+                mb(h.rss_peak_bytes),
+                h.cpu_avg_pct,
+                h.cpu_peak_pct
+            ),
+        );
+        for v in &self.slo {
+            let actual = v
+                .actual
+                .map(|a| format!("{a:.4}"))
+                .unwrap_or_else(|| "n/a".into());
+            row(
+                &format!("slo {}", v.name),
+                format!(
+                    "{} (limit {}, actual {actual})",
+                    if v.pass { "PASS" } else { "MISS" },
+                    v.limit
+                ),
+            );
+        }
+        let verdict = match (&self.aborted_reason, self.slo_pass) {
+            (Some(why), _) => format!("INCOMPLETE: {why}"),
+            (None, true) => "OK".into(),
+            (None, false) => "SLO MISSED".into(),
+        };
+        row("result", verdict);
+        format!("beacon-loadtest report\n{t}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_and_json_carry_the_figures() {
+        let r = Report {
+            version: 1,
+            completed: true,
+            aborted_reason: None,
+            config: ReportConfig {
+                scenario: "fleet".into(),
+                codec: "json".into(),
+                run_id: "lt1".into(),
+                urls: vec!["ws://127.0.0.1:8080/v1/ws".into()],
+                devices: 10,
+                viewers: 0,
+                groups: 1,
+                rate_hz: 1.0,
+                ramp_per_s: 100.0,
+                duration_s: 5.0,
+                workers: 1,
+                source_addrs: 1,
+                server_tick_ms: Some(100),
+            },
+            timing: Timing::default(),
+            connections: Connections {
+                established: 10,
+                attempted: 10,
+                ..Default::default()
+            },
+            traffic: Traffic::default(),
+            errors: Errors::default(),
+            latency_ms: Some(LatencySummary {
+                count: 5,
+                p99_ms: 3.25,
+                ..Default::default()
+            }),
+            latest_state: LatestState {
+                checked: true,
+                ..Default::default()
+            },
+            server: None,
+            harness: ProcFigures::default(),
+            idle_memory: None,
+            slo: vec![],
+            slo_pass: true,
+        };
+        let table = r.table();
+        assert!(table.contains("10 established / 10 attempted"), "{table}");
+        assert!(table.contains("p99 3.25"), "{table}");
+        assert!(table.contains("result                   OK"), "{table}");
+        let json: serde_json::Value = serde_json::to_value(&r).unwrap();
+        assert_eq!(json["connections"]["established"], 10);
+        assert_eq!(json["latency_ms"]["p99_ms"], 3.25);
+        assert_eq!(json["latest_state"]["mismatches"], 0);
+        assert_eq!(json["latest_state"]["pairs"], 0);
+    }
+}

@@ -1,0 +1,463 @@
+//! A worker: runs one share of the run's connections and reports to the parent.
+//!
+//! Worker `i` of `k` takes clients `i, i + k, i + 2k, …` and connects them at `ramp / k` per
+//! second. All its connection tasks share one [`WorkerShared`]: counters, the latency
+//! histogram, the phase they follow, each device's last sent fix time and every subscriber's
+//! view for the latest-state check.
+//!
+//! [`run`] speaks [`Command`]/[`Event`] over channels; [`run_child`] bridges those channels
+//! to stdin/stdout so the same code runs as a separate process when one process cannot hold
+//! all the sockets.
+
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use hdrhistogram::Histogram;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::sync::{Notify, mpsc, watch};
+use tokio::task::JoinSet;
+use tokio::time::{Instant, sleep, sleep_until, timeout};
+
+use crate::client::{ClientSpec, ConnectFailure, run_steady, run_storm};
+use crate::config::{Plan, Scenario};
+use crate::control::{Command, Event};
+use crate::latest::{CheckResult, EXCLUDED, Layout, View, check};
+use crate::metrics::{Counters, MAX_LATENCY_US, encode_histogram, new_histogram};
+
+/// What every connection task of a worker is doing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Connecting and sending.
+    Running,
+    /// Devices have stopped sending; connections stay open and keep reading.
+    Stopping,
+    /// Close every connection.
+    Closing,
+}
+
+/// State shared by all connection tasks of one worker.
+#[derive(Debug)]
+pub struct WorkerShared {
+    /// The run plan.
+    pub plan: Arc<Plan>,
+    /// How devices map to groups.
+    pub layout: Layout,
+    /// `{run_id}-d`: the id prefix of this run's devices.
+    pub device_prefix: String,
+    /// Counters.
+    pub counters: Counters,
+    /// Largest `tick_ms` any welcome announced.
+    pub tick_ms: AtomicU64,
+    latency: Mutex<Histogram<u64>>,
+    phase_tx: watch::Sender<Phase>,
+    /// Last sent fix time offset per device (only this worker's devices are written).
+    last_sent: Vec<AtomicU32>,
+    /// Devices still allowed to send.
+    sending: AtomicU64,
+    sending_changed: Notify,
+    /// Clients whose first connection attempt has finished.
+    resolved: AtomicU64,
+    resolved_changed: Notify,
+    views: Mutex<Vec<Arc<View>>>,
+    warned_open_files: AtomicBool,
+}
+
+impl WorkerShared {
+    /// Fresh state for a plan.
+    pub fn new(plan: Arc<Plan>) -> WorkerShared {
+        let layout = Layout {
+            devices: plan.devices,
+            groups: plan.groups.max(1),
+        };
+        let (phase_tx, _) = watch::channel(Phase::Running);
+        WorkerShared {
+            layout,
+            device_prefix: format!("{}-d", plan.run_id),
+            counters: Counters::default(),
+            tick_ms: AtomicU64::new(0),
+            latency: Mutex::new(new_histogram()),
+            phase_tx,
+            last_sent: (0..plan.devices).map(|_| AtomicU32::new(0)).collect(),
+            sending: AtomicU64::new(0),
+            sending_changed: Notify::new(),
+            resolved: AtomicU64::new(0),
+            resolved_changed: Notify::new(),
+            views: Mutex::new(Vec::new()),
+            warned_open_files: AtomicBool::new(false),
+            plan,
+        }
+    }
+
+    /// A receiver of phase changes (the current phase counts as seen).
+    pub fn phase(&self) -> watch::Receiver<Phase> {
+        self.phase_tx.subscribe()
+    }
+
+    fn set_phase(&self, phase: Phase) {
+        self.phase_tx.send_replace(phase);
+    }
+
+    /// Records latencies in microseconds.
+    pub fn record_latencies(&self, values_us: &[u64]) {
+        let mut h = self.latency.lock().unwrap_or_else(|p| p.into_inner());
+        for &v in values_us {
+            h.saturating_record(v.min(MAX_LATENCY_US));
+        }
+    }
+
+    fn histogram(&self) -> Histogram<u64> {
+        self.latency
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Registers a device that is about to send; `false` if sending has already stopped.
+    pub fn start_sending(&self) -> bool {
+        if *self.phase_tx.borrow() != Phase::Running {
+            return false;
+        }
+        self.sending.fetch_add(1, Ordering::SeqCst);
+        true
+    }
+
+    /// A device has sent its last fix.
+    pub fn stop_sending(&self) {
+        self.sending.fetch_sub(1, Ordering::SeqCst);
+        self.sending_changed.notify_waiters();
+    }
+
+    /// Notes the fix time of a device's latest fix.
+    pub fn set_last_sent(&self, device: u32, ts_ms: u64) {
+        let offset = ts_ms
+            .saturating_sub(self.plan.base_ms)
+            .clamp(1, u64::from(EXCLUDED - 1));
+        if let Some(slot) = self.last_sent.get(device as usize) {
+            slot.store(offset as u32, Ordering::Relaxed);
+        }
+    }
+
+    /// Leaves a device out of the latest-state check.
+    pub fn exclude_device(&self, device: u32) {
+        if let Some(slot) = self.last_sent.get(device as usize) {
+            slot.store(EXCLUDED, Ordering::Relaxed);
+        }
+    }
+
+    /// A client's first connection attempt has finished.
+    pub fn resolved_one(&self) {
+        self.resolved.fetch_add(1, Ordering::SeqCst);
+        self.resolved_changed.notify_waiters();
+    }
+
+    /// Adds a subscriber's view to the latest-state check.
+    pub fn register_view(&self, view: Arc<View>) {
+        self.views
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(view);
+    }
+
+    /// Prints the first open-file-limit failure plainly; later ones are only counted.
+    pub fn warn_once(&self, failure: &ConnectFailure) {
+        if failure.reason == "open_file_limit"
+            && !self.warned_open_files.swap(true, Ordering::Relaxed)
+        {
+            eprintln!("beacon-loadtest: {}", failure.detail);
+        }
+    }
+
+    async fn wait_until(&self, notify: &Notify, done: impl Fn() -> bool) {
+        loop {
+            let notified = notify.notified();
+            if done() {
+                return;
+            }
+            // Re-check periodically too: notify_waiters only wakes tasks already waiting.
+            let _ = timeout(Duration::from_millis(100), notified).await;
+        }
+    }
+}
+
+/// Client indices of worker `index` of `workers`, in connect order.
+pub fn share(total: u32, workers: u32, index: u32) -> impl Iterator<Item = u32> {
+    (index..total).step_by(workers.max(1) as usize)
+}
+
+/// Runs one worker until the parent's `Expected` (or `Abort`) has been handled.
+pub async fn run(
+    plan: Arc<Plan>,
+    index: u32,
+    mut commands: mpsc::Receiver<Command>,
+    events: mpsc::Sender<Event>,
+) -> anyhow::Result<()> {
+    let w = Arc::new(WorkerShared::new(plan.clone()));
+    let mine: Vec<u32> = share(plan.connections(), plan.workers, index).collect();
+    let fd_limit = crate::limits::current_soft_limit();
+    send(
+        &events,
+        Event::Ready {
+            pid: std::process::id(),
+            fd_limit,
+        },
+    )
+    .await?;
+
+    loop {
+        match commands.recv().await {
+            Some(Command::Start) => break,
+            Some(Command::Abort) | None => return Ok(()),
+            Some(_) => {}
+        }
+    }
+    let started = Instant::now();
+    let progress = tokio::spawn(report_progress(w.clone(), events.clone()));
+    let ramp = tokio::spawn(ramp_up(w.clone(), mine.clone()));
+
+    // Ramp, then hold, until Stop.
+    let share_len = mine.len() as u64;
+    let mut ramp_reported = false;
+    let aborted = loop {
+        let ramp_done = w.wait_until(&w.resolved_changed, || {
+            w.resolved.load(Ordering::SeqCst) >= share_len
+        });
+        tokio::select! {
+            cmd = commands.recv() => match cmd {
+                Some(Command::Stop) => break false,
+                Some(Command::Abort) | None => break true,
+                Some(_) => {}
+            },
+            _ = ramp_done, if !ramp_reported => {
+                ramp_reported = true;
+                let ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+                send(&events, Event::RampDone { ms }).await?;
+            }
+        }
+    };
+    w.set_phase(Phase::Stopping);
+    let mut tasks = ramp.await.context("ramp task panicked")?;
+    if aborted {
+        w.set_phase(Phase::Closing);
+        close_all(&mut tasks).await;
+        progress.abort();
+        return Ok(());
+    }
+
+    // Every device task sees Stopping and deregisters after its last write.
+    let _ = timeout(
+        Duration::from_secs(5),
+        w.wait_until(&w.sending_changed, || w.sending.load(Ordering::SeqCst) == 0),
+    )
+    .await;
+    let last: Vec<(u32, u32)> = share(plan.connections(), plan.workers, index)
+        .filter(|&i| i >= plan.viewers)
+        .map(|i| i - plan.viewers)
+        .map(|d| (d, w.last_sent[d as usize].load(Ordering::Relaxed)))
+        .filter(|&(_, ts)| ts != 0)
+        .collect();
+    send(&events, Event::Sent { last }).await?;
+
+    let expected = loop {
+        match commands.recv().await {
+            Some(Command::Expected { last }) => break Some(last),
+            Some(Command::Abort) | None => break None,
+            Some(_) => {}
+        }
+    };
+    let Some(expected) = expected else {
+        w.set_phase(Phase::Closing);
+        close_all(&mut tasks).await;
+        progress.abort();
+        return Ok(());
+    };
+    let excluded_devices = expected.iter().filter(|&&t| t == EXCLUDED).count() as u64;
+    let checking = Instant::now();
+    let result = if plan.scenario == Scenario::Storm {
+        None
+    } else {
+        Some(converge(&w, &expected).await)
+    };
+    let settle_ms = u64::try_from(checking.elapsed().as_millis()).unwrap_or(u64::MAX);
+
+    w.set_phase(Phase::Closing);
+    close_all(&mut tasks).await;
+    progress.abort();
+    let tick = w.tick_ms.load(Ordering::Relaxed);
+    send(
+        &events,
+        Event::Final {
+            stats: w.counters.snapshot(),
+            histogram: encode_histogram(&w.histogram())?,
+            check: result,
+            settle_ms,
+            tick_ms: (tick > 0).then_some(tick),
+            excluded_devices,
+        },
+    )
+    .await
+}
+
+/// Checks the views until they all match or the settle limit passes; at least two server
+/// ticks go by first so the last batch has had its chance.
+async fn converge(w: &WorkerShared, expected: &[u32]) -> CheckResult {
+    let tick = Duration::from_millis(w.tick_ms.load(Ordering::Relaxed).clamp(10, 5_000));
+    let limit = Instant::now() + Duration::from_millis(w.plan.settle_ms).max(tick * 2);
+    sleep(tick * 2).await;
+    loop {
+        let views: Vec<Arc<View>> = w.views.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let r = check(&w.layout, &views, expected);
+        if r.mismatches() == 0 || Instant::now() >= limit {
+            return r;
+        }
+        sleep(tick.min(Duration::from_millis(100))).await;
+    }
+}
+
+/// Spawns this worker's clients at its share of the ramp rate; stops early if the phase
+/// leaves Running. Returns the client tasks.
+async fn ramp_up(w: Arc<WorkerShared>, mine: Vec<u32>) -> JoinSet<()> {
+    let mut tasks = JoinSet::new();
+    let per_client = Duration::from_secs_f64(f64::from(w.plan.workers.max(1)) / w.plan.ramp_per_s);
+    let start = Instant::now();
+    let phase = w.phase();
+    for (k, &index) in mine.iter().enumerate() {
+        sleep_until(start + per_client.mul_f64(k as f64)).await;
+        if *phase.borrow() != Phase::Running {
+            // Count the ones never attempted as resolved so the ramp can finish.
+            for _ in k..mine.len() {
+                w.resolved_one();
+            }
+            break;
+        }
+        let spec = ClientSpec::new(&w.plan, index);
+        if w.plan.scenario == Scenario::Storm {
+            tasks.spawn(run_storm(w.clone(), spec));
+        } else {
+            tasks.spawn(run_steady(w.clone(), spec));
+        }
+        // Reap finished tasks as we go so the set does not grow with dead entries.
+        while tasks.try_join_next().is_some() {}
+    }
+    tasks
+}
+
+/// Waits for the client tasks to close their connections, then aborts stragglers.
+async fn close_all(tasks: &mut JoinSet<()>) {
+    let drained = timeout(Duration::from_secs(5), async {
+        while tasks.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        tasks.abort_all();
+        while tasks.join_next().await.is_some() {}
+    }
+}
+
+async fn report_progress(w: Arc<WorkerShared>, events: mpsc::Sender<Event>) {
+    let mut every = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        every.tick().await;
+        let Ok(histogram) = encode_histogram(&w.histogram()) else {
+            continue;
+        };
+        if events
+            .send(Event::Progress {
+                stats: w.counters.snapshot(),
+                histogram,
+            })
+            .await
+            .is_err()
+        {
+            return;
+        }
+    }
+}
+
+async fn send(events: &mpsc::Sender<Event>, event: Event) -> anyhow::Result<()> {
+    events
+        .send(event)
+        .await
+        .map_err(|_| anyhow::anyhow!("the parent stopped listening"))
+}
+
+/// Entry point of a worker process (`beacon-loadtest --worker`): reads commands from stdin,
+/// writes events to stdout, and exits by itself if the parent goes away or the run's hard
+/// deadline passes.
+pub async fn run_child() -> anyhow::Result<()> {
+    let mut lines = BufReader::new(tokio::io::stdin()).lines();
+    let first = lines.next_line().await?.context("no Init line on stdin")?;
+    let Command::Init { plan, index } =
+        serde_json::from_str(&first).context("first line must be Init")?
+    else {
+        bail!("first line must be Init");
+    };
+    let plan: Arc<Plan> = Arc::new(*plan);
+    crate::limits::raise_open_file_limit().context("raising the open-file limit")?;
+
+    let (cmd_tx, cmd_rx) = mpsc::channel(16);
+    let (ev_tx, mut ev_rx) = mpsc::channel::<Event>(64);
+    tokio::spawn(async move {
+        loop {
+            let cmd = match lines.next_line().await {
+                Ok(Some(line)) => match serde_json::from_str::<Command>(&line) {
+                    Ok(cmd) => cmd,
+                    Err(e) => {
+                        eprintln!("beacon-loadtest worker: bad command line: {e}");
+                        continue;
+                    }
+                },
+                // Parent gone: stop.
+                _ => Command::Abort,
+            };
+            let last = matches!(cmd, Command::Abort);
+            if cmd_tx.send(cmd).await.is_err() || last {
+                return;
+            }
+        }
+    });
+    let writer = tokio::spawn(async move {
+        let mut out = tokio::io::stdout();
+        while let Some(ev) = ev_rx.recv().await {
+            let Ok(mut line) = serde_json::to_vec(&ev) else {
+                continue;
+            };
+            line.push(b'\n');
+            if out.write_all(&line).await.is_err() || out.flush().await.is_err() {
+                return;
+            }
+        }
+    });
+
+    let deadline = Duration::from_millis(plan.max_time_ms) + Duration::from_secs(30);
+    let outcome = timeout(deadline, run(plan, index, cmd_rx, ev_tx.clone())).await;
+    let result = match outcome {
+        Ok(r) => r,
+        Err(_) => Err(anyhow::anyhow!("worker {index} passed the hard deadline")),
+    };
+    if let Err(e) = &result {
+        let _ = ev_tx
+            .send(Event::Fatal {
+                message: format!("{e:#}"),
+            })
+            .await;
+    }
+    drop(ev_tx);
+    let _ = timeout(Duration::from_secs(5), writer).await;
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shares_cover_every_client_once() {
+        let mut all: Vec<u32> = (0..3).flat_map(|i| share(10, 3, i)).collect();
+        all.sort_unstable();
+        assert_eq!(all, (0..10).collect::<Vec<_>>());
+        assert_eq!(share(10, 3, 1).collect::<Vec<_>>(), vec![1, 4, 7]);
+        assert_eq!(share(2, 4, 3).count(), 0);
+    }
+}
