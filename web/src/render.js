@@ -23,6 +23,9 @@ const COLORS = {
 /** Above this many visible devices, only the followed one gets a trail and a label. */
 export const DETAIL_LIMIT = 400;
 
+/** From this many markers on screen, they are drawn pixel by pixel (see `blitMarkers`). */
+export const PIXEL_PATH_MIN = 600;
+
 /** Shortest interval between two repaints while every marker moves by less than a pixel. */
 export const SUBPIXEL_REPAINT_MS = 40;
 
@@ -202,53 +205,56 @@ export const DeviceLayer = L.Layer.extend({
   paint(shown, count, followed, ox, oy, scale, size) {
     const ctx = this.ctx;
     const dpr = this.dpr;
-    ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
-    ctx.clearRect(0, 0, size.x, size.y);
-    if (this.showGrid) this.drawGrid(ctx, ox, oy, scale, size);
     const detailed = count <= DETAIL_LIMIT;
-
-    // Trails: one path per colour.
-    ctx.lineWidth = 2;
-    ctx.lineJoin = 'round';
-    ctx.lineCap = 'round';
-    if (detailed) {
-      for (const online of [false, true]) {
-        ctx.beginPath();
-        for (let i = 0; i < count; i += 1) {
-          const dev = shown[i];
-          if (dev.online !== online || dev.id === this.followId) continue;
-          this.traceTrail(ctx, dev, this.hitX[i], this.hitY[i], ox, oy, scale);
-        }
-        ctx.strokeStyle = online ? COLORS.trailOnline : COLORS.trailOffline;
-        ctx.stroke();
-      }
-    }
-    if (followed) {
-      ctx.beginPath();
-      this.traceTrail(ctx, followed.dev, followed.sx, followed.sy, ox, oy, scale);
-      ctx.strokeStyle = 'rgba(37, 99, 235, 0.6)';
-      ctx.lineWidth = 3;
-      ctx.stroke();
-    }
-
-    // Markers: offline below online, each a blit of a pre-drawn sprite (an arrow per 5 degrees
-    // of heading, or a dot), which a software canvas does far faster than filling paths.
     const small = count > 2000;
     const r = small ? 4 : 6;
     const sizeIndex = small ? 0 : 1;
-    for (const online of [false, true]) {
-      const set = this.sprites(online, sizeIndex);
-      for (let i = 0; i < count; i += 1) {
-        const dev = shown[i];
-        if (dev.online !== online) continue;
-        const sprite = dev.hdg === undefined ? set.dot : set.arrows[headingBucket(dev.hdg)];
-        ctx.drawImage(
-          sprite.canvas,
-          Math.round(this.hitX[i] - sprite.half),
-          Math.round(this.hitY[i] - sprite.half),
-          sprite.css,
-          sprite.css,
-        );
+    ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
+
+    if (count >= PIXEL_PATH_MIN) {
+      // Many markers: write their pixels straight into an ImageData (one put), then draw the
+      // trail and the grid *behind* them with `destination-over`.
+      this.blitMarkers(shown, count, sizeIndex);
+      ctx.globalCompositeOperation = 'destination-over';
+      if (followed) this.drawFollowedTrail(ctx, followed, ox, oy, scale);
+      if (this.showGrid) this.drawGrid(ctx, ox, oy, scale, size);
+      ctx.globalCompositeOperation = 'source-over';
+    } else {
+      ctx.clearRect(0, 0, size.x, size.y);
+      if (this.showGrid) this.drawGrid(ctx, ox, oy, scale, size);
+      // Trails: one path per colour.
+      ctx.lineWidth = 2;
+      ctx.lineJoin = 'round';
+      ctx.lineCap = 'round';
+      if (detailed) {
+        for (const online of [false, true]) {
+          ctx.beginPath();
+          for (let i = 0; i < count; i += 1) {
+            const dev = shown[i];
+            if (dev.online !== online || dev.id === this.followId) continue;
+            this.traceTrail(ctx, dev, this.hitX[i], this.hitY[i], ox, oy, scale);
+          }
+          ctx.strokeStyle = online ? COLORS.trailOnline : COLORS.trailOffline;
+          ctx.stroke();
+        }
+      }
+      if (followed) this.drawFollowedTrail(ctx, followed, ox, oy, scale);
+      // Markers: offline below online, each a blit of a pre-drawn sprite (an arrow per 5
+      // degrees of heading, or a dot), far cheaper for a software canvas than filling paths.
+      for (const online of [false, true]) {
+        const set = this.sprites(online, sizeIndex);
+        for (let i = 0; i < count; i += 1) {
+          const dev = shown[i];
+          if (dev.online !== online) continue;
+          const sprite = dev.hdg === undefined ? set.dot : set.arrows[headingBucket(dev.hdg)];
+          ctx.drawImage(
+            sprite.canvas,
+            Math.round(this.hitX[i] - sprite.half),
+            Math.round(this.hitY[i] - sprite.half),
+            sprite.css,
+            sprite.css,
+          );
+        }
       }
     }
 
@@ -288,7 +294,7 @@ export const DeviceLayer = L.Layer.extend({
       const canvas = document.createElement('canvas');
       canvas.width = Math.ceil(css * dpr);
       canvas.height = Math.ceil(css * dpr);
-      const c = canvas.getContext('2d');
+      const c = canvas.getContext('2d', { willReadFrequently: true });
       c.scale(dpr, dpr);
       const p = new Path2D();
       build(p, css / 2);
@@ -309,6 +315,55 @@ export const DeviceLayer = L.Layer.extend({
     }
     this.spriteCache.set(key, set);
     return set;
+  },
+
+  drawFollowedTrail(ctx, followed, ox, oy, scale) {
+    ctx.beginPath();
+    this.traceTrail(ctx, followed.dev, followed.sx, followed.sy, ox, oy, scale);
+    ctx.strokeStyle = 'rgba(37, 99, 235, 0.6)';
+    ctx.lineWidth = 3;
+    ctx.lineJoin = 'round';
+    ctx.lineCap = 'round';
+    ctx.stroke();
+  },
+
+  /**
+   * Draws the markers by copying each sprite's visible pixels into one ImageData, then puts it
+   * on the canvas (replacing what was there). A canvas call per marker costs microseconds in
+   * a software-rendered browser; a few dozen integer writes cost far less.
+   */
+  blitMarkers(shown, count, sizeIndex) {
+    const W = this.canvas.width;
+    const H = this.canvas.height;
+    if (!this.image || this.image.width !== W || this.image.height !== H) {
+      this.image = this.ctx.createImageData(W, H);
+      this.pixels = new Uint32Array(this.image.data.buffer);
+    }
+    const buf = this.pixels;
+    buf.fill(0);
+    const dpr = this.dpr;
+    for (const online of [false, true]) {
+      const set = this.sprites(online, sizeIndex);
+      for (let i = 0; i < count; i += 1) {
+        const dev = shown[i];
+        if (dev.online !== online) continue;
+        const sprite = dev.hdg === undefined ? set.dot : set.arrows[headingBucket(dev.hdg)];
+        const px = spritePixels(sprite);
+        const x0 = Math.round(this.hitX[i] * dpr - px.size / 2);
+        const y0 = Math.round(this.hitY[i] * dpr - px.size / 2);
+        const { dx, dy, val, alpha } = px;
+        const inside = x0 >= 0 && y0 >= 0 && x0 + px.size <= W && y0 + px.size <= H;
+        for (let k = 0; k < val.length; k += 1) {
+          const x = x0 + dx[k];
+          const y = y0 + dy[k];
+          if (!inside && (x < 0 || y < 0 || x >= W || y >= H)) continue;
+          const at = y * W + x;
+          // Opaque pixels overwrite; anti-aliased edges keep the more opaque of the two.
+          if (alpha[k] === 255 || buf[at] >>> 24 < alpha[k]) buf[at] = val[k];
+        }
+      }
+    }
+    this.ctx.putImageData(this.image, 0, 0);
   },
 
   traceTrail(ctx, dev, sx, sy, ox, oy, scale) {
@@ -371,10 +426,14 @@ export const DeviceLayer = L.Layer.extend({
       const y = Math.round(toMercator(lat, 0).y * scale - oy) + 0.5;
       ctx.moveTo(0, y);
       ctx.lineTo(size.x, y);
-      labels.push([`${Math.abs(lat).toFixed(decimals)}°${lat < 0 ? 'S' : lat > 0 ? 'N' : ''}`, 3, y + 3]);
+      labels.push([`${Math.abs(lat).toFixed(decimals)}°${lat < 0 ? 'S' : lat > 0 ? 'N' : ''}`, -1, y + 3]);
     }
     ctx.stroke();
-    for (const [text, x, y] of labels) ctx.fillText(text, x, y);
+    // Longitudes along the top, latitudes along the right edge (the left has the zoom buttons).
+    for (const [text, x, y] of labels) {
+      if (x < 0) ctx.fillText(text, size.x - ctx.measureText(text).width - 4, y);
+      else ctx.fillText(text, x, y);
+    }
   },
 
   /** The device drawn nearest to container point (x, y), within `radius` pixels. */
@@ -402,6 +461,34 @@ export const DeviceLayer = L.Layer.extend({
 
 /** Adds an arrow pointing to `hdg` degrees (0 = north, clockwise) centred on (x, y). */
 const HEADING_BUCKETS = 72;
+
+/** The visible pixels of a sprite, read back once: offsets, RGBA values and alphas. */
+function spritePixels(sprite) {
+  if (sprite.pixels) return sprite.pixels;
+  const w = sprite.canvas.width;
+  const h = sprite.canvas.height;
+  const data = new Uint32Array(sprite.canvas.getContext('2d').getImageData(0, 0, w, h).data.buffer);
+  const dx = [];
+  const dy = [];
+  const val = [];
+  const alpha = [];
+  for (let i = 0; i < data.length; i += 1) {
+    const a = data[i] >>> 24;
+    if (a === 0) continue;
+    dx.push(i % w);
+    dy.push(Math.floor(i / w));
+    val.push(data[i]);
+    alpha.push(a);
+  }
+  sprite.pixels = {
+    size: w,
+    dx: Int16Array.from(dx),
+    dy: Int16Array.from(dy),
+    val: Uint32Array.from(val),
+    alpha: Uint8Array.from(alpha),
+  };
+  return sprite.pixels;
+}
 
 /** Index of the pre-drawn arrow nearest to heading `hdg` (degrees). */
 function headingBucket(hdg) {

@@ -68,11 +68,12 @@ export async function waitFor(what, check, { ms = 10000, every = 100 } = {}) {
 
 /**
  * Starts `BIN serve --listen 127.0.0.1:PORT [...extra]` and waits for `GET /healthz` = 200.
+ * PORT is a free one unless `port` is given (to restart a server where it was).
  * Returns `{base, port, pid, stop(), output()}`; `stop()` kills the process by its pid.
  */
-export async function startServer(extra = [], { readyMs = 20000 } = {}) {
+export async function startServer(extra = [], { readyMs = 20000, port: fixedPort } = {}) {
   const bin = serverBinary();
-  const port = await freePort();
+  const port = fixedPort || (await freePort());
   const args = ['serve', '--listen', `127.0.0.1:${port}`, ...extra];
   const proc = spawn(bin, args, {
     cwd: repoRoot,
