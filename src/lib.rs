@@ -16,7 +16,7 @@
 //! - [`metrics`]: the Prometheus registry.
 //! - [`web`]: the embedded map page.
 //! - [`demo`]: simulated devices for `--demo N`.
-//! - [`shutdown`]: SIGINT/SIGTERM.
+//! - [`shutdown`]: waits for SIGINT or SIGTERM.
 //!
 //! # Errors
 //! Library modules return `thiserror` enums or protocol [`protocol::Refusal`]s; `anyhow` is used
