@@ -139,7 +139,7 @@ function fitAll() {
       [b.south, b.west],
       [b.north, b.east],
     ],
-    { padding: [48, 48], maxZoom: 17 },
+    { padding: [64, 64], maxZoom: 17 },
   );
 }
 

@@ -431,8 +431,11 @@ export const DeviceLayer = L.Layer.extend({
     ctx.stroke();
     // Longitudes along the top, latitudes along the right edge (the left has the zoom buttons).
     for (const [text, x, y] of labels) {
-      if (x < 0) ctx.fillText(text, size.x - ctx.measureText(text).width - 4, y);
-      else ctx.fillText(text, x, y);
+      if (x < 0) {
+        // Keep clear of the attribution in the bottom-right corner.
+        if (y < size.y - 28) ctx.fillText(text, size.x - ctx.measureText(text).width - 4, y);
+      }
+      else if (x + ctx.measureText(text).width < size.x - 4) ctx.fillText(text, x, y);
     }
   },
 
@@ -502,10 +505,10 @@ function addArrow(path, x, y, hdg, len) {
   const cos = Math.cos(a);
   // Arrow in its own frame (pointing up, y down): tip, right wing, notch, left wing.
   const pts = [
-    [0, -len * 0.62],
-    [len * 0.42, len * 0.45],
+    [0, -len * 0.68],
+    [len * 0.36, len * 0.5],
     [0, len * 0.22],
-    [-len * 0.42, len * 0.45],
+    [-len * 0.36, len * 0.5],
   ];
   for (let k = 0; k < pts.length; k += 1) {
     const [px, py] = pts[k];

@@ -187,10 +187,16 @@ async function main() {
       bike.send({ lat: 52.53, lon: 13.39, ts: Date.now() });
       await row('bike-7').waitFor({ timeout: 10000 });
       await page.locator('#fit-all').click();
-      const both = await waitFor('both on screen', async () => {
-        const a = await dev('car-1');
-        const b = await dev('bike-7');
-        return a.screen && b.screen ? [a.screen, b.screen] : null;
+      const size = await page.evaluate(() => window.beaconDebug.map.getSize());
+      // Drawn where the map projects it (not mid-animation), and clear of the edges.
+      const placed = (v) => {
+        const p = v && v.screen;
+        const settled = p && Math.hypot(p.x - v.expected.x, p.y - v.expected.y) < 2;
+        return settled && p.x >= 40 && p.y >= 40 && p.x <= size.x - 40 && p.y <= size.y - 40;
+      };
+      const both = await waitFor('both well inside the map', async () => {
+        const [a, b] = await page.evaluate(() => ['car-1', 'bike-7'].map((id) => window.beaconDebug.device(id)));
+        return placed(a) && placed(b) ? [a.screen, b.screen] : null;
       }, { ms: 5000 });
       if (!(await page.locator('#follow-badge').isHidden())) throw new Error('fit-all did not stop following');
       return `car-1 at (${Math.round(both[0].x)}, ${Math.round(both[0].y)}), bike-7 at (${Math.round(both[1].x)}, ${Math.round(both[1].y)})`;

@@ -137,14 +137,14 @@ export async function startServer(extra = [], { readyMs = 20000, port: fixedPort
 }
 
 /** Headless Chromium with a fresh profile. Returns `{context, page, close()}`. */
-export async function launchBrowser({ width = 1360, height = 820 } = {}) {
+export async function launchBrowser({ width = 1360, height = 820, scale = 1 } = {}) {
   const profile = await mkdtemp(join(tmpdir(), 'beacon-chromium-'));
   const context = await chromium.launchPersistentContext(profile, {
     executablePath: CHROMIUM,
     headless: true,
     args: CHROMIUM_ARGS,
     viewport: { width, height },
-    deviceScaleFactor: 1,
+    deviceScaleFactor: scale,
   });
   const page = context.pages()[0] || (await context.newPage());
   return {
