@@ -34,49 +34,83 @@ const INPUTS: &[&str] = &[
 const STALE_LOCK: Duration = Duration::from_secs(15 * 60);
 
 fn main() {
+    let started = SystemTime::now();
     let root = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").unwrap_or_else(|| ".".into()));
     for input in INPUTS {
         println!("cargo:rerun-if-changed={input}");
     }
+    // Deleting the built page (or rebuilding it by hand) reruns this script too.
+    println!("cargo:rerun-if-changed=web/dist/index.html");
     println!("cargo:rerun-if-env-changed=BEACON_SKIP_WEB_BUILD");
 
     let web = root.join("web");
     let index = web.join("dist").join("index.html");
+    build(&root, &web, &index);
+    backdate(&index, started);
+}
+
+/// Cargo compares the files named by `rerun-if-changed` with the time this script started: an
+/// `index.html` written during the run would look changed and rerun the script (and recompile
+/// the crate) on every build. Dating it just before the start avoids that; it is still newer
+/// than every input, which is what `needs_build` compares.
+fn backdate(index: &Path, started: SystemTime) {
+    let Ok(meta) = fs::metadata(index) else {
+        return;
+    };
+    if meta.modified().is_ok_and(|m| m >= started) {
+        let before = started
+            .checked_sub(Duration::from_secs(1))
+            .unwrap_or(started);
+        if let Err(e) = fs::File::options()
+            .write(true)
+            .open(index)
+            .and_then(|f| f.set_modified(before))
+        {
+            warn(&format!(
+                "could not set the time of {}: {e}",
+                index.display()
+            ));
+        }
+    }
+}
+
+/// Builds the page when needed, or leaves the fallback page.
+fn build(root: &Path, web: &Path, index: &Path) {
     if !web.join("package.json").is_file() {
         // A source tree without the page (e.g. a trimmed package): serve the fallback.
-        ensure_fallback(&index, "web/package.json is missing");
+        ensure_fallback(index, "web/package.json is missing");
         return;
     }
-    if !needs_build(&root, &index) {
+    if !needs_build(root, index) {
         return;
     }
     if env::var_os("BEACON_SKIP_WEB_BUILD").is_some_and(|v| !v.is_empty() && v != "0") {
         warn("BEACON_SKIP_WEB_BUILD is set: the map page was not built");
-        ensure_fallback(&index, "BEACON_SKIP_WEB_BUILD was set");
+        ensure_fallback(index, "BEACON_SKIP_WEB_BUILD was set");
         return;
     }
 
     // Two cargo invocations (say `build` and `test`) may run this at once; npm must not.
     let Some(_lock) = Lock::acquire(&web.join(".build.lock")) else {
         warn("another build of web/ did not finish in time; the map page may be out of date");
-        ensure_fallback(&index, "another build of web/ held the lock");
+        ensure_fallback(index, "another build of web/ held the lock");
         return;
     };
     // The other build may have done the work while we waited.
-    if !needs_build(&root, &index) {
+    if !needs_build(root, index) {
         return;
     }
 
-    match build_page(&web) {
+    match build_page(web) {
         Ok(()) if index.is_file() => {}
         Ok(()) => {
             warn("`npm run build` succeeded but web/dist/index.html is missing");
-            ensure_fallback(&index, "the build produced no index.html");
+            ensure_fallback(index, "the build produced no index.html");
         }
         Err(reason) => {
             warn(&format!("the map page was not built: {reason}"));
             warn("build it with: cd web && npm ci && npm run build (Node.js 20+), then rebuild");
-            ensure_fallback(&index, &reason);
+            ensure_fallback(index, &reason);
         }
     }
 }
