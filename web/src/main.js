@@ -11,14 +11,16 @@ import { DevicePanel } from './panel.js';
 import { parseParams, socketUrl } from './params.js';
 import { DeviceLayer } from './render.js';
 import {
-  applyBatch,
-  applySnapshot,
   countOnline,
+  createInbox,
   createState,
   deviceBounds,
   formatAge,
-  glidePosition,
   fromMercator,
+  glidePosition,
+  inboxClear,
+  inboxDrain,
+  inboxPush,
   retainGroups,
   speedKmh,
 } from './state.js';
@@ -28,6 +30,7 @@ const TOKEN_KEY = 'beacon.access_token';
 
 const params = parseParams(window.location.search);
 const state = createState();
+const inbox = createInbox();
 const $ = (id) => document.getElementById(id);
 
 let token = params.token || sessionStorage.getItem(TOKEN_KEY) || '';
@@ -313,10 +316,14 @@ if (params.problems.length > 0) notice(`Ignored: ${params.problems.join('; ')}`,
 
 // ---- socket ----------------------------------------------------------------------------
 
+// Snapshots and batches wait in the inbox (coalesced per group and device) and are applied at
+// the start of the next animation frame; the rest is handled at once.
 function onMessage(msg) {
-  const now = performance.now();
   switch (msg.type) {
     case 'welcome':
+      // A new connection: what was queued for the old one is superseded by the snapshots that
+      // follow.
+      inboxClear(inbox);
       if (Number.isFinite(msg.server_time)) serverOffset = msg.server_time - Date.now();
       if (Array.isArray(msg.groups)) {
         watchedGroups = msg.groups;
@@ -326,26 +333,33 @@ function onMessage(msg) {
       break;
     case 'snapshot':
       stats.snapshots += 1;
-      applySnapshot(state, msg, now);
+      inboxPush(inbox, msg);
       break;
     case 'batch':
       stats.batches += 1;
-      applyBatch(state, msg, now);
+      inboxPush(inbox, msg);
       break;
     case 'error':
       notice(`Server: ${msg.code || 'error'}${msg.message ? ` – ${msg.message}` : ''}`);
       break;
-    case 'pong':
-      break;
     default:
+      // `pong` is handled by the link (RTT); unknown types are ignored (the protocol may grow).
       break;
-  }
-  if (!autoFitDone && state.devices.size > 0 && (msg.type === 'snapshot' || msg.type === 'batch')) {
-    autoFitDone = true;
-    // After the map has been laid out by the current frame.
-    requestAnimationFrame(fitAll);
   }
 }
+
+function drainInbox(now) {
+  if (inboxDrain(inbox, state, now) === 0) return;
+  if (!autoFitDone && state.devices.size > 0) {
+    autoFitDone = true;
+    fitAll();
+  }
+}
+
+// requestAnimationFrame stops in a hidden tab; keep the state current there all the same.
+setInterval(() => {
+  if (document.hidden) drainInbox(performance.now());
+}, 1000);
 
 const link = new Link({
   url: () => socketUrl(window.location, { groups: params.groups, id: params.id, token }),
@@ -376,6 +390,7 @@ let lastPanelAt = 0;
 
 function loop(now) {
   frames += 1;
+  drainInbox(now);
   keepFollowed(now);
   const t0 = performance.now();
   if (layer.render(now)) {
