@@ -5,6 +5,7 @@ import { backoffDelay, clockOffset } from './state.js';
 
 export const SUBPROTOCOL = 'beacon.v1.json';
 export const PING_INTERVAL_MS = 15000;
+const FIRST_PING_DELAY_MS = 1500;
 /** No frame at all for this long (pings are answered every 15 s) means the link is dead. */
 export const SILENCE_LIMIT_MS = 40000;
 /** A connection that stayed up this long resets the backoff to its first step. */
@@ -69,7 +70,9 @@ export class Link {
       if (msg === null || typeof msg !== 'object') return;
       if (msg.type === 'welcome') {
         this.setState({ state: 'live' });
-        this.sendPing();
+        // The first ping waits until the snapshots are in and the page has settled, so the RTT
+        // shown measures the network, not the page's start-up.
+        this.lastPingAt = Date.now() - PING_INTERVAL_MS + FIRST_PING_DELAY_MS;
       } else if (msg.type === 'pong') {
         this.handlePong(msg);
       }
