@@ -53,6 +53,11 @@ export function createState({ trailLength = DEFAULT_TRAIL_LENGTH } = {}) {
     updates: 0,
     /** Bumped on every change a view may care about. */
     version: 0,
+    /**
+     * Bumped only when the set of devices or their online flags change: what an id- or
+     * status-sorted list depends on.
+     */
+    shape: 0,
   };
 }
 
@@ -152,6 +157,13 @@ function applyFix(state, dev, rec, now, fresh) {
   }
 }
 
+function setOnline(state, dev, online) {
+  if (dev.online !== online) {
+    dev.online = online;
+    state.shape += 1;
+  }
+}
+
 /**
  * Applies one position record seen in `group`. Returns true when the device's state changed.
  * A fix older than the one held is ignored (batches of two groups can interleave).
@@ -163,12 +175,13 @@ export function applyRecord(state, group, rec, now) {
   if (fresh) {
     dev = newDevice(rec.id);
     state.devices.set(rec.id, dev);
+    state.shape += 1;
   }
   dev.groups.add(group);
   const ts = recordTs(rec, now);
   if (!fresh && ts < dev.ts) return false;
   applyFix(state, dev, rec, now, fresh);
-  dev.online = rec.online !== false;
+  setOnline(state, dev, rec.online !== false);
   state.updates += 1;
   state.version += 1;
   return true;
@@ -191,7 +204,7 @@ export function applySnapshot(state, msg, now) {
       // Keep the newer position we hold, but the snapshot is the authority on membership and
       // liveness.
       dev.groups.add(group);
-      dev.online = rec.online !== false;
+      setOnline(state, dev, rec.online !== false);
     } else {
       applyRecord(state, group, rec, now);
     }
@@ -199,7 +212,10 @@ export function applySnapshot(state, msg, now) {
   for (const [id, dev] of state.devices) {
     if (dev.groups.has(group) && !listed.has(id)) {
       dev.groups.delete(group);
-      if (dev.groups.size === 0) state.devices.delete(id);
+      if (dev.groups.size === 0) {
+        state.devices.delete(id);
+        state.shape += 1;
+      }
     }
   }
   state.version += 1;
@@ -215,7 +231,7 @@ export function applyBatch(state, msg, now) {
     const dev = state.devices.get(id);
     if (dev !== undefined && dev.online) {
       // The position stays: an offline device is shown where it was last seen.
-      dev.online = false;
+      setOnline(state, dev, false);
       state.version += 1;
     }
   }
@@ -293,6 +309,7 @@ export function retainGroups(state, groups) {
     for (const g of dev.groups) if (!keep.has(g)) dev.groups.delete(g);
     if (dev.groups.size === 0) {
       state.devices.delete(id);
+      state.shape += 1;
       state.version += 1;
     }
   }

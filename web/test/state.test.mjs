@@ -363,6 +363,20 @@ describe('panel: filter and sort', () => {
     assert.deepEqual(sortDevices([...devs], 'recent').map((d) => d.id), ['car-2', 'Bus-1', 'car-10', 'truck-7']);
   });
 
+  it('shape changes with membership and liveness, not with moves', () => {
+    const s = createState();
+    applyBatch(s, { group: 'g', updates: [rec('a', 1, 1, T)], offline: [] }, 0);
+    const afterAdd = s.shape;
+    assert.ok(afterAdd > 0);
+    applyBatch(s, { group: 'g', updates: [rec('a', 1.1, 1, T + 1000)], offline: [] }, 1000);
+    assert.equal(s.shape, afterAdd, 'a move keeps the shape');
+    applyBatch(s, { group: 'g', updates: [], offline: ['a'] }, 2000);
+    assert.ok(s.shape > afterAdd, 'going offline changes it');
+    const afterOffline = s.shape;
+    applySnapshot(s, { group: 'g', devices: [] }, 3000);
+    assert.ok(s.shape > afterOffline, 'leaving changes it');
+  });
+
   it('counts online and offline', () => {
     assert.deepEqual(countOnline(devs), { online: 2, offline: 2, total: 4 });
   });
