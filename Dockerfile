@@ -48,11 +48,13 @@ COPY --from=planner /src/recipe.json recipe.json
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     cargo chef cook --release --locked -p beacon --recipe-path recipe.json
 COPY . .
-# The map page built above: with web/dist present, build.rs does not need npm here
-# (this image has none), and rust-embed compiles the files into the binary.
+# The map page built above, compiled into the binary by rust-embed. This stage has no npm:
+# BEACON_SKIP_WEB_BUILD tells build.rs not to try (it keeps a real page as it is).
 COPY --from=web /src/web/dist web/dist
+ENV BEACON_SKIP_WEB_BUILD=1
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
-    cargo build --release --locked -p beacon --bin beacon \
+    test -s web/dist/index.html \
+    && cargo build --release --locked -p beacon --bin beacon \
     && install -D -m 0755 target/release/beacon /out/usr/local/bin/beacon \
     && install -d -m 0750 /out/var/lib/beacon
 
