@@ -16,7 +16,8 @@ const STABLE_MS = 10000;
  *
  * Callbacks:
  * - `onMessage(msg)` for every parsed server frame;
- * - `onStatus({state, retryAt, attempt, closeCode, reason})` when the link state changes;
+ * - `onStatus({state, retryAt, attempt, closeCode, reason, opened})` when the link state
+ *   changes (`opened` false when a failed attempt never got past the upgrade);
  * - `onRtt({rtt, offset})` on every `pong` that answers our ping.
  */
 export class Link {
@@ -43,12 +44,13 @@ export class Link {
     this.stopTimers();
     this.closeSocket();
     this.setState({ state: this.attempt === 0 ? 'connecting' : 'reconnecting' });
+    this.openedAt = 0;
     const url = typeof this.url === 'function' ? this.url() : this.url;
     let ws;
     try {
       ws = new this.WebSocketImpl(url, SUBPROTOCOL);
     } catch (err) {
-      this.scheduleRetry({ reason: String(err && err.message ? err.message : err) });
+      this.scheduleRetry({ reason: String(err && err.message ? err.message : err), opened: false });
       return;
     }
     this.ws = ws;
@@ -84,7 +86,7 @@ export class Link {
       this.stopTimers();
       if (this.state === 'stopped') return;
       if (this.openedAt && Date.now() - this.openedAt > STABLE_MS) this.attempt = 0;
-      this.scheduleRetry({ closeCode: ev.code, reason: ev.reason || '' });
+      this.scheduleRetry({ closeCode: ev.code, reason: ev.reason || '', opened: this.openedAt > 0 });
     };
     ws.onerror = () => {
       // Always followed by a close event, which does the work.
@@ -142,12 +144,14 @@ export class Link {
     if (this.onRtt) this.onRtt({ rtt, offset });
   }
 
-  scheduleRetry({ closeCode, reason }) {
+  scheduleRetry({ closeCode, reason, opened = true }) {
     this.stopTimers();
     const delay = backoffDelay(this.attempt);
     this.attempt += 1;
     const retryAt = Date.now() + delay;
-    this.setState({ state: 'reconnecting', retryAt, closeCode, reason });
+    // `opened: false` means the upgrade itself failed: server down, or refused (a browser
+    // does not say whether it was 401, 403 or 503).
+    this.setState({ state: 'reconnecting', retryAt, closeCode, reason, opened });
     this.retryTimer = setTimeout(() => this.start(), delay);
   }
 

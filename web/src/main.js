@@ -34,6 +34,13 @@ const inbox = createInbox();
 const $ = (id) => document.getElementById(id);
 
 let token = params.token || sessionStorage.getItem(TOKEN_KEY) || '';
+if (params.token) {
+  // Keep the token for this tab, out of the address bar (bookmarks, screenshots, history).
+  sessionStorage.setItem(TOKEN_KEY, params.token);
+  const url = new URL(window.location.href);
+  url.searchParams.delete('access_token');
+  window.history.replaceState(null, '', url);
+}
 let serverOffset = 0;
 let followId = null;
 let autoFitDone = false;
@@ -295,6 +302,7 @@ $('token-clear').addEventListener('click', () => {
 
 function setToken(value) {
   token = value;
+  refusedInRow = 0;
   if (token) sessionStorage.setItem(TOKEN_KEY, token);
   else sessionStorage.removeItem(TOKEN_KEY);
   tokenBtn.classList.toggle('active', token !== '');
@@ -304,6 +312,15 @@ function setToken(value) {
 }
 
 let noticeTimer = null;
+let stickyNotice = false;
+let refusedInRow = 0;
+
+/** A notice that stays until the connection is live again. */
+function showSticky(text) {
+  notice(text, 'error', 0);
+  stickyNotice = true;
+}
+
 function notice(text, kind = 'error', ms = 6000) {
   const el = $('notice');
   el.textContent = text;
@@ -368,8 +385,24 @@ const link = new Link({
     linkInfo = info;
     stats.state = info.state;
     renderConn();
-    if (info.state === 'reconnecting' && info.closeCode === 1008) {
-      notice('The server closed the connection (policy): the token may have expired.', 'error', 0);
+    if (info.state === 'live') {
+      refusedInRow = 0;
+      if (stickyNotice) {
+        stickyNotice = false;
+        $('notice').hidden = true;
+      }
+    } else if (info.state === 'reconnecting') {
+      if (info.closeCode === 1008) {
+        showSticky('The server closed the connection (policy): the access token may have expired.');
+      }
+      refusedInRow = info.opened ? 0 : refusedInRow + 1;
+      if (refusedInRow === 3) {
+        showSticky(
+          token
+            ? 'Cannot connect to the live feed: the server is down or refuses this access token.'
+            : 'Cannot connect to the live feed: the server is down, or it requires an access token (key button, top right).',
+        );
+      }
     }
   },
   onRtt({ rtt, offset }) {

@@ -66,19 +66,18 @@ export function parseParams(search, random = Math.random) {
 }
 
 /**
- * The socket URL for this page: same host, `wss:` on an `https:` page.
- * With a token the identity comes from the token; without one, from the query.
+ * The socket URL for this page: same host, `wss:` on an `https:` page. The query always names
+ * the viewer (`role`, `id`, `groups`: the identity when authentication is off) and carries the
+ * token when there is one (the identity when authentication is on), so the same page works
+ * whichever way the server runs.
  */
 export function socketUrl({ protocol, host }, { groups, id, token }) {
   const scheme = protocol === 'https:' ? 'wss:' : 'ws:';
   const q = new URLSearchParams();
-  if (token) {
-    q.set('access_token', token);
-  } else {
-    q.set('role', 'viewer');
-    q.set('id', id);
-    q.set('groups', groups.join(','));
-  }
+  q.set('role', 'viewer');
+  q.set('id', id);
+  q.set('groups', groups.join(','));
+  if (token) q.set('access_token', token);
   // URLSearchParams escapes ',' and ':'; ids never need escaping otherwise, and the protocol's
   // example keeps the comma literal.
   const query = q.toString().replace(/%2C/gi, ',');

@@ -133,6 +133,21 @@ describe('Link', () => {
     link.stop();
   });
 
+  it('tells a refused upgrade from a dropped connection', () => {
+    const { link, statuses } = makeLink();
+    link.start();
+    FakeSocket.all[0].drop();
+    assert.equal(statuses.at(-1).opened, false, 'never opened: refused or unreachable');
+    mock.timers.tick(statuses.at(-1).retryAt - Date.now());
+    const ws = FakeSocket.all[1];
+    ws.open();
+    ws.receive(welcome);
+    ws.drop(1001);
+    assert.equal(statuses.at(-1).opened, true);
+    assert.equal(statuses.at(-1).closeCode, 1001);
+    link.stop();
+  });
+
   it('treats a silent link as dead and reconnects', () => {
     const { link, statuses } = makeLink();
     link.start();

@@ -53,8 +53,8 @@ describe('socketUrl', () => {
     assert.equal(url, 'ws://127.0.0.1:8080/v1/ws?role=viewer&id=viewer-1&groups=g1,g2');
   });
 
-  it('with a token: access_token only, wss on https', () => {
+  it('with a token: the token added, wss on https', () => {
     const url = socketUrl({ protocol: 'https:', host: 'map.example' }, { groups: ['g'], id: 'v', token: 'a.b-c_d' });
-    assert.equal(url, 'wss://map.example/v1/ws?access_token=a.b-c_d');
+    assert.equal(url, 'wss://map.example/v1/ws?role=viewer&id=v&groups=g&access_token=a.b-c_d');
   });
 });
