@@ -97,6 +97,18 @@ export async function startServer(extra = [], { readyMs = 20000, port: fixedPort
   proc.on('error', (err) => {
     exited = { error: err.message };
   });
+  // If this script dies without calling stop() (an uncaught error, a closed stdout), the
+  // server must not outlive it.
+  const reap = () => {
+    if (!exited) {
+      try {
+        process.kill(proc.pid, 'SIGKILL');
+      } catch {
+        // Already gone.
+      }
+    }
+  };
+  process.on('exit', reap);
   const base = `http://127.0.0.1:${port}`;
   const server = {
     base,
@@ -121,6 +133,7 @@ export async function startServer(extra = [], { readyMs = 20000, port: fixedPort
       }, 5000);
       await exit;
       clearTimeout(timer);
+      process.off('exit', reap);
     },
   };
   try {
