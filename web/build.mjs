@@ -1,13 +1,14 @@
-// Builds the page into dist/: app.js (the modules and Leaflet, bundled), app.css (Leaflet's
-// stylesheet and ours), the images the stylesheets refer to, and index.html. Every URL is
-// relative and every file sits at the top of dist/, so the server can serve dist/NAME at /NAME.
+// Builds the page into dist/: app-HASH.js (the modules and Leaflet, bundled), app-HASH.css
+// (Leaflet's stylesheet and ours), the images the stylesheets refer to, and index.html. Every
+// URL is relative and every file sits at the top of dist/, so the server can serve dist/NAME at
+// /NAME.
 //
 //   node build.mjs          minified build
 //   node build.mjs --dev    readable build with source maps
 
 import { build } from 'esbuild';
-import { copyFile, mkdir, readdir, rename, rm, stat } from 'node:fs/promises';
-import { dirname, join } from 'node:path';
+import { mkdir, readFile, readdir, rename, rm, stat, writeFile } from 'node:fs/promises';
+import { basename, dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 const here = dirname(fileURLToPath(import.meta.url));
@@ -29,7 +30,9 @@ try {
     sourcemap: dev ? 'linked' : false,
     legalComments: 'linked',
     loader: { '.png': 'file', '.svg': 'file' },
+    entryNames: '[name]-[hash]',
     assetNames: '[name]-[hash]',
+    metafile: true,
     logLevel: 'silent',
   });
 } catch (err) {
@@ -43,8 +46,22 @@ try {
 }
 for (const w of result.warnings) console.error(`warning: ${w.text}`);
 
+// The bundles carry a hash of their content in their names, so a browser may cache them for
+// as long as it likes; index.html is rewritten to point at them.
+const entry = Object.entries(result.metafile.outputs).find(([, o]) => o.entryPoint && o.entryPoint.endsWith('main.js'));
+if (!entry || !entry[1].cssBundle) {
+  console.error('build failed: no JavaScript or CSS bundle in the output');
+  process.exit(1);
+}
+const jsName = basename(entry[0]);
+const cssName = basename(entry[1].cssBundle);
+const html = await readFile(join(here, 'index.html'), 'utf8');
+if (!html.includes('"./app.js"') || !html.includes('"./app.css"')) {
+  console.error('build failed: index.html must refer to "./app.js" and "./app.css"');
+  process.exit(1);
+}
 // index.html last: its presence means the build is complete (build.rs checks for it).
-await copyFile(join(here, 'index.html'), join(dist, 'index.html.tmp'));
+await writeFile(join(dist, 'index.html.tmp'), html.replace('"./app.js"', `"./${jsName}"`).replace('"./app.css"', `"./${cssName}"`));
 await rename(join(dist, 'index.html.tmp'), join(dist, 'index.html'));
 
 const files = await readdir(dist);
