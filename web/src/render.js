@@ -23,6 +23,10 @@ const COLORS = {
 /** Above this many visible devices, only the followed one gets a trail and a label. */
 export const DETAIL_LIMIT = 400;
 
+const LABEL_FONT = '600 11px system-ui, -apple-system, "Segoe UI", Roboto, sans-serif';
+/** Cell size in pixels of the grid that keeps labels from overlapping. */
+const LABEL_CELL = 6;
+
 /** From this many markers on screen, they are drawn pixel by pixel (see `blitMarkers`). */
 export const PIXEL_PATH_MIN = 600;
 
@@ -260,22 +264,61 @@ export const DeviceLayer = L.Layer.extend({
 
     if (followed) this.drawFollowed(ctx, followed.dev, followed.sx, followed.sy, r);
 
-    // Labels: when few enough to read, plus the followed and hovered devices.
-    ctx.font = '600 11px system-ui, -apple-system, "Segoe UI", Roboto, sans-serif';
+    // Labels: when few enough to read, plus the followed and hovered devices. A label that
+    // would overlap one already placed is left out (the followed and hovered ones go first).
+    ctx.font = LABEL_FONT;
     ctx.textBaseline = 'middle';
     ctx.lineWidth = 3;
     ctx.strokeStyle = 'rgba(255, 255, 255, 0.92)';
     ctx.lineJoin = 'round';
+    const cols = Math.ceil(size.x / LABEL_CELL) + 1;
+    const rows = Math.ceil(size.y / LABEL_CELL) + 1;
+    if (!this.labelGrid || this.labelGrid.length < cols * rows) this.labelGrid = new Uint8Array(cols * rows);
+    const grid = this.labelGrid;
+    grid.fill(0);
+    const order = [];
     for (let i = 0; i < count; i += 1) {
+      const id = shown[i].id;
+      if (id === this.followId || id === this.hoverId) order.unshift(i);
+      else if (detailed) order.push(i);
+    }
+    for (const i of order) {
       const dev = shown[i];
-      const special = dev.id === this.followId || dev.id === this.hoverId;
-      if (!detailed && !special) continue;
       const x = this.hitX[i] + r + 5;
       const y = this.hitY[i];
+      const w = this.labelWidth(ctx, dev.id);
+      const c0 = Math.max(0, Math.floor(x / LABEL_CELL));
+      const c1 = Math.min(cols - 1, Math.floor((x + w) / LABEL_CELL));
+      const r0 = Math.max(0, Math.floor((y - 7) / LABEL_CELL));
+      const r1 = Math.min(rows - 1, Math.floor((y + 7) / LABEL_CELL));
+      let free = true;
+      for (let row = r0; row <= r1 && free; row += 1) {
+        for (let col = c0; col <= c1; col += 1) {
+          if (grid[row * cols + col]) {
+            free = false;
+            break;
+          }
+        }
+      }
+      const special = dev.id === this.followId || dev.id === this.hoverId;
+      if (!free && !special) continue;
+      for (let row = r0; row <= r1; row += 1) grid.fill(1, row * cols + c0, row * cols + c1 + 1);
       ctx.fillStyle = dev.online ? COLORS.label : COLORS.offlineDark;
       ctx.strokeText(dev.id, x, y);
       ctx.fillText(dev.id, x, y);
     }
+  },
+
+  /** Width of a label in pixels, measured once per id. */
+  labelWidth(ctx, id) {
+    this.widths = this.widths || new Map();
+    let w = this.widths.get(id);
+    if (w === undefined) {
+      w = ctx.measureText(id).width;
+      if (this.widths.size > 20000) this.widths.clear();
+      this.widths.set(id, w);
+    }
+    return w;
   },
 
   /** Sprites for one colour and size, drawn on first use and kept. */
@@ -385,7 +428,7 @@ export const DeviceLayer = L.Layer.extend({
     ctx.strokeStyle = COLORS.follow;
     ctx.stroke();
     const p = new Path2D();
-    if (dev.hdg !== undefined) addArrow(p, x, y, dev.hdg, r * 2.3);
+    if (dev.hdg !== undefined) addArrow(p, x, y, dev.hdg, r * 2.9);
     else p.arc(x, y, r + 1.5, 0, Math.PI * 2);
     ctx.fillStyle = dev.online ? COLORS.online : COLORS.offline;
     ctx.strokeStyle = '#ffffff';

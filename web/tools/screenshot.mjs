@@ -2,6 +2,7 @@
 //
 //   node tools/screenshot.mjs [--demo N] [--devices N] [--query '?groups=demo&tiles=none']
 //                             [--wait MS] [--follow ID] [--out FILE] [--width W --height H]
+//                             [--scale DEVICE_PIXEL_RATIO]
 //
 // --devices N connects N simulated devices of its own (group "shot") around Berlin and moves
 // them; --demo N starts the server's built-in simulator instead.
@@ -10,7 +11,7 @@ import { mkdir } from 'node:fs/promises';
 import { dirname, resolve } from 'node:path';
 import { connectDevice, launchBrowser, sleep, startServer, waitFor } from './harness.mjs';
 
-const opts = { demo: 0, devices: 0, query: '', wait: 3000, out: 'test/artifacts/shot.png', follow: '', width: 1360, height: 820 };
+const opts = { demo: 0, devices: 0, query: '', wait: 3000, out: 'test/artifacts/shot.png', follow: '', width: 1360, height: 820, scale: 1 };
 const argv = process.argv.slice(2);
 for (let i = 0; i < argv.length; i += 1) {
   const key = argv[i].replace(/^--/, '');
@@ -21,7 +22,7 @@ for (let i = 0; i < argv.length; i += 1) {
 if (!opts.query) opts.query = opts.demo ? '?groups=demo&tiles=none' : '?groups=shot&tiles=none';
 
 const server = await startServer(opts.demo ? ['--demo', String(opts.demo)] : []);
-const browser = await launchBrowser({ width: opts.width, height: opts.height });
+const browser = await launchBrowser({ width: opts.width, height: opts.height, scale: opts.scale });
 const devices = [];
 let mover = null;
 try {
