@@ -19,6 +19,7 @@ import {
   fromMercator,
   glidePosition,
   inboxClear,
+  lastSeen,
   inboxDrain,
   inboxPush,
   retainGroups,
@@ -227,7 +228,7 @@ function updateHover() {
   const at = layer.screenPoint(id);
   if (!at) return;
   const kmh = speedKmh(dev.spd);
-  const age = formatAge(serverNow() - dev.ts);
+  const age = formatAge(serverNow() - lastSeen(dev));
   tip.textContent = `${dev.id} · ${dev.online ? 'online' : 'offline'} · ${age === 'now' ? 'now' : `${age} ago`}${kmh === undefined ? '' : ` · ${kmh} km/h`}`;
   tip.style.transform = `translate(${Math.round(at.x + 14)}px, ${Math.round(at.y - 34)}px)`;
   tip.hidden = false;

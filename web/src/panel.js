@@ -6,6 +6,7 @@ import {
   countOnline,
   filterDevices,
   formatAge,
+  lastSeen,
   sortDevices,
   speedKmh,
 } from './state.js';
@@ -148,7 +149,7 @@ export class DevicePanel {
       row.classList.toggle('selected', v);
       row.setAttribute('aria-selected', String(v));
     });
-    const age = formatAge(now - dev.ts);
+    const age = formatAge(now - lastSeen(dev));
     set(row, c, 'age', age === 'now' ? 'now' : `${age} ago`, (v) => (p.age.textContent = v));
     const kmh = speedKmh(dev.spd);
     const status = dev.online ? '' : 'offline · ';
@@ -178,7 +179,8 @@ export class DevicePanel {
       id: dev.id,
       status: dev.online ? 'online' : 'offline',
       position: `${dev.lat.toFixed(5)}, ${dev.lon.toFixed(5)}`,
-      age: formatAge(now - dev.ts) === 'now' ? 'now' : `${formatAge(now - dev.ts)} ago`,
+      seen: ago(now - lastSeen(dev)),
+      fix: ago(now - dev.ts),
       speed: kmh === undefined ? '–' : `${kmh} km/h`,
       heading: dev.hdg === undefined ? '–' : `${Math.round(dev.hdg)}°`,
       battery: dev.batt === undefined ? '–' : `${Math.round(dev.batt)}%`,
@@ -208,6 +210,11 @@ export class DevicePanel {
       list.scrollTop = Math.max(0, top - list.clientHeight / 2);
     }
   }
+}
+
+function ago(ms) {
+  const age = formatAge(ms);
+  return age === 'now' || age === '–' ? age : `${age} ago`;
 }
 
 function set(row, cache, key, value, apply) {

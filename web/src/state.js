@@ -144,7 +144,8 @@ function applyFix(state, dev, rec, now, fresh) {
   dev.lat = rec.lat;
   dev.lon = rec.lon;
   dev.ts = ts;
-  if (isFiniteNumber(rec.rts)) dev.rts = rec.rts;
+  // Without `rts` (not from this server), the fix time stands in for the receive time.
+  dev.rts = isFiniteNumber(rec.rts) ? rec.rts : ts;
   for (const f of OPTIONAL_FIELDS) {
     if (isFiniteNumber(rec[f])) dev[f] = rec[f];
   }
@@ -347,16 +348,24 @@ export function compareIds(a, b) {
 }
 
 /**
+ * When the server last heard from a device (`rts`, on the server's clock), which unlike the fix
+ * time (`ts`, the device's clock) is immune to a device whose clock is off.
+ */
+export function lastSeen(dev) {
+  return dev.rts;
+}
+
+/**
  * Sorts devices in place for the panel.
  * - `status` (default): online first, then by id;
  * - `id`: by id;
- * - `recent`: newest fix first, then by id.
+ * - `recent`: last heard from first, then by id.
  */
 export function sortDevices(list, mode = 'status') {
   if (mode === 'id') {
     list.sort((a, b) => compareIds(a.id, b.id));
   } else if (mode === 'recent') {
-    list.sort((a, b) => b.ts - a.ts || compareIds(a.id, b.id));
+    list.sort((a, b) => lastSeen(b) - lastSeen(a) || compareIds(a.id, b.id));
   } else {
     list.sort((a, b) => Number(b.online) - Number(a.online) || compareIds(a.id, b.id));
   }

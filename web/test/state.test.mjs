@@ -23,6 +23,7 @@ import {
   inboxPush,
   isGliding,
   isValidId,
+  lastSeen,
   retainGroups,
   sortDevices,
   speedKmh,
@@ -359,8 +360,18 @@ describe('panel: filter and sort', () => {
     assert.deepEqual(sortDevices([...devs], 'id').map((d) => d.id), ['Bus-1', 'car-2', 'car-10', 'truck-7']);
   });
 
-  it('sorts by latest fix', () => {
-    assert.deepEqual(sortDevices([...devs], 'recent').map((d) => d.id), ['car-2', 'Bus-1', 'car-10', 'truck-7']);
+  it('sorts by last seen (server receive time)', () => {
+    const seen = devs.map((d) => ({ ...d, rts: d.ts }));
+    seen[3].rts = 100; // truck-7: an old fix (ts 1) received just now
+    assert.deepEqual(sortDevices(seen, 'recent').map((d) => d.id), ['truck-7', 'car-2', 'Bus-1', 'car-10']);
+  });
+
+  it('last seen is the receive time, the fix time when there is none', () => {
+    const s = createState();
+    applyBatch(s, { group: 'g', updates: [rec('a', 1, 1, T)], offline: [] }, 0);
+    assert.equal(lastSeen(s.devices.get('a')), T + 3);
+    applyBatch(s, { group: 'g', updates: [{ id: 'b', lat: 1, lon: 1, ts: T + 50, online: true }], offline: [] }, 0);
+    assert.equal(lastSeen(s.devices.get('b')), T + 50);
   });
 
   it('shape changes with membership and liveness, not with moves', () => {
