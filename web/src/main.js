@@ -1,6 +1,7 @@
 // Wiring of the live map page: URL settings, the socket, the state, the map, the panel and the
-// animation loop. Messages are applied to the state as they arrive (cheap); drawing happens once
-// per animation frame and the panel is refreshed twice a second, however many batches arrive.
+// animation loop. Snapshots and batches are coalesced in an inbox and applied at the start of
+// each animation frame, the canvas is repainted in that frame only when something visible
+// changed, and the panel is refreshed twice a second, however many batches arrive.
 
 import * as L from 'leaflet/dist/leaflet-src.esm.js';
 import 'leaflet/dist/leaflet.css';
@@ -19,9 +20,9 @@ import {
   fromMercator,
   glidePosition,
   inboxClear,
-  lastSeen,
   inboxDrain,
   inboxPush,
+  lastSeen,
   retainGroups,
   speedKmh,
 } from './state.js';
@@ -368,6 +369,8 @@ function onMessage(msg) {
 
 function drainInbox(now) {
   if (inboxDrain(inbox, state, now) === 0) return;
+  // The followed device left the watched groups (or its retention ended).
+  if (followId !== null && !state.devices.has(followId)) stopFollowing();
   if (!autoFitDone && state.devices.size > 0) {
     autoFitDone = true;
     fitAll();
