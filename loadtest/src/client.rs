@@ -9,9 +9,10 @@
 //! measures latency on every update of this run's devices, keeps the subscriber's view for the
 //! latest-state check, and, for devices, sends fixes at the planned rate until told to stop.
 
+use std::cmp::Ordering;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
@@ -327,14 +328,18 @@ enum Step {
 struct Session<'a> {
     w: &'a WorkerShared,
     spec: &'a ClientSpec,
-    view: Option<&'a View>,
+    /// What this subscriber holds; tells new fixes from repeated or older ones.
+    view: &'a View,
     initial_snapshots_left: u32,
+    // Scratch buffers reused frame after frame.
     latencies_us: Vec<u64>,
     records: Vec<(u32, u32)>,
+    sent_us: Vec<u64>,
+    compared: Vec<Ordering>,
 }
 
 impl<'a> Session<'a> {
-    fn new(w: &'a WorkerShared, spec: &'a ClientSpec, view: Option<&'a View>) -> Session<'a> {
+    fn new(w: &'a WorkerShared, spec: &'a ClientSpec, view: &'a View) -> Session<'a> {
         Session {
             w,
             spec,
@@ -342,6 +347,8 @@ impl<'a> Session<'a> {
             initial_snapshots_left: 1,
             latencies_us: Vec::new(),
             records: Vec::new(),
+            sent_us: Vec::new(),
+            compared: Vec::new(),
         }
     }
 
@@ -369,7 +376,7 @@ impl<'a> Session<'a> {
         match frame.kind.as_ref() {
             "welcome" => {
                 if let Some(tick) = frame.tick_ms.filter(|t| t.is_finite() && *t >= 0.0) {
-                    self.w.tick_ms.fetch_max(tick as u64, Ordering::Relaxed);
+                    self.w.tick_ms.fetch_max(tick as u64, Relaxed);
                 }
                 Step::Continue
             }
@@ -406,37 +413,42 @@ impl<'a> Session<'a> {
         }
     }
 
-    /// Records latency (for batches) and updates the view, for this run's devices only.
+    /// Updates the view and, for batches, counts each new fix and records its latency.
+    /// Only this run's devices of the subscriber's group are looked at.
     fn apply(&mut self, records: &[crate::wire::Record<'_>], received_us: Option<u64>) {
         let w = self.w;
-        let base = w.plan.base_ms;
         self.records.clear();
-        self.latencies_us.clear();
+        self.sent_us.clear();
         for r in records {
             let Some(d) = parse_device(&w.device_prefix, &r.id, w.plan.devices) else {
                 continue;
             };
-            if !(r.ts.is_finite() && r.ts > 0.0) {
+            if !(r.ts.is_finite() && r.ts > 0.0) || w.layout.group_of(d) != self.spec.group {
                 continue;
             }
-            if let Some(rx) = received_us {
-                bump(&w.counters.updates_received);
-                self.latencies_us
-                    .push(rx.saturating_sub((r.ts * 1000.0) as u64));
-            }
-            if w.layout.group_of(d) == self.spec.group {
-                let offset = (r.ts as u64)
-                    .saturating_sub(base)
-                    .clamp(1, u64::from(EXCLUDED - 1));
-                self.records.push((w.layout.slot_of(d), offset as u32));
+            let offset = (r.ts as u64)
+                .saturating_sub(w.plan.base_ms)
+                .clamp(1, u64::from(EXCLUDED - 1));
+            self.records.push((w.layout.slot_of(d), offset as u32));
+            self.sent_us.push((r.ts * 1000.0) as u64);
+        }
+        self.view.apply(&self.records, &mut self.compared);
+        let c = &w.counters;
+        self.latencies_us.clear();
+        for (i, order) in self.compared.iter().enumerate() {
+            match (order, received_us) {
+                (Ordering::Greater, Some(rx)) => {
+                    bump(&c.updates_received);
+                    self.latencies_us.push(rx.saturating_sub(self.sent_us[i]));
+                }
+                (Ordering::Equal, Some(_)) => bump(&c.repeated),
+                (Ordering::Less, _) => bump(&c.out_of_order),
+                // Snapshot records: state, not deliveries.
+                (_, None) => {}
             }
         }
         if !self.latencies_us.is_empty() {
             w.record_latencies(&self.latencies_us);
-        }
-        if let Some(view) = self.view {
-            let backwards = view.apply(&self.records);
-            add(&w.counters.out_of_order, backwards);
         }
     }
 }
@@ -445,6 +457,7 @@ impl<'a> Session<'a> {
 /// a strictly increasing `ts`, so a fix time identifies a fix.
 struct FixSource {
     vehicle: Vehicle,
+    rng: SmallRng,
     seq: u64,
     last_ts: u64,
     last_move: Instant,
@@ -460,12 +473,25 @@ impl FixSource {
             .wrapping_add(u64::from(device));
         FixSource {
             vehicle: Vehicle::new(Grid::city(plan.center), seed),
+            rng: SmallRng::seed_from_u64(seed ^ 0x5eed),
             seq: 0,
             last_ts: 0,
             last_move: Instant::now(),
             period: Duration::from_secs_f64(1.0 / plan.rate_hz),
             next_at: Instant::now(),
         }
+    }
+
+    /// Schedules the first fix once the connection is ready: right away for a single fix,
+    /// otherwise at a random point of the first period, so that devices connected together
+    /// do not all report in the same instant every second.
+    fn first_after_ready(&mut self, immediately: bool) {
+        let now = Instant::now();
+        self.next_at = if immediately {
+            now
+        } else {
+            now + self.period.mul_f64(self.rng.random_range(0.0..1.0))
+        };
     }
 
     /// Encodes the next fix; returns it with its `ts`.
@@ -526,7 +552,7 @@ pub async fn run_steady(w: Arc<WorkerShared>, spec: ClientSpec) {
 
     let view = Arc::new(View::new(&w.layout, spec.group));
     w.register_view(view.clone());
-    let mut session = Session::new(&w, &spec, Some(&view));
+    let mut session = Session::new(&w, &spec, &view);
     let device = (spec.role == Role::Device).then_some(spec.number);
     let mut fixes = device.map(|d| FixSource::new(&w.plan, d));
     let one_fix_only = w.plan.scenario == Scenario::Idle;
@@ -551,7 +577,12 @@ pub async fn run_steady(w: Arc<WorkerShared>, spec: ClientSpec) {
             }
             msg = ws.next() => match msg {
                 Some(Ok(m)) => match session.on_message(&m) {
-                    Step::Ready => ready = true,
+                    Step::Ready => {
+                        ready = true;
+                        if let Some(src) = fixes.as_mut() {
+                            src.first_after_ready(one_fix_only);
+                        }
+                    }
                     Step::Closed(code) => ended_by = Some(code),
                     Step::Continue => {}
                 },
@@ -590,7 +621,7 @@ pub async fn run_steady(w: Arc<WorkerShared>, spec: ClientSpec) {
     } else {
         close_gracefully(&mut ws).await;
     }
-    w.counters.open.fetch_sub(1, Ordering::Relaxed);
+    w.counters.open.fetch_sub(1, Relaxed);
 }
 
 /// Runs a storm client: connect, wait for the snapshot, send a few fixes, close, pause,
@@ -614,7 +645,9 @@ pub async fn run_storm(w: Arc<WorkerShared>, spec: ClientSpec) {
         }
         if let Some(mut ws) = connected {
             let is_device = spec.role == Role::Device;
-            let mut session = Session::new(&w, &spec, None);
+            // A fresh view per session, not part of the latest-state check.
+            let view = View::new(&w.layout, spec.group);
+            let mut session = Session::new(&w, &spec, &view);
             let (mut ready, mut sent) = (false, 0u32);
             let mut ended_by: Option<String> = None;
             let deadline = Instant::now() + session_limit;
@@ -657,7 +690,7 @@ pub async fn run_storm(w: Arc<WorkerShared>, spec: ClientSpec) {
                     }
                 }
             }
-            w.counters.open.fetch_sub(1, Ordering::Relaxed);
+            w.counters.open.fetch_sub(1, Relaxed);
         }
         let pause = Duration::from_millis(rng.random_range(pause_ms / 2..=pause_ms + pause_ms / 2));
         let mut stop = phase.clone();

@@ -63,6 +63,9 @@ pub enum Event {
     },
     /// Cumulative figures so far, once a second.
     Progress {
+        /// When the counters were read, ms since epoch (rates use the worker's own clock
+        /// readings, not the time the line happened to arrive).
+        at_ms: u64,
         /// Counters.
         stats: Stats,
         /// Latency histogram (see [`crate::metrics::encode_histogram`]).
@@ -80,6 +83,8 @@ pub enum Event {
     },
     /// The run is over for this worker.
     Final {
+        /// When the counters were read, ms since epoch.
+        at_ms: u64,
         /// Counters.
         stats: Stats,
         /// Latency histogram.

@@ -19,7 +19,7 @@ use tokio::time::{Instant, sleep_until, timeout};
 
 use crate::config::{CONNECTIONS_PER_SOURCE_ADDR, Cli, Plan, Scenario, new_run_id};
 use crate::control::{Command, Event};
-use crate::latest::{CheckResult, EXCLUDED};
+use crate::latest::CheckResult;
 use crate::limits::{raise_open_file_limit, workers_needed};
 use crate::metrics::{LatencySummary, Stats, decode_histogram, merge_histogram, new_histogram};
 use crate::procstat::{CpuMeter, read};
@@ -274,6 +274,40 @@ fn round2(v: f64) -> f64 {
     (v * 100.0).round() / 100.0
 }
 
+/// A worker's latest cumulative figures.
+struct Snap {
+    at_ms: u64,
+    stats: Stats,
+    hist: Histogram<u64>,
+}
+
+/// Counters of one worker and when it read them (ms since epoch).
+type Mark = (u64, Stats);
+
+/// One [`Mark`] per worker (`None` until it has reported).
+type Marks = Vec<Option<Mark>>;
+
+impl Snap {
+    fn mark(&self) -> Mark {
+        (self.at_ms, self.stats.clone())
+    }
+}
+
+/// Sum over workers of each one's rate between two of its readings; `None` when no worker
+/// has two distinct readings.
+fn rate(from: &[Option<Mark>], to: &[Option<Mark>], pick: fn(&Stats) -> u64) -> Option<f64> {
+    let mut total = None;
+    for (a, b) in from.iter().zip(to) {
+        if let (Some((t0, s0)), Some((t1, s1))) = (a, b) {
+            if t1 > t0 {
+                let per_s = pick(s1).saturating_sub(pick(s0)) as f64 / ((t1 - t0) as f64 / 1e3);
+                total = Some(total.unwrap_or(0.0) + per_s);
+            }
+        }
+    }
+    total
+}
+
 /// A worker's final figures.
 struct Final {
     check: Option<CheckResult>,
@@ -293,18 +327,21 @@ struct Run {
     next_tick: Instant,
     server: Option<ProcSet>,
     harness: ProcSet,
-    latest: Vec<Option<(Stats, Histogram<u64>)>>,
+    /// Latest figures of each worker.
+    latest: Vec<Option<Snap>>,
+    /// The figures each worker sent before its latest (for the progress line's rates).
+    previous: Vec<Option<Mark>>,
     ready: Vec<bool>,
     ramp_done: Vec<bool>,
     sent: Vec<Option<Vec<(u32, u32)>>>,
     finals: Vec<Option<Final>>,
     failure: Option<String>,
     label: &'static str,
-    last_line: Option<(Instant, Stats)>,
     // Figures collected along the way.
     ramp_s: f64,
     load_s: f64,
-    steady: Option<((Instant, Stats), (Instant, Stats))>,
+    /// Every worker's readings when the steady phase began and ended.
+    steady: Option<(Marks, Marks)>,
     rss_before: Option<u64>,
     idle_after: Option<(u64, u64)>,
     open_at_stop: u64,
@@ -325,13 +362,13 @@ impl Run {
             server: (!cli.server_pid.is_empty()).then(|| ProcSet::new(&cli.server_pid)),
             harness: ProcSet::new(&[std::process::id()]),
             latest: (0..n).map(|_| None).collect(),
+            previous: vec![None; n],
             ready: vec![false; n],
             ramp_done: vec![false; n],
             sent: vec![None; n],
             finals: (0..n).map(|_| None).collect(),
             failure: None,
             label: "setup",
-            last_line: None,
             ramp_s: 0.0,
             load_s: 0.0,
             steady: None,
@@ -350,9 +387,9 @@ impl Run {
     fn totals(&self) -> (Stats, Histogram<u64>) {
         let mut stats = Stats::default();
         let mut hist = new_histogram();
-        for (s, h) in self.latest.iter().flatten() {
-            stats.merge(s);
-            let _ = merge_histogram(&mut hist, h);
+        for snap in self.latest.iter().flatten() {
+            stats.merge(&snap.stats);
+            let _ = merge_histogram(&mut hist, &snap.hist);
         }
         (stats, hist)
     }
@@ -409,13 +446,19 @@ impl Run {
                     self.ready[i] = true;
                     self.harness.add(pid);
                 }
-                Event::Progress { stats, histogram } => {
+                Event::Progress {
+                    at_ms,
+                    stats,
+                    histogram,
+                } => {
                     let hist = decode_histogram(&histogram).unwrap_or_else(|_| new_histogram());
-                    self.latest[i] = Some((stats, hist));
+                    self.previous[i] = self.latest[i].as_ref().map(Snap::mark);
+                    self.latest[i] = Some(Snap { at_ms, stats, hist });
                 }
                 Event::RampDone { .. } => self.ramp_done[i] = true,
                 Event::Sent { last } => self.sent[i] = Some(last),
                 Event::Final {
+                    at_ms,
                     stats,
                     histogram,
                     check,
@@ -424,7 +467,7 @@ impl Run {
                     excluded_devices,
                 } => {
                     let hist = decode_histogram(&histogram).unwrap_or_else(|_| new_histogram());
-                    self.latest[i] = Some((stats, hist));
+                    self.latest[i] = Some(Snap { at_ms, stats, hist });
                     self.finals[i] = Some(Final {
                         check,
                         settle_ms,
@@ -452,17 +495,9 @@ impl Run {
             return;
         }
         let (stats, hist) = self.totals();
-        let now = Instant::now();
-        let (fixes_rate, updates_rate) = match &self.last_line {
-            Some((at, prev)) => {
-                let dt = now.duration_since(*at).as_secs_f64().max(1e-3);
-                (
-                    stats.fixes_sent.saturating_sub(prev.fixes_sent) as f64 / dt,
-                    stats.updates_received.saturating_sub(prev.updates_received) as f64 / dt,
-                )
-            }
-            None => (0.0, 0.0),
-        };
+        let now = self.marks();
+        let fixes_rate = rate(&self.previous, &now, |s| s.fixes_sent).unwrap_or(0.0);
+        let updates_rate = rate(&self.previous, &now, |s| s.updates_received).unwrap_or(0.0);
         let p99 = LatencySummary::of(&hist)
             .map(|l| format!("{:.1} ms", l.p99_ms))
             .unwrap_or_else(|| "-".into());
@@ -493,7 +528,13 @@ impl Run {
                 .map(|c| format!("{c:.0}% cpu"))
                 .unwrap_or_else(|| "-".into()),
         );
-        self.last_line = Some((now, stats));
+    }
+
+    fn marks(&self) -> Vec<Option<Mark>> {
+        self.latest
+            .iter()
+            .map(|s| s.as_ref().map(Snap::mark))
+            .collect()
     }
 
     fn sample_server_now(&mut self) -> Option<u64> {
@@ -529,14 +570,14 @@ impl Run {
         }
 
         self.label = "steady";
-        let steady_from = (Instant::now(), self.totals().0);
+        let steady_from = self.marks();
         self.pump(
             Some(Instant::now() + Duration::from_millis(self.plan.duration_ms)),
             |_| false,
         )
         .await?;
-        let steady_to = (Instant::now(), self.totals().0);
-        self.open_at_stop = steady_to.1.open;
+        let steady_to = self.marks();
+        self.open_at_stop = self.totals().0.open;
         self.steady = Some((steady_from, steady_to));
         self.load_s = self.started.elapsed().as_secs_f64();
 
@@ -562,6 +603,8 @@ impl Run {
         if outcome.is_err() {
             self.broadcast(Command::Abort).await;
         }
+        // Closing the command channels closes the children's stdin: their cue to exit.
+        self.workers.commands.clear();
         for child in &mut self.workers.children {
             if timeout(Duration::from_secs(5), child.wait()).await.is_err() {
                 let _ = child.start_kill();
@@ -600,7 +643,7 @@ impl Run {
             }
             settle_ms = settle_ms.max(f.settle_ms);
             tick_ms = tick_ms.max(f.tick_ms);
-            excluded = f.excluded_devices;
+            excluded = excluded.max(f.excluded_devices);
         }
         let mismatches = check.mismatches();
         let loss = if check.pairs > 0 {
@@ -608,18 +651,13 @@ impl Run {
         } else {
             0.0
         };
-        let rate = |pick: fn(&Stats) -> u64| -> f64 {
-            match &self.steady {
-                Some(((t0, s0), (t1, s1))) => {
-                    let dt = t1.duration_since(*t0).as_secs_f64();
-                    if dt > 0.5 {
-                        pick(s1).saturating_sub(pick(s0)) as f64 / dt
-                    } else {
-                        pick(&stats) as f64 / self.load_s.max(1e-3)
-                    }
-                }
-                None => 0.0,
-            }
+        // Steady-phase rates from each worker's own readings; over the whole load phase when
+        // the steady phase was too short to hold two readings.
+        let steady_rate = |pick: fn(&Stats) -> u64| -> f64 {
+            self.steady
+                .as_ref()
+                .and_then(|(from, to)| rate(from, to, pick))
+                .unwrap_or_else(|| pick(&stats) as f64 / self.load_s.max(1e-3))
         };
         let idle_memory = match (plan.scenario, self.rss_before, self.idle_after) {
             (Scenario::Idle, Some(before), Some((after, conns))) if conns > 0 => Some(IdleMemory {
@@ -684,19 +722,25 @@ impl Run {
                 open_at_stop: self.open_at_stop,
                 disconnects: stats.disconnects,
                 close_codes: stats.maps.close_codes.clone(),
-                connects_per_s: round2(stats.established as f64 / self.load_s.max(1e-3)),
+                // Storm: sustained reconnect rate; otherwise how fast the ramp went.
+                connects_per_s: round2(if plan.scenario == Scenario::Storm {
+                    stats.established as f64 / self.load_s.max(1e-3)
+                } else {
+                    stats.established as f64 / self.ramp_s.max(1e-3)
+                }),
                 storm_cycles: stats.storm_cycles,
             },
             traffic: Traffic {
                 fixes_sent: stats.fixes_sent,
-                fixes_per_s: round2(rate(|s| s.fixes_sent)),
+                fixes_per_s: round2(steady_rate(|s| s.fixes_sent)),
                 updates_received: stats.updates_received,
-                updates_per_s: round2(rate(|s| s.updates_received)),
+                updates_per_s: round2(steady_rate(|s| s.updates_received)),
                 frames_received: stats.frames_received,
                 bytes_received: stats.bytes_received,
                 snapshots: stats.snapshots,
                 resyncs: stats.resyncs,
                 out_of_order: stats.out_of_order,
+                repeated: stats.repeated,
                 offline_notices: stats.offline_notices,
                 malformed_frames: stats.malformed_frames,
                 wrong_frame_kind: stats.wrong_frame_kind,
@@ -711,11 +755,7 @@ impl Run {
                 result: check,
                 mismatches,
                 loss,
-                excluded_devices: if excluded == 0 {
-                    count_excluded(&self.sent)
-                } else {
-                    excluded
-                },
+                excluded_devices: excluded,
             },
             server: self.server.as_ref().map(|s| s.figures.clone()),
             harness: self.harness.figures.clone(),
@@ -724,12 +764,4 @@ impl Run {
             slo_pass,
         }
     }
-}
-
-fn count_excluded(sent: &[Option<Vec<(u32, u32)>>]) -> u64 {
-    sent.iter()
-        .flatten()
-        .flatten()
-        .filter(|(_, ts)| *ts == EXCLUDED)
-        .count() as u64
 }

@@ -71,20 +71,21 @@ impl View {
         }
     }
 
-    /// Applies received records `(slot, ts offset)`; returns how many went backwards in time
-    /// (the newer value is kept as received, like a naive client would).
-    pub fn apply(&self, records: &[(u32, u32)]) -> u64 {
+    /// Applies received records `(slot, ts offset)` as a plain client would (the last one
+    /// received wins) and tells, per record, how it compares with what was held:
+    /// `Greater` a newer fix, `Equal` the same fix again, `Less` an older one.
+    pub fn apply(&self, records: &[(u32, u32)], compared: &mut Vec<std::cmp::Ordering>) {
+        compared.clear();
         let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
-        let mut backwards = 0;
         for &(slot, ts) in records {
-            if let Some(held) = slots.get_mut(slot as usize) {
-                if ts < *held {
-                    backwards += 1;
+            match slots.get_mut(slot as usize) {
+                Some(held) => {
+                    compared.push(ts.cmp(held));
+                    *held = ts;
                 }
-                *held = ts;
+                None => compared.push(std::cmp::Ordering::Greater),
             }
         }
-        backwards
     }
 
     /// Marks the subscriber's connection as ended.
@@ -199,8 +200,9 @@ mod tests {
         closed.close();
         // Devices 0..4 last sent 10, 20, never, dropped.
         let expected = [10, 20, 0, EXCLUDED];
-        assert_eq!(a.apply(&[(0, 10), (1, 20), (3, 5)]), 0);
-        assert_eq!(b.apply(&[(0, 12), (1, 19)]), 0);
+        let mut cmp = Vec::new();
+        a.apply(&[(0, 10), (1, 20), (3, 5)], &mut cmp);
+        b.apply(&[(0, 12), (1, 19)], &mut cmp);
         let r = check(&l, &[a.clone(), b, closed], &expected);
         assert_eq!(
             r,
@@ -219,12 +221,15 @@ mod tests {
     }
 
     #[test]
-    fn going_back_in_time_is_counted() {
+    fn records_compare_with_what_was_held() {
+        use std::cmp::Ordering::*;
         let l = Layout {
             devices: 1,
             groups: 1,
         };
         let v = View::new(&l, 0);
-        assert_eq!(v.apply(&[(0, 10), (0, 9), (0, 11), (7, 1)]), 1);
+        let mut cmp = Vec::new();
+        v.apply(&[(0, 10), (0, 10), (0, 9), (0, 11), (7, 1)], &mut cmp);
+        assert_eq!(cmp, vec![Greater, Equal, Less, Greater, Greater]);
     }
 }

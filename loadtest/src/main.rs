@@ -32,7 +32,10 @@ fn main() -> ExitCode {
         }
     };
     if cli.worker {
-        return match runtime.block_on(beacon_loadtest::worker::run_child()) {
+        let result = runtime.block_on(beacon_loadtest::worker::run_child());
+        // The stdin reader sits in a blocking read; do not wait for it.
+        runtime.shutdown_timeout(std::time::Duration::from_millis(200));
+        return match result {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("beacon-loadtest worker: {e:#}");

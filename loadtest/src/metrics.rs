@@ -107,7 +107,7 @@ pub struct Counters {
     pub disconnects: AtomicU64,
     /// `pos` messages written.
     pub fixes_sent: AtomicU64,
-    /// Position records of this run's devices received in batches.
+    /// New fixes of this run's devices received in batches (each one's latency is recorded).
     pub updates_received: AtomicU64,
     /// Data frames received.
     pub frames_received: AtomicU64,
@@ -121,6 +121,9 @@ pub struct Counters {
     pub errors: AtomicU64,
     /// Updates older than what the subscriber already held for that device.
     pub out_of_order: AtomicU64,
+    /// Updates repeating the fix the subscriber already held (e.g. a device coming back
+    /// online is announced with its last position); not counted as deliveries.
+    pub repeated: AtomicU64,
     /// Device ids listed in batches' `offline`.
     pub offline_notices: AtomicU64,
     /// Frames that did not decode as protocol messages.
@@ -203,6 +206,7 @@ impl Counters {
             resyncs: g(&self.resyncs),
             errors: g(&self.errors),
             out_of_order: g(&self.out_of_order),
+            repeated: g(&self.repeated),
             offline_notices: g(&self.offline_notices),
             malformed_frames: g(&self.malformed_frames),
             wrong_frame_kind: g(&self.wrong_frame_kind),
@@ -229,6 +233,7 @@ pub struct Stats {
     pub resyncs: u64,
     pub errors: u64,
     pub out_of_order: u64,
+    pub repeated: u64,
     pub offline_notices: u64,
     pub malformed_frames: u64,
     pub wrong_frame_kind: u64,
@@ -252,6 +257,7 @@ impl Stats {
         self.resyncs += o.resyncs;
         self.errors += o.errors;
         self.out_of_order += o.out_of_order;
+        self.repeated += o.repeated;
         self.offline_notices += o.offline_notices;
         self.malformed_frames += o.malformed_frames;
         self.wrong_frame_kind += o.wrong_frame_kind;

@@ -105,7 +105,7 @@ pub struct Connections {
     pub disconnects: u64,
     /// How those ended: close code, or `reset`/`eof`.
     pub close_codes: BTreeMap<String, u64>,
-    /// Established connections per second over the load phase.
+    /// Established connections per second: over the ramp-up, or (storm) over the load phase.
     pub connects_per_s: f64,
     /// Storm: complete connect-send-disconnect cycles.
     pub storm_cycles: u64,
@@ -118,7 +118,7 @@ pub struct Traffic {
     pub fixes_sent: u64,
     /// Fixes per second during the steady phase.
     pub fixes_per_s: f64,
-    /// Position updates of this run's devices received in batches (all subscribers).
+    /// New fixes of this run's devices received in batches, over all subscribers.
     pub updates_received: u64,
     /// Updates per second during the steady phase.
     pub updates_per_s: f64,
@@ -132,6 +132,8 @@ pub struct Traffic {
     pub resyncs: u64,
     /// Updates older than what the subscriber held.
     pub out_of_order: u64,
+    /// Updates repeating the fix the subscriber held (online again); no latency recorded.
+    pub repeated: u64,
     /// Offline notices in batches.
     pub offline_notices: u64,
     /// Frames that did not decode.
@@ -289,8 +291,8 @@ impl Report {
         row(
             "snapshots",
             format!(
-                "{} initial, {} resyncs, {} out-of-order updates",
-                f.snapshots, f.resyncs, f.out_of_order
+                "{} initial, {} resyncs; {} repeated and {} out-of-order updates",
+                f.snapshots, f.resyncs, f.repeated, f.out_of_order
             ),
         );
         if f.malformed_frames + f.wrong_frame_kind > 0 {

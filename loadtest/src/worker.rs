@@ -288,6 +288,7 @@ pub async fn run(
     send(
         &events,
         Event::Final {
+            at_ms: crate::clock::now_ms(),
             stats: w.counters.snapshot(),
             histogram: encode_histogram(&w.histogram())?,
             check: result,
@@ -355,8 +356,11 @@ async fn close_all(tasks: &mut JoinSet<()>) {
     }
 }
 
+/// Sends cumulative figures every second, half a second out of step with the parent's own
+/// once-a-second tick so each progress line sees a fresh snapshot.
 async fn report_progress(w: Arc<WorkerShared>, events: mpsc::Sender<Event>) {
-    let mut every = tokio::time::interval(Duration::from_secs(1));
+    let period = Duration::from_secs(1);
+    let mut every = tokio::time::interval_at(Instant::now() + period / 2, period);
     loop {
         every.tick().await;
         let Ok(histogram) = encode_histogram(&w.histogram()) else {
@@ -364,6 +368,7 @@ async fn report_progress(w: Arc<WorkerShared>, events: mpsc::Sender<Event>) {
         };
         if events
             .send(Event::Progress {
+                at_ms: crate::clock::now_ms(),
                 stats: w.counters.snapshot(),
                 histogram,
             })
