@@ -122,9 +122,9 @@ pub struct Limits {
     #[arg(long, env = "BEACON_SLOW_CLOSE_SECS", default_value_t = 10)]
     pub slow_close_secs: u64,
 
-    /// Bytes the socket reader buffers per connection. Default 2048; a frame larger than the
-    /// buffer still arrives (the buffer grows up to the frame limit, transiently).
-    #[arg(long, env = "BEACON_READ_BUFFER_BYTES", default_value_t = 2048)]
+    /// Bytes the socket reader buffers per connection. Default 1024: client messages are a few
+    /// hundred bytes, and a larger frame still arrives (the buffer grows up to the frame limit).
+    #[arg(long, env = "BEACON_READ_BUFFER_BYTES", default_value_t = 1024)]
     pub read_buffer_bytes: usize,
 
     /// Bytes written per connection before a flush is forced. Default 16384.

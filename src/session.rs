@@ -223,7 +223,11 @@ impl Session {
         let (bytes, kind_ok): (&[u8], bool) = match &message {
             Message::Text(text) => (text.as_bytes(), self.codec == Codec::Json),
             Message::Binary(bytes) => (bytes, self.codec == Codec::MsgPack),
-            Message::Close(_) => return Err(End::Client),
+            Message::Close(_) => {
+                // tungstenite queued the closing handshake's reply; let it go out.
+                let _ = tokio::time::timeout(CLOSE_TIMEOUT, self.socket.flush()).await;
+                return Err(End::Client);
+            }
             Message::Ping(_) | Message::Pong(_) => return Ok(()),
         };
         self.state.metrics.bytes_in.inc_by(bytes.len() as u64);

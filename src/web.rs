@@ -48,7 +48,8 @@ fn serve(file: rust_embed::EmbeddedFile, path: &str) -> Response {
     let cache = if path == "index.html" {
         HeaderValue::from_static("no-cache")
     } else {
-        HeaderValue::from_static("public, max-age=300")
+        // Every other asset's name carries a hash of its content (the bundler's doing).
+        HeaderValue::from_static("public, max-age=31536000, immutable")
     };
     (
         [(header::CONTENT_TYPE, mime), (header::CACHE_CONTROL, cache)],

@@ -548,3 +548,15 @@ impl TestServer {
         c
     }
 }
+
+#[tokio::test]
+async fn a_client_close_is_answered() {
+    let server = TestServer::start().await;
+    let mut a = server.device("a", "g").await;
+    a.ws.close(None).await.unwrap();
+    // The server completes the closing handshake: the stream ends with its close frame.
+    let code = a.expect_close().await;
+    assert_eq!(code, None, "an empty close frame is echoed empty");
+    server.wait_metric("beacon_connections", |v| v == 0.0).await;
+    server.stop().await;
+}
