@@ -74,7 +74,12 @@ fn ingest(c: &mut Criterion) {
         b.iter(|| {
             i = i.wrapping_add(1);
             let d = i % devices.len();
-            hub.publish(&devices[d], std::slice::from_ref(&groups[d % 100]), &fix(i), NOW);
+            hub.publish(
+                &devices[d],
+                std::slice::from_ref(&groups[d % 100]),
+                &fix(i),
+                NOW,
+            );
         })
     });
     group.finish();
