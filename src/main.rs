@@ -49,6 +49,8 @@ fn main() -> ExitCode {
 
 fn run_server(config: Config) -> anyhow::Result<()> {
     init_logging(config.log.log_format);
+    let mut config = config;
+    config.limits.max_connections = raise_open_file_limit(config.limits.max_connections);
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(async {
         let listener = tokio::net::TcpListener::bind(config.listen)
@@ -59,6 +61,37 @@ fn run_server(config: Config) -> anyhow::Result<()> {
             .context("serving")
     })
 }
+
+/// Raises the soft open-file limit to the hard limit (container runtimes often start processes
+/// at 1024) and returns the connection limit that fits under it: past the open-file limit a
+/// connection could not even be accepted, so it is better refused with 503.
+fn raise_open_file_limit(max_connections: usize) -> usize {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => {
+            // The listener, Redis, the store, HTTP requests and logs need descriptors too.
+            let usable = limit.saturating_sub(OPEN_FILE_RESERVE) as usize;
+            if max_connections > usable {
+                tracing::warn!(
+                    open_file_limit = limit,
+                    requested = max_connections,
+                    max_connections = usable,
+                    "the open-file limit is below --max-connections; lowering it"
+                );
+                usable
+            } else {
+                tracing::debug!(open_file_limit = limit, "open-file limit");
+                max_connections
+            }
+        }
+        Err(error) => {
+            tracing::warn!(%error, "could not raise the open-file limit");
+            max_connections
+        }
+    }
+}
+
+/// Descriptors kept free of WebSocket connections (listener, Redis, store, HTTP requests).
+const OPEN_FILE_RESERVE: u64 = 256;
 
 fn init_logging(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
