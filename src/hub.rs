@@ -23,17 +23,18 @@
 //!   nothing echoes between instances.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::HubConfig;
 use crate::metrics::Metrics;
 use crate::model::{DeviceId, Fix, GroupId, Position, now_ms};
+use crate::outbox::{Outbox, Push};
 use crate::protocol::{Codec, Frame, PositionRecord, ServerMessage};
 
 /// How often presence and retention are swept.
@@ -61,10 +62,9 @@ pub struct Outlet {
     pub id: u64,
     /// The connection's codec: which encoding of a batch it gets.
     pub codec: Codec,
-    /// Bounded queue into the connection's writer.
-    pub tx: mpsc::Sender<Frame>,
-    /// Set when a frame had to be dropped; the session resyncs and clears it.
-    pub lagged: Arc<AtomicBool>,
+    /// Bounded queue into the connection's writer; remembers dropped frames so the session
+    /// can resync.
+    pub outbox: Arc<Outbox>,
 }
 
 /// State shared by every connection and HTTP handler.
@@ -495,13 +495,12 @@ impl Hub {
             let Some(frame) = &frames[outlet.codec.index()] else {
                 continue;
             };
-            match outlet.tx.try_send(frame.clone()) {
-                Ok(()) => {}
-                Err(mpsc::error::TrySendError::Full(_)) => {
-                    outlet.lagged.store(true, Ordering::Release);
+            match outlet.outbox.push(frame.clone()) {
+                Push::Queued => {}
+                Push::Full => {
                     self.metrics.drops.inc();
                 }
-                Err(mpsc::error::TrySendError::Closed(_)) => closed.push(outlet.id),
+                Push::Closed => closed.push(outlet.id),
             }
         }
         let removed_some = !closed.is_empty();

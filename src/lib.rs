@@ -11,6 +11,7 @@
 //! - [`protocol`]: wire types of protocol v1, the JSON and MessagePack codecs, validation.
 //! - [`hub`]: latest state per group, presence, and the tick-driven, coalesced fan-out.
 //! - [`session`]: one WebSocket connection from `welcome` to close.
+//! - [`outbox`]: the bounded, lazily allocated frame queue from the hub to a session.
 //! - [`auth`]: who a request is (query identity; tokens).
 //! - [`http`]: health, metrics, REST snapshots and HTTP ingest.
 //! - [`metrics`]: the Prometheus registry.
@@ -29,6 +30,7 @@ pub mod http;
 pub mod hub;
 pub mod metrics;
 pub mod model;
+pub mod outbox;
 pub mod protocol;
 pub mod server;
 pub mod session;

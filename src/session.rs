@@ -10,16 +10,16 @@
 //! fresh snapshot of each group instead.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use futures_util::{SinkExt, StreamExt};
-use tokio::sync::{OwnedSemaphorePermit, mpsc};
+use tokio::sync::OwnedSemaphorePermit;
 use tracing::{debug, info};
 
 use crate::hub::{Hub, Outlet};
 use crate::model::{GroupId, Identity, Role, now_ms};
+use crate::outbox::Outbox;
 use crate::protocol::{
     self, ClientMessage, Codec, ErrorCode, Frame, Refusal, ServerMessage, encode_refusal,
 };
@@ -63,7 +63,6 @@ struct Session {
     identity: Identity,
     codec: Codec,
     outlet: Outlet,
-    rx: mpsc::Receiver<Frame>,
     subscribed: Vec<GroupId>,
 }
 
@@ -75,12 +74,10 @@ pub async fn run(
     codec: Codec,
     permit: OwnedSemaphorePermit,
 ) {
-    let (tx, rx) = mpsc::channel(state.config.limits.queue_frames.max(1));
     let outlet = Outlet {
         id: state.hub.next_outlet_id(),
         codec,
-        tx,
-        lagged: Arc::new(AtomicBool::new(false)),
+        outbox: Arc::new(Outbox::new(state.config.limits.queue_frames)),
     };
     let role = identity.role;
     state.metrics.connections(role).inc();
@@ -91,7 +88,6 @@ pub async fn run(
         identity,
         codec,
         outlet,
-        rx,
     };
     if role == Role::Device {
         session
@@ -105,6 +101,7 @@ pub async fn run(
             debug!(id = %session.identity.id, code, reason = why, "connection closed by server")
         }
     }
+    session.outlet.outbox.close();
     for group in &session.subscribed {
         session
             .state
@@ -148,7 +145,7 @@ impl Session {
                     Err(self.close(close::GOING_AWAY, "server shutting down").await)
                 }
                 _ = &mut expired => Err(self.close(close::POLICY, "token expired").await),
-                Some(frame) = self.rx.recv() => self.write_queued(frame).await,
+                () = self.outlet.outbox.ready() => self.write_queued().await,
                 incoming = self.socket.next() => match incoming {
                     Some(Ok(message)) => self.on_message(message).await,
                     Some(Err(error)) => Err(self.on_read_error(error).await),
@@ -189,18 +186,17 @@ impl Session {
         Hub::encode_snapshot(group.as_str(), &positions, self.codec)
     }
 
-    /// Writes `first` and whatever else is queued, flushes once, then resyncs if frames were
-    /// dropped meanwhile.
-    async fn write_queued(&mut self, first: Frame) -> Result<(), End> {
-        self.feed(first).await?;
-        for _ in 1..MAX_FRAMES_PER_FLUSH {
-            match self.rx.try_recv() {
-                Ok(frame) => self.feed(frame).await?,
-                Err(_) => break,
+    /// Writes whatever is queued (up to [`MAX_FRAMES_PER_FLUSH`]), flushes once, then resyncs
+    /// if frames were dropped meanwhile.
+    async fn write_queued(&mut self) -> Result<(), End> {
+        for _ in 0..MAX_FRAMES_PER_FLUSH {
+            match self.outlet.outbox.pop() {
+                Some(frame) => self.feed(frame).await?,
+                None => break,
             }
         }
         self.flush().await?;
-        if self.outlet.lagged.swap(false, Ordering::AcqRel) {
+        if self.outlet.outbox.take_lagged() {
             self.resync().await?;
         }
         Ok(())
@@ -208,7 +204,6 @@ impl Session {
 
     /// Replaces whatever was dropped with a fresh snapshot of every subscribed group.
     async fn resync(&mut self) -> Result<(), End> {
-        while self.rx.try_recv().is_ok() {}
         self.state.metrics.resyncs.inc();
         debug!(id = %self.identity.id, "resyncing a lagging client");
         for group in self.subscribed.clone() {
