@@ -33,7 +33,7 @@ use crate::clock::{now_micros, now_ms};
 use crate::config::{Codec, Plan, Scenario};
 use crate::latest::{EXCLUDED, View};
 use crate::limits::{current_soft_limit, is_open_file_limit};
-use crate::metrics::{add, bump};
+use crate::metrics::{Sample, add, bump};
 use crate::path::{Grid, Vehicle};
 use crate::wire::{DecodeError, decode, encode_pos};
 use crate::worker::{Phase, WorkerShared};
@@ -332,9 +332,10 @@ struct Session<'a> {
     view: &'a View,
     initial_snapshots_left: u32,
     // Scratch buffers reused frame after frame.
-    latencies_us: Vec<u64>,
+    samples: Vec<Sample>,
     records: Vec<(u32, u32)>,
-    sent_us: Vec<u64>,
+    /// Per record: `ts` and `rts` in microseconds.
+    times_us: Vec<(u64, Option<u64>)>,
     compared: Vec<Ordering>,
 }
 
@@ -345,9 +346,9 @@ impl<'a> Session<'a> {
             spec,
             view,
             initial_snapshots_left: 1,
-            latencies_us: Vec::new(),
+            samples: Vec::new(),
             records: Vec::new(),
-            sent_us: Vec::new(),
+            times_us: Vec::new(),
             compared: Vec::new(),
         }
     }
@@ -418,7 +419,7 @@ impl<'a> Session<'a> {
     fn apply(&mut self, records: &[crate::wire::Record<'_>], received_us: Option<u64>) {
         let w = self.w;
         self.records.clear();
-        self.sent_us.clear();
+        self.times_us.clear();
         for r in records {
             let Some(d) = parse_device(&w.device_prefix, &r.id, w.plan.devices) else {
                 continue;
@@ -430,16 +431,24 @@ impl<'a> Session<'a> {
                 .saturating_sub(w.plan.base_ms)
                 .clamp(1, u64::from(EXCLUDED - 1));
             self.records.push((w.layout.slot_of(d), offset as u32));
-            self.sent_us.push((r.ts * 1000.0) as u64);
+            let rts_us = r
+                .rts
+                .filter(|t| t.is_finite() && *t > 0.0)
+                .map(|t| (t * 1000.0) as u64);
+            self.times_us.push(((r.ts * 1000.0) as u64, rts_us));
         }
         self.view.apply(&self.records, &mut self.compared);
         let c = &w.counters;
-        self.latencies_us.clear();
+        self.samples.clear();
         for (i, order) in self.compared.iter().enumerate() {
             match (order, received_us) {
                 (Ordering::Greater, Some(rx)) => {
                     bump(&c.updates_received);
-                    self.latencies_us.push(rx.saturating_sub(self.sent_us[i]));
+                    let (ts, rts) = self.times_us[i];
+                    self.samples.push(Sample {
+                        end_to_end_us: rx.saturating_sub(ts),
+                        split_us: rts.map(|rts| (rts.saturating_sub(ts), rx.saturating_sub(rts))),
+                    });
                 }
                 (Ordering::Equal, Some(_)) => bump(&c.repeated),
                 (Ordering::Less, _) => bump(&c.out_of_order),
@@ -447,8 +456,8 @@ impl<'a> Session<'a> {
                 (_, None) => {}
             }
         }
-        if !self.latencies_us.is_empty() {
-            w.record_latencies(&self.latencies_us);
+        if !self.samples.is_empty() {
+            w.record_latencies(&self.samples);
         }
     }
 }

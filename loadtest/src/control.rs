@@ -13,7 +13,7 @@
 //!   Stop ────────────────────▶  devices stop sending
 //!                     ◀───────  Sent (each device's last fix time)
 //!   Expected ────────────────▶  latest-state check against every device's last fix
-//!                     ◀───────  Final (counters, histogram, check result)
+//!                     ◀───────  Final (counters, histograms, check result)
 //! ```
 //!
 //! The `Sent`/`Expected` round trip is what lets a subscriber in one process be checked
@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::Plan;
 use crate::latest::CheckResult;
-use crate::metrics::Stats;
+use crate::metrics::{EncodedLatencies, Stats};
 
 /// Parent → worker.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -68,8 +68,8 @@ pub enum Event {
         at_ms: u64,
         /// Counters.
         stats: Stats,
-        /// Latency histogram (see [`crate::metrics::encode_histogram`]).
-        histogram: String,
+        /// Latency histograms.
+        histograms: EncodedLatencies,
     },
     /// Every connection of the share has been attempted and has succeeded or failed.
     RampDone {
@@ -87,8 +87,8 @@ pub enum Event {
         at_ms: u64,
         /// Counters.
         stats: Stats,
-        /// Latency histogram.
-        histogram: String,
+        /// Latency histograms.
+        histograms: EncodedLatencies,
         /// Latest-state check (`None` when the scenario has none, e.g. storm).
         check: Option<CheckResult>,
         /// Milliseconds from Expected until every view matched (or the settle limit).

@@ -11,7 +11,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use hdrhistogram::Histogram;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::Child;
 use tokio::sync::mpsc;
@@ -21,11 +20,11 @@ use crate::config::{CONNECTIONS_PER_SOURCE_ADDR, Cli, Plan, Scenario, new_run_id
 use crate::control::{Command, Event};
 use crate::latest::CheckResult;
 use crate::limits::{raise_open_file_limit, workers_needed};
-use crate::metrics::{LatencySummary, Stats, decode_histogram, merge_histogram, new_histogram};
+use crate::metrics::{Latencies, LatencySummary, Stats};
 use crate::procstat::{CpuMeter, read};
 use crate::report::{
-    Connections, Errors, IdleMemory, LatestState, ProcFigures, Report, ReportConfig, Timing,
-    Traffic,
+    Connections, Errors, IdleMemory, LatestState, Machine, ProcFigures, Report, ReportConfig,
+    Timing, Traffic,
 };
 use crate::slo::{Figures, LatencyFigures};
 
@@ -278,7 +277,7 @@ fn round2(v: f64) -> f64 {
 struct Snap {
     at_ms: u64,
     stats: Stats,
-    hist: Histogram<u64>,
+    hist: Latencies,
 }
 
 /// Counters of one worker and when it read them (ms since epoch).
@@ -345,6 +344,7 @@ struct Run {
     rss_before: Option<u64>,
     idle_after: Option<(u64, u64)>,
     open_at_stop: u64,
+    load_start: Option<f64>,
 }
 
 impl Run {
@@ -375,6 +375,7 @@ impl Run {
             rss_before: None,
             idle_after: None,
             open_at_stop: 0,
+            load_start: crate::procstat::load_average(),
         }
     }
 
@@ -384,12 +385,12 @@ impl Run {
         }
     }
 
-    fn totals(&self) -> (Stats, Histogram<u64>) {
+    fn totals(&self) -> (Stats, Latencies) {
         let mut stats = Stats::default();
-        let mut hist = new_histogram();
+        let mut hist = Latencies::default();
         for snap in self.latest.iter().flatten() {
             stats.merge(&snap.stats);
-            let _ = merge_histogram(&mut hist, &snap.hist);
+            let _ = hist.merge(&snap.hist);
         }
         (stats, hist)
     }
@@ -449,9 +450,9 @@ impl Run {
                 Event::Progress {
                     at_ms,
                     stats,
-                    histogram,
+                    histograms,
                 } => {
-                    let hist = decode_histogram(&histogram).unwrap_or_else(|_| new_histogram());
+                    let hist = histograms.decode().unwrap_or_default();
                     self.previous[i] = self.latest[i].as_ref().map(Snap::mark);
                     self.latest[i] = Some(Snap { at_ms, stats, hist });
                 }
@@ -460,13 +461,13 @@ impl Run {
                 Event::Final {
                     at_ms,
                     stats,
-                    histogram,
+                    histograms,
                     check,
                     settle_ms,
                     tick_ms,
                     excluded_devices,
                 } => {
-                    let hist = decode_histogram(&histogram).unwrap_or_else(|_| new_histogram());
+                    let hist = histograms.decode().unwrap_or_default();
                     self.latest[i] = Some(Snap { at_ms, stats, hist });
                     self.finals[i] = Some(Final {
                         check,
@@ -498,7 +499,7 @@ impl Run {
         let now = self.marks();
         let fixes_rate = rate(&self.previous, &now, |s| s.fixes_sent).unwrap_or(0.0);
         let updates_rate = rate(&self.previous, &now, |s| s.updates_received).unwrap_or(0.0);
-        let p99 = LatencySummary::of(&hist)
+        let p99 = LatencySummary::of(&hist.end_to_end)
             .map(|l| format!("{:.1} ms", l.p99_ms))
             .unwrap_or_else(|| "-".into());
         let server = match &self.server {
@@ -515,7 +516,7 @@ impl Run {
             None => String::new(),
         };
         eprintln!(
-            "[{t:>6.1}s {:<8}] conn {}/{} open {} fail {} | fixes/s {:.0} | updates/s {:.0} | p99 {p99}{server} | harness {}",
+            "[{t:>6.1}s {:<8}] conn {}/{} open {} fail {} | fixes/s {:.0} | updates/s {:.0} | p99 {p99}{server} | harness {} | load {}",
             self.label,
             stats.established,
             self.plan.connections(),
@@ -526,6 +527,9 @@ impl Run {
             self.harness
                 .last_cpu
                 .map(|c| format!("{c:.0}% cpu"))
+                .unwrap_or_else(|| "-".into()),
+            crate::procstat::load_average()
+                .map(|l| format!("{l:.1}"))
                 .unwrap_or_else(|| "-".into()),
         );
     }
@@ -632,7 +636,7 @@ impl Run {
     fn build_report(&self, aborted: Option<String>, cli: &Cli) -> Report {
         let plan = &self.plan;
         let (stats, hist) = self.totals();
-        let latency = LatencySummary::of(&hist);
+        let latency = LatencySummary::of(&hist.end_to_end);
         let mut check = CheckResult::default();
         let mut checked = plan.scenario != Scenario::Storm && aborted.is_none();
         let (mut settle_ms, mut tick_ms, mut excluded) = (0, None, 0);
@@ -750,6 +754,8 @@ impl Run {
                 by_code: stats.maps.errors_by_code.clone(),
             },
             latency_ms: latency,
+            ingest_ms: LatencySummary::of(&hist.ingest),
+            fanout_ms: LatencySummary::of(&hist.fanout),
             latest_state: LatestState {
                 checked,
                 result: check,
@@ -759,6 +765,13 @@ impl Run {
             },
             server: self.server.as_ref().map(|s| s.figures.clone()),
             harness: self.harness.figures.clone(),
+            machine: Machine {
+                cpus: std::thread::available_parallelism()
+                    .map(|n| n.get())
+                    .unwrap_or(1),
+                load_start: self.load_start,
+                load_end: crate::procstat::load_average(),
+            },
             idle_memory,
             slo,
             slo_pass,

@@ -51,6 +51,87 @@ pub fn merge_histogram(into: &mut Histogram<u64>, other: &Histogram<u64>) -> any
         .map_err(|e| anyhow::anyhow!("merging histograms: {e:?}"))
 }
 
+/// One delivery's latencies in microseconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Sample {
+    /// Device send (`ts`) to subscriber receive.
+    pub end_to_end_us: u64,
+    /// Device send to server receive (`rts − ts`) and server receive to subscriber receive,
+    /// when the record carried `rts`.
+    pub split_us: Option<(u64, u64)>,
+}
+
+/// The latency histograms of a worker, in microseconds.
+#[derive(Debug, Clone)]
+pub struct Latencies {
+    /// Device send to subscriber receive.
+    pub end_to_end: Histogram<u64>,
+    /// Device send to server receive (`rts − ts`): reading and ingest on the server.
+    pub ingest: Histogram<u64>,
+    /// Server receive to subscriber receive: batching tick, fan-out, writing, reading.
+    pub fanout: Histogram<u64>,
+}
+
+impl Default for Latencies {
+    fn default() -> Self {
+        Latencies {
+            end_to_end: new_histogram(),
+            ingest: new_histogram(),
+            fanout: new_histogram(),
+        }
+    }
+}
+
+impl Latencies {
+    /// Records one delivery (values above [`MAX_LATENCY_US`] are clamped).
+    pub fn record(&mut self, s: &Sample) {
+        self.end_to_end
+            .saturating_record(s.end_to_end_us.min(MAX_LATENCY_US));
+        if let Some((ingest, fanout)) = s.split_us {
+            self.ingest.saturating_record(ingest.min(MAX_LATENCY_US));
+            self.fanout.saturating_record(fanout.min(MAX_LATENCY_US));
+        }
+    }
+
+    /// Adds another worker's histograms.
+    pub fn merge(&mut self, o: &Latencies) -> anyhow::Result<()> {
+        merge_histogram(&mut self.end_to_end, &o.end_to_end)?;
+        merge_histogram(&mut self.ingest, &o.ingest)?;
+        merge_histogram(&mut self.fanout, &o.fanout)
+    }
+
+    /// Serializes all three for a JSON line.
+    pub fn encode(&self) -> anyhow::Result<EncodedLatencies> {
+        Ok(EncodedLatencies {
+            end_to_end: encode_histogram(&self.end_to_end)?,
+            ingest: encode_histogram(&self.ingest)?,
+            fanout: encode_histogram(&self.fanout)?,
+        })
+    }
+}
+
+/// [`Latencies`] as carried between processes (see [`encode_histogram`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EncodedLatencies {
+    /// Device send to subscriber receive.
+    pub end_to_end: String,
+    /// Device send to server receive.
+    pub ingest: String,
+    /// Server receive to subscriber receive.
+    pub fanout: String,
+}
+
+impl EncodedLatencies {
+    /// Reads the histograms back.
+    pub fn decode(&self) -> anyhow::Result<Latencies> {
+        Ok(Latencies {
+            end_to_end: decode_histogram(&self.end_to_end)?,
+            ingest: decode_histogram(&self.ingest)?,
+            fanout: decode_histogram(&self.fanout)?,
+        })
+    }
+}
+
 /// Latency summary in milliseconds.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 pub struct LatencySummary {
@@ -301,6 +382,25 @@ mod tests {
         assert!((s.p99_ms - 1980.0).abs() <= 2.0, "{s:?}");
         assert!((s.max_ms - 2000.0).abs() <= 2.0, "{s:?}");
         assert!((s.min_ms - 1.0).abs() < 0.01, "{s:?}");
+    }
+
+    #[test]
+    fn latency_sets_split_and_merge() {
+        let mut a = Latencies::default();
+        a.record(&Sample {
+            end_to_end_us: 50_000,
+            split_us: Some((2_000, 48_000)),
+        });
+        a.record(&Sample {
+            end_to_end_us: 70_000,
+            split_us: None,
+        });
+        let mut b = a.encode().unwrap().decode().unwrap();
+        b.merge(&a).unwrap();
+        assert_eq!(b.end_to_end.len(), 4);
+        assert_eq!(b.ingest.len(), 2);
+        assert_eq!(b.fanout.len(), 2);
+        assert!(b.fanout.equivalent(b.fanout.max(), 48_000));
     }
 
     #[test]

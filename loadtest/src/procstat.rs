@@ -54,6 +54,17 @@ pub fn parse_cpu_ticks(stat: &str) -> Option<u64> {
     Some(utime + stime)
 }
 
+/// The 1-minute load average from /proc/loadavg (runnable processes, averaged): a load test
+/// on a machine whose load exceeds its cores measures the contention as much as the server.
+pub fn load_average() -> Option<f64> {
+    parse_loadavg(&std::fs::read_to_string("/proc/loadavg").ok()?)
+}
+
+/// First field of /proc/loadavg.
+pub fn parse_loadavg(text: &str) -> Option<f64> {
+    text.split_whitespace().next()?.parse().ok()
+}
+
 /// Clock ticks per second (`sysconf(_SC_CLK_TCK)`, 100 on Linux in practice).
 pub fn clock_ticks_per_second() -> u64 {
     nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
@@ -116,6 +127,13 @@ mod tests {
         let stat = "4242 (we ird) name)) S 1 4242 4242 0 -1 4194560 1000 0 0 0 150 25 0 0 20 0 3 0 100 1000000 500 18446744073709551615";
         assert_eq!(parse_cpu_ticks(stat), Some(175));
         assert_eq!(parse_cpu_ticks("garbage"), None);
+    }
+
+    #[test]
+    fn parses_loadavg() {
+        assert_eq!(parse_loadavg("10.95 9.59 8.27 12/345 6789\n"), Some(10.95));
+        assert_eq!(parse_loadavg(""), None);
+        assert!(load_average().is_some());
     }
 
     #[test]

@@ -30,12 +30,18 @@ pub struct Report {
     pub errors: Errors,
     /// End-to-end latency (device send → subscriber receive); `None` when nothing arrived.
     pub latency_ms: Option<LatencySummary>,
+    /// Device send to server receive (`rts − ts`), over the same deliveries.
+    pub ingest_ms: Option<LatencySummary>,
+    /// Server receive to subscriber receive (tick wait, fan-out, write, read).
+    pub fanout_ms: Option<LatencySummary>,
     /// Latest-state check.
     pub latest_state: LatestState,
     /// Server process figures (when `--server-pid` was given).
     pub server: Option<ProcFigures>,
     /// The harness's own processes.
     pub harness: ProcFigures,
+    /// The machine the run shared.
+    pub machine: Machine,
     /// Idle scenario: memory per connection.
     pub idle_memory: Option<IdleMemory>,
     /// SLO verdicts (empty without `--slo`).
@@ -186,6 +192,17 @@ pub struct ProcFigures {
     pub samples: Vec<(f64, u64, f64)>,
 }
 
+/// The machine during the run.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct Machine {
+    /// CPUs available to this process.
+    pub cpus: usize,
+    /// 1-minute load average when the run started.
+    pub load_start: Option<f64>,
+    /// 1-minute load average when it ended.
+    pub load_end: Option<f64>,
+}
+
 /// Idle scenario: what each connection costs the server.
 #[derive(Debug, Clone, Copy, Default, Serialize)]
 pub struct IdleMemory {
@@ -318,6 +335,20 @@ impl Report {
             ),
             None => row("latency (ms)", "no updates measured".into()),
         }
+        for (name, part) in [
+            ("  send → server", &self.ingest_ms),
+            ("  server → subscriber", &self.fanout_ms),
+        ] {
+            if let Some(l) = part {
+                row(
+                    name,
+                    format!(
+                        "p50 {:.2}  p90 {:.2}  p99 {:.2}  p99.9 {:.2}  max {:.2}",
+                        l.p50_ms, l.p90_ms, l.p99_ms, l.p999_ms, l.max_ms
+                    ),
+                );
+            }
+        }
         let s = &self.latest_state;
         if s.checked {
             row(
@@ -378,6 +409,26 @@ impl Report {
                 mb(h.rss_peak_bytes),
                 h.cpu_avg_pct,
                 h.cpu_peak_pct
+            ),
+        );
+        let m = &self.machine;
+        let load = |l: Option<f64>| l.map(|v| format!("{v:.2}")).unwrap_or_else(|| "?".into());
+        row(
+            "machine",
+            format!(
+                "{} cpus, load average {} at start, {} at end{}",
+                m.cpus,
+                load(m.load_start),
+                load(m.load_end),
+                if [m.load_start, m.load_end]
+                    .into_iter()
+                    .flatten()
+                    .any(|l| l > m.cpus as f64)
+                {
+                    " (busier than its cores: figures include CPU contention)"
+                } else {
+                    ""
+                }
             ),
         );
         for v in &self.slo {
@@ -442,12 +493,15 @@ mod tests {
                 p99_ms: 3.25,
                 ..Default::default()
             }),
+            ingest_ms: None,
+            fanout_ms: None,
             latest_state: LatestState {
                 checked: true,
                 ..Default::default()
             },
             server: None,
             harness: ProcFigures::default(),
+            machine: Machine::default(),
             idle_memory: None,
             slo: vec![],
             slo_pass: true,

@@ -89,6 +89,9 @@ pub struct Record<'a> {
     pub id: Cow<'a, str>,
     /// Fix time, ms since epoch (integer or float on the wire).
     pub ts: f64,
+    /// Server receive time, ms since epoch.
+    #[serde(default)]
+    pub rts: Option<f64>,
 }
 
 /// Decodes one data frame; `None` for frames that carry no message (ping, pong, close).
@@ -164,6 +167,7 @@ mod tests {
         let u = f.updates.unwrap();
         assert_eq!(u[0].id, "bus-17");
         assert_eq!(u[0].ts, 1_763_780_000_100.0);
+        assert_eq!(u[0].rts, Some(1_763_780_000_103.0));
         assert_eq!(f.offline.unwrap(), vec!["bus-3"]);
     }
 

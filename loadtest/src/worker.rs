@@ -14,7 +14,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use hdrhistogram::Histogram;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::sync::{Notify, mpsc, watch};
 use tokio::task::JoinSet;
@@ -24,7 +23,7 @@ use crate::client::{ClientSpec, ConnectFailure, run_steady, run_storm};
 use crate::config::{Plan, Scenario};
 use crate::control::{Command, Event};
 use crate::latest::{CheckResult, EXCLUDED, Layout, View, check};
-use crate::metrics::{Counters, MAX_LATENCY_US, encode_histogram, new_histogram};
+use crate::metrics::{Counters, Latencies, Sample};
 
 /// What every connection task of a worker is doing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,7 +49,7 @@ pub struct WorkerShared {
     pub counters: Counters,
     /// Largest `tick_ms` any welcome announced.
     pub tick_ms: AtomicU64,
-    latency: Mutex<Histogram<u64>>,
+    latency: Mutex<Latencies>,
     phase_tx: watch::Sender<Phase>,
     /// Last sent fix time offset per device (only this worker's devices are written).
     last_sent: Vec<AtomicU32>,
@@ -77,7 +76,7 @@ impl WorkerShared {
             device_prefix: format!("{}-d", plan.run_id),
             counters: Counters::default(),
             tick_ms: AtomicU64::new(0),
-            latency: Mutex::new(new_histogram()),
+            latency: Mutex::new(Latencies::default()),
             phase_tx,
             last_sent: (0..plan.devices).map(|_| AtomicU32::new(0)).collect(),
             sending: AtomicU64::new(0),
@@ -99,15 +98,15 @@ impl WorkerShared {
         self.phase_tx.send_replace(phase);
     }
 
-    /// Records latencies in microseconds.
-    pub fn record_latencies(&self, values_us: &[u64]) {
+    /// Records the latencies of the deliveries of one frame.
+    pub fn record_latencies(&self, samples: &[Sample]) {
         let mut h = self.latency.lock().unwrap_or_else(|p| p.into_inner());
-        for &v in values_us {
-            h.saturating_record(v.min(MAX_LATENCY_US));
+        for s in samples {
+            h.record(s);
         }
     }
 
-    fn histogram(&self) -> Histogram<u64> {
+    fn latencies(&self) -> Latencies {
         self.latency
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -290,7 +289,7 @@ pub async fn run(
         Event::Final {
             at_ms: crate::clock::now_ms(),
             stats: w.counters.snapshot(),
-            histogram: encode_histogram(&w.histogram())?,
+            histograms: w.latencies().encode()?,
             check: result,
             settle_ms,
             tick_ms: (tick > 0).then_some(tick),
@@ -363,14 +362,14 @@ async fn report_progress(w: Arc<WorkerShared>, events: mpsc::Sender<Event>) {
     let mut every = tokio::time::interval_at(Instant::now() + period / 2, period);
     loop {
         every.tick().await;
-        let Ok(histogram) = encode_histogram(&w.histogram()) else {
+        let Ok(histograms) = w.latencies().encode() else {
             continue;
         };
         if events
             .send(Event::Progress {
                 at_ms: crate::clock::now_ms(),
                 stats: w.counters.snapshot(),
-                histogram,
+                histograms,
             })
             .await
             .is_err()
