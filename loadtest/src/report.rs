@@ -447,7 +447,8 @@ impl Report {
         }
         let verdict = match (&self.aborted_reason, self.slo_pass) {
             (Some(why), _) => format!("INCOMPLETE: {why}"),
-            (None, true) => "OK".into(),
+            (None, true) if self.slo.is_empty() => "completed (no --slo given)".into(),
+            (None, true) => "OK: every objective met".into(),
             (None, false) => "SLO MISSED".into(),
         };
         row("result", verdict);
@@ -509,7 +510,10 @@ mod tests {
         let table = r.table();
         assert!(table.contains("10 established / 10 attempted"), "{table}");
         assert!(table.contains("p99 3.25"), "{table}");
-        assert!(table.contains("result                   OK"), "{table}");
+        assert!(
+            table.contains("result                   completed"),
+            "{table}"
+        );
         let json: serde_json::Value = serde_json::to_value(&r).unwrap();
         assert_eq!(json["connections"]["established"], 10);
         assert_eq!(json["latency_ms"]["p99_ms"], 3.25);
