@@ -42,7 +42,7 @@ use crate::worker::{Phase, WorkerShared};
 pub type Ws = WebSocketStream<TcpStream>;
 
 /// Read buffer per connection: tungstenite allocates it eagerly, 128 KiB by default.
-pub const READ_BUFFER_BYTES: usize = 8 * 1024;
+pub const READ_BUFFER_BYTES: usize = 4 * 1024;
 
 /// How long a closing handshake may take before the socket is simply dropped.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
