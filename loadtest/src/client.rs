@@ -69,7 +69,9 @@ impl Role {
 /// Who client number `index` of the run is.
 ///
 /// Indices `0..viewers` are viewers and the rest devices, so viewers connect first during the
-/// ramp and see the devices' traffic from its start.
+/// ramp and see the devices' traffic from its start. Device (or viewer) `n` is in group
+/// `n % groups`; within a group, members take the targets in turn and, with the `mixed`
+/// codec, alternate codecs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClientSpec {
     /// Global client index, `0..devices + viewers`.
@@ -118,7 +120,15 @@ impl ClientSpec {
             Role::Device => device_id(&plan.run_id, number),
             Role::Viewer => format!("{}-v{number}", plan.run_id),
         };
-        let target = index as usize % plan.targets.len().max(1);
+        let groups = plan.groups.max(1);
+        let group = number % groups;
+        // Deal the members of each group over targets and codecs in turn: a group must span
+        // every server instance and, with `mixed`, both codecs, or cross-instance relaying and
+        // per-codec encoding would go untested. (Dealing by client index would not do: with 10
+        // groups and 2 targets, all of a group's members would share one target.)
+        let turn = number / groups + group;
+        let targets = plan.targets.len().max(1) as u32;
+        let target = (turn % targets) as usize;
         let source = match plan.targets.get(target).map(|t| (t.loopback, t.addr)) {
             Some((true, SocketAddr::V4(_))) => {
                 let n = u8::try_from(index % u32::from(plan.source_addrs.max(1))).unwrap_or(0);
@@ -131,8 +141,8 @@ impl ClientSpec {
             role,
             number,
             id,
-            group: number % plan.groups.max(1),
-            codec: plan.codec.for_client(index),
+            group,
+            codec: plan.codec.for_client(turn / targets),
             target,
             source,
         }
@@ -767,10 +777,39 @@ mod tests {
         );
         assert_eq!(d.target, 0);
         assert_eq!(d.source, Some(Ipv4Addr::new(127, 0, 0, 3)));
-        let d6 = ClientSpec::new(&p, 3);
-        assert_eq!(d6.target, 1);
-        assert_eq!(d6.source, None, "no IPv4 source address for an IPv6 target");
-        assert_eq!((d.codec, d6.codec), (Codec::Json, Codec::Msgpack));
+        let d1 = ClientSpec::new(&p, 3);
+        assert_eq!(d1.target, 1);
+        assert_eq!(d1.source, None, "no IPv4 source address for an IPv6 target");
+    }
+
+    #[test]
+    fn every_group_spans_all_targets_and_both_codecs() {
+        let p = plan(12, 0, 1);
+        // Group 0 holds devices 0, 3, 6, 9.
+        let group0: Vec<(usize, Codec)> = [0, 3, 6, 9]
+            .into_iter()
+            .map(|d| ClientSpec::new(&p, d))
+            .map(|s| (s.target, s.codec))
+            .collect();
+        assert_eq!(
+            group0,
+            vec![
+                (0, Codec::Json),
+                (1, Codec::Json),
+                (0, Codec::Msgpack),
+                (1, Codec::Msgpack)
+            ]
+        );
+        let mut one_target = plan(12, 0, 1);
+        one_target.targets.truncate(1);
+        let codecs: Vec<Codec> = [1, 4, 7, 10]
+            .into_iter()
+            .map(|d| ClientSpec::new(&one_target, d).codec)
+            .collect();
+        assert_eq!(
+            codecs,
+            vec![Codec::Msgpack, Codec::Json, Codec::Msgpack, Codec::Json]
+        );
     }
 
     #[test]

@@ -171,17 +171,17 @@ pub enum CodecChoice {
     Json,
     /// `beacon.v1.msgpack` for every connection.
     Msgpack,
-    /// Even connections JSON, odd ones MessagePack.
+    /// Members of each group alternate between JSON and MessagePack.
     Mixed,
 }
 
 impl CodecChoice {
-    /// The codec of the connection with global index `client`.
-    pub fn for_client(self, client: u32) -> Codec {
+    /// The codec of the client whose turn (see [`crate::client::ClientSpec`]) is `turn`.
+    pub fn for_client(self, turn: u32) -> Codec {
         match self {
             CodecChoice::Json => Codec::Json,
             CodecChoice::Msgpack => Codec::Msgpack,
-            CodecChoice::Mixed if client % 2 == 0 => Codec::Json,
+            CodecChoice::Mixed if turn % 2 == 0 => Codec::Json,
             CodecChoice::Mixed => Codec::Msgpack,
         }
     }
