@@ -209,7 +209,11 @@ impl Lock {
     /// Takes the lock, waiting up to ten minutes for another holder to finish.
     fn acquire(path: &Path) -> Option<Lock> {
         for _ in 0..(10 * 60 * 2) {
-            match fs::OpenOptions::new().write(true).create_new(true).open(path) {
+            match fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(path)
+            {
                 Ok(_) => return Some(Lock(path.to_path_buf())),
                 Err(e) if e.kind() == ErrorKind::AlreadyExists => {
                     let stale = fs::metadata(path)

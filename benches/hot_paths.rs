@@ -1,1 +1,3 @@
+//! Benchmarks of hot paths (placeholder until they are written).
+
 fn main() {}

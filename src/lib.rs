@@ -11,12 +11,16 @@
 //! - [`protocol`]: wire types of protocol v1, the JSON and MessagePack codecs, validation.
 //! - [`hub`]: latest state per group, presence, and the tick-driven, coalesced fan-out.
 //! - [`session`]: one WebSocket connection from `welcome` to close.
-//! - [`auth`]: who a request is (query identity; tokens).
+//! - [`auth`]: who a request is (query identity; JWTs with a secret or a JWKS), what it may
+//!   do (groups, roles), and which browser origins may act for it.
+//! - [`limits`]: message rate per connection, connections per client address.
+//! - [`listen`]: the accept loop: TCP options, TLS, handshake timeouts, draining.
+//! - [`tls`]: rustls configuration from PEM files.
 //! - [`http`]: health, metrics, REST snapshots and HTTP ingest.
 //! - [`metrics`]: the Prometheus registry.
 //! - [`web`]: the embedded map page.
 //! - [`demo`]: simulated devices for `--demo N`.
-//! - [`shutdown`]: SIGINT/SIGTERM.
+//! - [`shutdown`]: waiting for SIGINT or SIGTERM.
 //!
 //! # Errors
 //! Library modules return `thiserror` enums or protocol [`protocol::Refusal`]s; `anyhow` is used
@@ -27,12 +31,15 @@ pub mod config;
 pub mod demo;
 pub mod http;
 pub mod hub;
+pub mod limits;
+pub mod listen;
 pub mod metrics;
 pub mod model;
 pub mod protocol;
 pub mod server;
 pub mod session;
 pub mod shutdown;
+pub mod tls;
 pub mod web;
 
 pub use config::Config;

@@ -48,7 +48,12 @@ async fn the_page_is_served() {
     let server = TestServer::start().await;
     let page = server.get("/").await;
     assert_eq!(page.status(), 200);
-    assert!(page.headers()["content-type"].to_str().unwrap().starts_with("text/html"));
+    assert!(
+        page.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/html")
+    );
     assert!(page.text().await.unwrap().to_lowercase().contains("beacon"));
     assert_eq!(server.get("/no/such/file.js").await.status(), 404);
     server.stop().await;
@@ -70,17 +75,27 @@ async fn post_one_fix_reaches_sockets_and_snapshots() {
     assert_eq!(u["lat"], 48.85);
     assert_eq!(u["online"], true);
 
-    let snapshot: Value = server.get("/v1/groups/fleet/positions").await.json().await.unwrap();
+    let snapshot: Value = server
+        .get("/v1/groups/fleet/positions")
+        .await
+        .json()
+        .await
+        .unwrap();
     assert_eq!(snapshot["group"], "fleet");
     assert_eq!(snapshot["devices"][0]["id"], "truck-1");
     assert_eq!(snapshot["devices"][0]["spd"], 12.5);
 
-    let geo = server.get("/v1/groups/fleet/positions?format=geojson").await;
+    let geo = server
+        .get("/v1/groups/fleet/positions?format=geojson")
+        .await;
     assert_eq!(geo.headers()["content-type"], "application/geo+json");
     let geo: Value = geo.json().await.unwrap();
     assert_eq!(geo["type"], "FeatureCollection");
     let feature = &geo["features"][0];
-    assert_eq!(feature["geometry"], json!({"type": "Point", "coordinates": [2.35, 48.85]}));
+    assert_eq!(
+        feature["geometry"],
+        json!({"type": "Point", "coordinates": [2.35, 48.85]})
+    );
     assert_eq!(feature["properties"]["id"], "truck-1");
     assert_eq!(feature["properties"]["batt"], 77.0);
     assert!(feature["properties"].get("lat").is_none());
@@ -105,8 +120,19 @@ async fn post_a_list_is_all_or_nothing() {
     .await;
     assert_eq!(status, 400);
     assert_eq!(body["error"], "invalid_position");
-    assert!(body["message"].as_str().unwrap().starts_with("[1]: lon must"), "{body}");
-    let snapshot: Value = server.get("/v1/groups/g/positions").await.json().await.unwrap();
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("[1]: lon must"),
+        "{body}"
+    );
+    let snapshot: Value = server
+        .get("/v1/groups/g/positions")
+        .await
+        .json()
+        .await
+        .unwrap();
     let devices = snapshot["devices"].as_array().unwrap();
     assert_eq!(devices.len(), 1, "nothing of the refused list was applied");
     assert_eq!(devices[0]["id"], "t");
@@ -119,7 +145,12 @@ async fn post_refusals_name_the_problem() {
     let server = TestServer::start().await;
     for (query, body, status, needle) in [
         ("groups=g", r#"{"lat":1,"lon":1}"#, 400, "id is required"),
-        ("id=a&role=viewer", r#"{"lat":1,"lon":1}"#, 403, "viewers may not"),
+        (
+            "id=a&role=viewer",
+            r#"{"lat":1,"lon":1}"#,
+            403,
+            "viewers may not",
+        ),
         ("id=a", r#"{"lat":1}"#, 400, "lon is required"),
         ("id=a", r#"{"lat":1,"lon":"east"}"#, 400, "lon"),
         ("id=a", r#"nonsense"#, 400, "unparseable"),
@@ -127,7 +158,10 @@ async fn post_refusals_name_the_problem() {
     ] {
         let (got, body) = post(&server, query, body).await;
         assert_eq!(got, status, "{query} {body}");
-        assert!(body["message"].as_str().unwrap().contains(needle), "{query}: {body}");
+        assert!(
+            body["message"].as_str().unwrap().contains(needle),
+            "{query}: {body}"
+        );
     }
     let too_big = format!("[{}]", vec![r#"{"lat":1,"lon":1}"#; 20_000].join(","));
     let (status, _) = post(&server, "id=a", &too_big).await;
@@ -144,7 +178,12 @@ async fn http_devices_go_offline_after_the_stale_window() {
     assert_eq!(v.until_update(|u| u["id"] == "phone").await["online"], true);
     let batch = v.until("batch").await;
     assert_eq!(batch["offline"], json!(["phone"]), "{batch}");
-    let snapshot: Value = server.get("/v1/groups/g/positions").await.json().await.unwrap();
+    let snapshot: Value = server
+        .get("/v1/groups/g/positions")
+        .await
+        .json()
+        .await
+        .unwrap();
     assert_eq!(snapshot["devices"][0]["online"], false);
     server.stop().await;
 }
@@ -159,7 +198,12 @@ async fn positions_past_retention_are_forgotten() {
     let (status, _) = post(&server, "id=old&groups=g", r#"{"lat":1,"lon":1}"#).await;
     assert_eq!(status, 200);
     common::eventually(|| async {
-        let body: Value = server.get("/v1/groups/g/positions").await.json().await.ok()?;
+        let body: Value = server
+            .get("/v1/groups/g/positions")
+            .await
+            .json()
+            .await
+            .ok()?;
         body["devices"].as_array()?.is_empty().then_some(())
     })
     .await;
@@ -171,8 +215,19 @@ async fn positions_past_retention_are_forgotten() {
 async fn bad_group_and_format_are_refused() {
     let server = TestServer::start().await;
     assert_eq!(server.get("/v1/groups/a%20b/positions").await.status(), 400);
-    assert_eq!(server.get("/v1/groups/g/positions?format=kml").await.status(), 400);
-    let empty: Value = server.get("/v1/groups/unknown/positions").await.json().await.unwrap();
+    assert_eq!(
+        server
+            .get("/v1/groups/g/positions?format=kml")
+            .await
+            .status(),
+        400
+    );
+    let empty: Value = server
+        .get("/v1/groups/unknown/positions")
+        .await
+        .json()
+        .await
+        .unwrap();
     assert_eq!(empty["devices"], json!([]));
     server.stop().await;
 }

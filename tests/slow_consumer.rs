@@ -19,7 +19,8 @@ async fn quiet_devices(server: &TestServer, count: usize) -> Vec<common::Client>
     for i in 0..count {
         let mut d = server.device(&format!("d{i}"), &group_list()).await;
         for g in 0..GROUPS {
-            d.send(json!({"type": "unsub", "group": format!("g{g}")})).await;
+            d.send(json!({"type": "unsub", "group": format!("g{g}")}))
+                .await;
         }
         d.sync().await;
         devices.push(d);
@@ -28,7 +29,10 @@ async fn quiet_devices(server: &TestServer, count: usize) -> Vec<common::Client>
 }
 
 fn group_list() -> String {
-    (0..GROUPS).map(|i| format!("g{i}")).collect::<Vec<_>>().join(",")
+    (0..GROUPS)
+        .map(|i| format!("g{i}"))
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// A client with a tiny receive window, whose frames we leave unread.
@@ -38,15 +42,14 @@ async fn stalled_client(server: &TestServer, id: &str) -> WebSocketStream<tokio:
     let stream = socket.connect(server.addr).await.unwrap();
     let url = server.ws_url(&format!("id={id}&groups={}&role=viewer", group_list()));
     let config = WebSocketConfig::default().read_buffer_size(4096);
-    let (ws, _) = client_async_with_config(url, stream, Some(config)).await.unwrap();
+    let (ws, _) = client_async_with_config(url, stream, Some(config))
+        .await
+        .unwrap();
     ws
 }
 
 /// Publishes from `devices` until `done` says stop, and returns the last latitude sent.
-async fn publish_until(
-    devices: &mut [common::Client],
-    mut done: impl AsyncFnMut() -> bool,
-) -> f64 {
+async fn publish_until(devices: &mut [common::Client], mut done: impl AsyncFnMut() -> bool) -> f64 {
     let mut lat = 0.0;
     loop {
         for _ in 0..20 {
@@ -73,7 +76,9 @@ async fn a_client_that_never_reads_is_dropped_with_1013_and_others_keep_up() {
     .await;
     let groups = group_list();
     let mut stalled = stalled_client(&server, "stalled").await;
-    let mut watcher = server.connect(&format!("id=w&groups={groups}&role=viewer")).await;
+    let mut watcher = server
+        .connect(&format!("id=w&groups={groups}&role=viewer"))
+        .await;
     watcher.skip_greeting(GROUPS).await;
     let mut devices = quiet_devices(&server, 4).await;
 
@@ -86,7 +91,7 @@ async fn a_client_that_never_reads_is_dropped_with_1013_and_others_keep_up() {
                 Event::Frame(_) => {}
                 Event::Closed(_) => return (batches, watcher),
             }
-            if batches > 0 && batches % 1000 == 0 {
+            if batches > 0 && batches.is_multiple_of(1000) {
                 tokio::task::yield_now().await;
             }
         }
@@ -96,7 +101,11 @@ async fn a_client_that_never_reads_is_dropped_with_1013_and_others_keep_up() {
     })
     .await;
     assert!(server.metric("beacon_drops_total").await > 0.0);
-    assert_eq!(server.metric("beacon_slow_closes_total").await, 1.0, "only the stalled one");
+    assert_eq!(
+        server.metric("beacon_slow_closes_total").await,
+        1.0,
+        "only the stalled one"
+    );
 
     // The stalled socket ends: whatever it had buffered, then the close (or a reset).
     let drained = tokio::time::timeout(common::WAIT, async {
@@ -109,7 +118,12 @@ async fn a_client_that_never_reads_is_dropped_with_1013_and_others_keep_up() {
     for d in &mut devices {
         d.sync().await;
     }
-    let body: Value = server.get("/v1/groups/g0/positions").await.json().await.unwrap();
+    let body: Value = server
+        .get("/v1/groups/g0/positions")
+        .await
+        .json()
+        .await
+        .unwrap();
     assert_eq!(body["devices"][0]["lat"], last);
     drop(devices);
     let stopping = tokio::spawn(server.stop());
