@@ -389,6 +389,8 @@ pub struct MintRequest<'a> {
     pub issuer: Option<&'a str>,
     /// `aud`, when set.
     pub audience: Option<&'a str>,
+    /// Name of the id claim (the id always goes in `sub` too).
+    pub id_claim: &'a str,
     /// Name of the groups claim.
     pub groups_claim: &'a str,
     /// Name of the role claim.
@@ -422,6 +424,7 @@ pub fn mint_hs256(secret: &[u8], request: &MintRequest<'_>) -> Result<String, Mi
         .unwrap_or(0);
     let mut claims = Map::new();
     claims.insert("sub".into(), request.sub.into());
+    claims.insert(request.id_claim.into(), request.sub.into());
     claims.insert(request.groups_claim.into(), request.groups.into());
     claims.insert(request.role_claim.into(), request.role.as_str().into());
     claims.insert("iat".into(), now.into());
@@ -593,6 +596,7 @@ mod tests {
             ttl_secs: 60,
             issuer: None,
             audience: None,
+            id_claim: "sub",
             groups_claim: "groups",
             role_claim: "role",
         };
