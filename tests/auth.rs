@@ -487,6 +487,25 @@ async fn without_a_list_only_same_origin_browsers_get_in() {
         .await
         .unwrap();
     assert_eq!(response.status(), 403);
+    // DNS rebinding: a foreign name pointed at 127.0.0.1 reads as same-origin, but its Host
+    // header gives it away.
+    let rebound = reqwest::Client::new()
+        .get(server.http("/v1/groups/g/positions"))
+        .header(
+            "host",
+            format!("rebind.evil.example:{}", server.addr.port()),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(rebound.status(), 403);
+    let by_name = reqwest::Client::new()
+        .get(server.http("/v1/groups/g/positions"))
+        .header("host", format!("localhost:{}", server.addr.port()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(by_name.status(), 200);
     server.stop().await;
 }
 

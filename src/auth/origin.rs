@@ -5,14 +5,19 @@
 //! WebSocket hijacking), e.g. one on `127.0.0.1` with `--auth none`. So every request that
 //! carries an `Origin` header (browsers send it on WebSocket handshakes, on cross-origin
 //! requests and on POSTs) must come from an allowed origin, or it is refused with 403:
-//! - `--allowed-origins` set: the origin must be one of the list, exactly (scheme, host and
-//!   port; case-insensitive). `*` in the list allows any origin.
-//! - unset: the origin's host and port must equal the `Host` header (the page was served by
-//!   this server).
+//! - the server's own origin: the origin's host and port equal the `Host` header (the page
+//!   was served by this server, like the embedded map);
+//! - and, with `--allowed-origins`, the origins of the list, exactly (scheme, host and port;
+//!   case-insensitive). `*` in the list allows any origin.
 //!
 //! Requests without `Origin` (devices, apps, command-line tools, same-origin GETs) are not
 //! affected. REST routes answer CORS for the listed origins (methods GET and POST; headers
 //! `Authorization` and `Content-Type`; no credentials, since tokens are not cookies).
+//!
+//! DNS rebinding: a foreign page can make its own domain name resolve to 127.0.0.1 and then
+//! read a local server as if same-origin (no `Origin` is sent). With `--auth none` (and no
+//! `--insecure`), where nothing else stands in the way, requests must therefore name the
+//! server by an IP address or `localhost` in `Host`, or they are refused with 403.
 
 use std::time::Duration;
 
@@ -25,6 +30,7 @@ use tower_http::cors::{AllowOrigin, CorsLayer};
 use tracing::debug;
 
 use super::SetupError;
+use crate::config::AuthMode;
 use crate::server::AppState;
 
 /// How long a browser may cache a CORS preflight answer.
@@ -87,13 +93,14 @@ impl OriginPolicy {
             return false;
         };
         let origin = origin.to_ascii_lowercase();
+        let host = headers.get(HOST).and_then(|h| h.to_str().ok());
+        if host.is_some_and(|host| same_origin(&origin, &host.to_ascii_lowercase())) {
+            return true;
+        }
         match &self.allowed {
             Allowed::Any => true,
             Allowed::List(list) => list.contains(&origin),
-            Allowed::SameOrigin => {
-                let host = headers.get(HOST).and_then(|h| h.to_str().ok());
-                host.is_some_and(|host| same_origin(&origin, &host.to_ascii_lowercase()))
-            }
+            Allowed::SameOrigin => false,
         }
     }
 
@@ -139,8 +146,41 @@ fn same_origin(origin: &str, host: &str) -> bool {
     authority.strip_suffix(default) == Some(host) || host.strip_suffix(default) == Some(authority)
 }
 
-/// Middleware: refuses a request whose `Origin` the policy does not allow (403).
+/// Whether `Host` names the server by an IP address or `localhost` (no DNS name that a
+/// foreign site could point at 127.0.0.1). A request without `Host` (HTTP/1.0) passes.
+pub fn host_is_local_name(headers: &HeaderMap) -> bool {
+    let Some(host) = headers.get(HOST) else {
+        return true;
+    };
+    let Ok(host) = host.to_str() else {
+        return false;
+    };
+    let name = match host.rsplit_once(':') {
+        Some((name, port)) if !name.ends_with(':') && port.bytes().all(|b| b.is_ascii_digit()) => {
+            name
+        }
+        _ => host,
+    };
+    let name = name.trim_start_matches('[').trim_end_matches(']');
+    name.eq_ignore_ascii_case("localhost")
+        || name.to_ascii_lowercase().ends_with(".localhost")
+        || name.parse::<std::net::IpAddr>().is_ok()
+}
+
+/// Middleware: refuses a request whose `Origin` the policy does not allow (403), and with
+/// `--auth none` one whose `Host` is a DNS name (see the module doc).
 pub async fn guard(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let config = state.auth.config();
+    let open = config.mode == AuthMode::None && !config.insecure;
+    if open && !host_is_local_name(request.headers()) {
+        state.metrics.security.auth_refused("origin").inc();
+        debug!(host = ?request.headers().get(HOST), "refused a request naming a DNS host");
+        return crate::http::error_response(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "with --auth none, reach the server as localhost or by IP address".into(),
+        );
+    }
     if state.auth.origins().allows(request.headers()) {
         return next.run(request).await;
     }
@@ -193,10 +233,27 @@ mod tests {
         assert!(policy.allows(&headers(Some("http://a.test:81"), "api.example")));
         assert!(!policy.allows(&headers(Some("http://map.example"), "api.example")));
         assert!(!policy.allows(&headers(Some("https://map.example.evil"), "api.example")));
-        // Listing origins turns same-origin off: the list is the whole truth.
-        assert!(!policy.allows(&headers(Some("https://api.example"), "api.example")));
+        // The server's own pages stay allowed.
+        assert!(policy.allows(&headers(Some("https://api.example"), "api.example")));
         let any = OriginPolicy::new(&["*".into()]);
         assert!(any.allows(&headers(Some("https://anything.example"), "api.example")));
+    }
+
+    #[test]
+    fn local_host_names() {
+        for (host, local) in [
+            ("localhost:8080", true),
+            ("127.0.0.1:8080", true),
+            ("[::1]:8080", true),
+            ("192.0.2.1", true),
+            ("app.localhost", true),
+            ("rebind.evil.example:8080", false),
+            ("evil.example", false),
+        ] {
+            let mut h = HeaderMap::new();
+            h.insert(HOST, host.parse().unwrap());
+            assert_eq!(host_is_local_name(&h), local, "{host}");
+        }
     }
 
     #[test]
