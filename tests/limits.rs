@@ -184,6 +184,22 @@ async fn a_connection_that_sends_no_request_is_dropped() {
     server.stop().await;
 }
 
+#[tokio::test]
+async fn a_request_whose_body_never_arrives_gets_408() {
+    let server = TestServer::with(|c| c.limits.request_timeout_secs = 1).await;
+    let mut slow = TcpStream::connect(server.addr).await.unwrap();
+    slow.write_all(
+        b"POST /v1/positions?id=d HTTP/1.1\r\nHost: 127.0.0.1\r\ncontent-length: 100\r\n\r\n{",
+    )
+    .await
+    .unwrap();
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(WAIT, slow.read_to_end(&mut answer)).await;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    server.stop().await;
+}
+
 // ---- TLS ----
 
 struct TlsFiles {
