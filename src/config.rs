@@ -9,6 +9,8 @@ use std::time::Duration;
 
 use clap::{Args, Parser, ValueEnum};
 
+use crate::model::Role;
+
 /// Everything `beacon serve` needs.
 #[derive(Clone, Debug, Parser)]
 #[command(name = "serve", about = "Run the Beacon server")]
@@ -16,6 +18,10 @@ pub struct Config {
     /// Address to listen on. Default 127.0.0.1:8080 (loopback only, safe with `--auth none`).
     #[arg(long, env = "BEACON_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
+
+    /// Optional TLS, for deployments without a terminating load balancer.
+    #[command(flatten)]
+    pub tls: TlsConfig,
 
     /// Fan-out and presence timing.
     #[command(flatten)]
@@ -106,6 +112,56 @@ pub struct Limits {
     #[arg(long, env = "BEACON_MAX_CONNECTIONS", default_value_t = 10_000)]
     pub max_connections: usize,
 
+    /// Most WebSocket connections held at once from one client address (an IPv6 client counts
+    /// by its /64); past it, upgrades are refused with 429. Default 500; 0 turns the bound off.
+    /// Behind a proxy every client shares the proxy's address: set `--trust-proxy` there.
+    #[arg(long, env = "BEACON_MAX_CONNECTIONS_PER_IP", default_value_t = 500)]
+    pub max_connections_per_ip: usize,
+
+    /// Messages per second one connection may send, sustained (a token bucket refilled at this
+    /// rate). A message over the limit is not applied and is answered by a `rate_limited`
+    /// error. Default 20. Range 1-100000.
+    #[arg(long, env = "BEACON_RATE_PER_SEC", default_value_t = 20,
+          value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub rate_per_sec: u32,
+
+    /// Messages one connection may send in a burst above the sustained rate (the bucket's
+    /// size). Default 40. Range 1-100000.
+    #[arg(long, env = "BEACON_RATE_BURST", default_value_t = 40,
+          value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub rate_burst: u32,
+
+    /// Consecutive rate-limited messages after which the connection is closed with 1008.
+    /// Default 20. Range 1-100000.
+    #[arg(long, env = "BEACON_RATE_STRIKES", default_value_t = 20,
+          value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub rate_strikes: u32,
+
+    /// Seconds between the WebSocket pings the server sends to every connection. Default 20
+    /// (below the 60 s idle timeout of common load balancers). Range 1-3600.
+    #[arg(long, env = "BEACON_PING_INTERVAL_SECS", default_value_t = 20,
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub ping_interval_secs: u64,
+
+    /// Seconds a connection may stay silent (no frame, no pong) before it is closed with
+    /// 1001; checked at each ping. Default 60; must exceed the ping interval.
+    #[arg(long, env = "BEACON_IDLE_TIMEOUT_SECS", default_value_t = 60,
+          value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub idle_timeout_secs: u64,
+
+    /// Seconds a new connection has to finish its TLS handshake and to send a complete request
+    /// head; an idle keep-alive connection gets the same time to start its next request.
+    /// Default 10. Range 1-300.
+    #[arg(long, env = "BEACON_HANDSHAKE_TIMEOUT_SECS", default_value_t = 10,
+          value_parser = clap::value_parser!(u64).range(1..=300))]
+    pub handshake_timeout_secs: u64,
+
+    /// Seconds an HTTP request (body included) may take before it is answered with 408.
+    /// Default 30. Range 1-3600. WebSocket sessions are not requests and are not bound by it.
+    #[arg(long, env = "BEACON_REQUEST_TIMEOUT_SECS", default_value_t = 30,
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub request_timeout_secs: u64,
+
     /// Largest client frame (and message) in bytes; a larger one closes the socket with 1009.
     /// Default 16384.
     #[arg(long, env = "BEACON_MAX_FRAME_BYTES", default_value_t = 16 * 1024)]
@@ -146,6 +202,26 @@ impl Limits {
     pub fn slow_close(&self) -> Duration {
         Duration::from_secs(self.slow_close_secs)
     }
+
+    /// Time between server pings.
+    pub fn ping_interval(&self) -> Duration {
+        Duration::from_secs(self.ping_interval_secs)
+    }
+
+    /// Silence after which a connection is closed.
+    pub fn idle_timeout(&self) -> Duration {
+        Duration::from_secs(self.idle_timeout_secs)
+    }
+
+    /// Time for a TLS handshake and for a request head.
+    pub fn handshake_timeout(&self) -> Duration {
+        Duration::from_secs(self.handshake_timeout_secs)
+    }
+
+    /// Time for a whole HTTP request.
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_secs(self.request_timeout_secs)
+    }
 }
 
 /// Authentication modes.
@@ -164,9 +240,94 @@ pub struct AuthConfig {
     #[arg(long = "auth", env = "BEACON_AUTH", value_enum, default_value = "none")]
     pub mode: AuthMode,
 
-    /// Allow `--auth none` on a non-loopback address. Default false.
+    /// Allow `--auth none` on a non-loopback address. Default false: the server refuses to
+    /// start there, since anyone who can reach it could read and write every position.
     #[arg(long, env = "BEACON_INSECURE", default_value_t = false)]
     pub insecure: bool,
+
+    /// HMAC secret for HS256 tokens (`--auth jwt`), at least 32 bytes. Unset: HS256 tokens
+    /// are refused. `beacon token` signs with the same secret.
+    #[arg(long, env = "BEACON_JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+
+    /// JSON Web Key Set file with the public keys of RS256/ES256 tokens. Re-read like a URL
+    /// (on an unknown `kid`, and every `--jwks-refresh-secs`).
+    #[arg(long, env = "BEACON_JWKS_FILE", conflicts_with = "jwks_url")]
+    pub jwks_file: Option<PathBuf>,
+
+    /// URL of the identity provider's JSON Web Key Set (e.g. Cognito's
+    /// `https://cognito-idp.REGION.amazonaws.com/POOL/.well-known/jwks.json`). `https` only,
+    /// except for loopback hosts.
+    #[arg(long, env = "BEACON_JWKS_URL")]
+    pub jwks_url: Option<String>,
+
+    /// Seconds between routine re-reads of the key set. Default 300.
+    #[arg(long, env = "BEACON_JWKS_REFRESH_SECS", default_value_t = 300,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub jwks_refresh_secs: u64,
+
+    /// Least seconds between two re-reads of the key set caused by tokens naming an unknown
+    /// `kid` (key rotation). Bounds what forged `kid`s can cost. Default 30.
+    #[arg(long, env = "BEACON_JWKS_MIN_REFRESH_SECS", default_value_t = 30)]
+    pub jwks_min_refresh_secs: u64,
+
+    /// Required `iss` claim. Unset: not checked.
+    #[arg(long, env = "BEACON_JWT_ISSUER")]
+    pub jwt_issuer: Option<String>,
+
+    /// Required `aud` claim (one of the token's audiences). Unset: not checked.
+    #[arg(long, env = "BEACON_JWT_AUDIENCE")]
+    pub jwt_audience: Option<String>,
+
+    /// Claim holding the device or viewer id. Default `sub`. The value must pass the
+    /// protocol's id rules (Auth0's `provider|id` subjects do not: use a custom claim).
+    #[arg(long, env = "BEACON_JWT_ID_CLAIM", default_value = "sub")]
+    pub jwt_id_claim: String,
+
+    /// Claim holding the groups: a list of ids, or one string of comma-separated ids.
+    /// Default `groups`; Cognito: `cognito:groups`.
+    #[arg(long, env = "BEACON_JWT_GROUPS_CLAIM", default_value = "groups")]
+    pub jwt_groups_claim: String,
+
+    /// Claim holding the role: `device` or `viewer`, or a list of roles (with `device` in it
+    /// the client is a device, else with `viewer` a viewer). Default `role`.
+    #[arg(long, env = "BEACON_JWT_ROLE_CLAIM", default_value = "role")]
+    pub jwt_role_claim: String,
+
+    /// Role of a token without the role claim. Default `device`.
+    #[arg(long, env = "BEACON_JWT_DEFAULT_ROLE", default_value = "device",
+          value_parser = crate::auth::parse_role)]
+    pub jwt_default_role: Role,
+
+    /// Seconds of clock skew tolerated on `exp` and `nbf`. Default 30. A socket is closed
+    /// with 1008 once `exp` plus this leeway has passed.
+    #[arg(long, env = "BEACON_JWT_LEEWAY_SECS", default_value_t = 30,
+          value_parser = clap::value_parser!(u64).range(0..=300))]
+    pub jwt_leeway_secs: u64,
+
+    /// Origins a browser may connect from (comma-separated, exact, e.g.
+    /// `https://map.example.com`; `*` allows any). They also get CORS on REST routes. Unset:
+    /// only same-origin browsers (Origin host equal to Host) and clients sending no Origin.
+    #[arg(long, env = "BEACON_ALLOWED_ORIGINS", value_delimiter = ',')]
+    pub allowed_origins: Vec<String>,
+
+    /// Take the client address from the last `X-Forwarded-For` entry (the one the proxy in
+    /// front of Beacon appended) for the per-address connection limit. Only behind a proxy
+    /// that sets it: otherwise clients could pick their own address. Default false.
+    #[arg(long, env = "BEACON_TRUST_PROXY", default_value_t = false)]
+    pub trust_proxy: bool,
+}
+
+/// Optional TLS. Both flags or neither.
+#[derive(Clone, Debug, Args)]
+pub struct TlsConfig {
+    /// PEM file with the server certificate chain. Unset: plain HTTP (put TLS in front).
+    #[arg(long, env = "BEACON_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM file with the certificate's private key (PKCS#8, PKCS#1 or SEC1).
+    #[arg(long, env = "BEACON_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
 }
 
 /// Log output format.

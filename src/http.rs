@@ -12,8 +12,8 @@ use axum::routing::{get, post};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::auth::IdentityQuery;
-use crate::model::{Fix, GroupId, Identity, Position, Role, now_ms};
+use crate::auth::{IdentityQuery, check_publish};
+use crate::model::{Fix, GroupId, Identity, Position, now_ms};
 use crate::protocol::{Codec, PositionRecord, RawMessage, decode_raw, validate_fix};
 use crate::server::AppState;
 
@@ -66,10 +66,13 @@ struct PositionsQuery {
     format: Option<String>,
 }
 
+/// `GET /v1/groups/{group}/positions`: with tokens, only for identities holding the group.
 async fn group_positions(
     State(state): State<AppState>,
     Path(group): Path<String>,
+    headers: HeaderMap,
     Query(query): Query<PositionsQuery>,
+    identity: Result<Query<IdentityQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
     if let Err(why) = GroupId::parse(&group) {
         return error_response(
@@ -77,6 +80,14 @@ async fn group_positions(
             "bad_request",
             format!("group {why}"),
         );
+    }
+    let identity = identity.map(|Query(q)| q).unwrap_or_default();
+    if let Err(e) = state
+        .auth
+        .authorize_group_read(&headers, &identity, &group)
+        .await
+    {
+        return e.into_response();
     }
     let mut positions = state.hub.positions(&group);
     positions.sort_by(|a, b| a.device.cmp(&b.device));
@@ -138,16 +149,13 @@ async fn post_positions(
             "malformed query string".into(),
         );
     };
-    let identity = match state.auth.identify(&headers, &query) {
+    let identity = match state.auth.identify(&headers, &query).await {
         Ok(identity) => identity,
-        Err(e) => return error_response(e.status(), e.kind(), e.to_string()),
+        Err(e) => return e.into_response(),
     };
-    if identity.role == Role::Viewer {
-        return error_response(
-            StatusCode::FORBIDDEN,
-            "forbidden",
-            "viewers may not publish positions".into(),
-        );
+    if let Err(e) = check_publish(&identity) {
+        state.metrics.security.auth_refused(e.reason()).inc();
+        return e.into_response();
     }
     let now = now_ms();
     let fixes = match parse_fixes(&body, now, state.config.limits.max_batch_fixes) {

@@ -12,7 +12,11 @@
 //! - [`hub`]: latest state per group, presence, and the tick-driven, coalesced fan-out.
 //! - [`session`]: one WebSocket connection from `welcome` to close.
 //! - [`outbox`]: the bounded, lazily allocated frame queue from the hub to a session.
-//! - [`auth`]: who a request is (query identity; tokens).
+//! - [`auth`]: who a request is (query identity; JWTs with a secret or a JWKS), what it may
+//!   do (groups, roles), and which browser origins may act for it.
+//! - [`limits`]: message rate per connection, connections per client address.
+//! - [`listen`]: the accept loop: TCP options, TLS, handshake timeouts, draining.
+//! - [`tls`]: rustls configuration from PEM files.
 //! - [`http`]: health, metrics, REST snapshots and HTTP ingest.
 //! - [`metrics`]: the Prometheus registry.
 //! - [`web`]: the embedded map page.
@@ -28,6 +32,8 @@ pub mod config;
 pub mod demo;
 pub mod http;
 pub mod hub;
+pub mod limits;
+pub mod listen;
 pub mod metrics;
 pub mod model;
 pub mod outbox;
@@ -35,6 +41,7 @@ pub mod protocol;
 pub mod server;
 pub mod session;
 pub mod shutdown;
+pub mod tls;
 pub mod web;
 
 pub use config::Config;

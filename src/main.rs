@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use beacon::Config;
+use beacon::auth::jwt::{MintRequest, mint_hs256};
 use beacon::config::LogFormat;
+use beacon::model::Role;
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
@@ -30,6 +32,68 @@ enum Command {
         #[arg(long, env = "BEACON_HEALTHCHECK_ADDR")]
         addr: Option<SocketAddr>,
     },
+    /// Print an HS256 token for a device or viewer, signed with the server's secret (for
+    /// operators and tests; identity providers mint tokens in production).
+    Token(TokenArgs),
+}
+
+/// What `beacon token` puts in the token. The claim names and checks follow the same
+/// `BEACON_*` variables as the server, so a token minted beside a server fits it.
+#[derive(Debug, clap::Args)]
+struct TokenArgs {
+    /// Device or viewer id (the `sub` claim).
+    #[arg(long)]
+    sub: String,
+    /// Comma-separated group ids.
+    #[arg(long, value_delimiter = ',', required = true)]
+    groups: Vec<String>,
+    /// `device` (publish and watch) or `viewer` (watch only). Default `device`.
+    #[arg(long, default_value = "device", value_parser = beacon::auth::parse_role)]
+    role: Role,
+    /// Lifetime: seconds, or a number followed by s, m, h or d. Default 24h.
+    #[arg(long, default_value = "24h", value_parser = parse_ttl)]
+    ttl: u64,
+    /// HMAC secret, at least 32 bytes. Prefer the variable: a flag shows in process lists.
+    #[arg(long, env = "BEACON_JWT_SECRET", hide_env_values = true)]
+    jwt_secret: String,
+    /// `iss` claim. Default: none.
+    #[arg(long, env = "BEACON_JWT_ISSUER")]
+    jwt_issuer: Option<String>,
+    /// `aud` claim. Default: none.
+    #[arg(long, env = "BEACON_JWT_AUDIENCE")]
+    jwt_audience: Option<String>,
+    /// Claim that also carries the id, besides `sub`. Default `sub`.
+    #[arg(long, env = "BEACON_JWT_ID_CLAIM", default_value = "sub")]
+    jwt_id_claim: String,
+    /// Claim for the groups. Default `groups`.
+    #[arg(long, env = "BEACON_JWT_GROUPS_CLAIM", default_value = "groups")]
+    jwt_groups_claim: String,
+    /// Claim for the role. Default `role`.
+    #[arg(long, env = "BEACON_JWT_ROLE_CLAIM", default_value = "role")]
+    jwt_role_claim: String,
+}
+
+/// Parses `90`, `90s`, `15m`, `12h` or `7d` into seconds (at least 1, at most 10 years).
+fn parse_ttl(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let (number, unit) = match s.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => (&s[..i], c),
+        _ => (s, 's'),
+    };
+    let scale = match unit {
+        's' => 1,
+        'm' => 60,
+        'h' => 3600,
+        'd' => 86_400,
+        _ => return Err(format!("unknown unit {unit:?}: use s, m, h or d")),
+    };
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration like 3600, 15m, 12h or 7d"))?;
+    match number.checked_mul(scale) {
+        Some(secs) if (1..=10 * 365 * 86_400).contains(&secs) => Ok(secs),
+        _ => Err("the lifetime must be between 1 second and 10 years".into()),
+    }
 }
 
 fn main() -> ExitCode {
@@ -37,6 +101,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve(config) => run_server(*config),
         Command::Healthcheck { addr } => healthcheck(addr),
+        Command::Token(args) => token(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -92,6 +157,23 @@ fn raise_open_file_limit(max_connections: usize) -> usize {
 
 /// Descriptors kept free of WebSocket connections (listener, Redis, store, HTTP requests).
 const OPEN_FILE_RESERVE: u64 = 256;
+
+fn token(args: &TokenArgs) -> anyhow::Result<()> {
+    let request = MintRequest {
+        sub: &args.sub,
+        groups: &args.groups,
+        role: args.role,
+        ttl_secs: args.ttl,
+        issuer: args.jwt_issuer.as_deref().filter(|s| !s.is_empty()),
+        audience: args.jwt_audience.as_deref().filter(|s| !s.is_empty()),
+        id_claim: &args.jwt_id_claim,
+        groups_claim: &args.jwt_groups_claim,
+        role_claim: &args.jwt_role_claim,
+    };
+    let token = mint_hs256(args.jwt_secret.as_bytes(), &request).context("minting a token")?;
+    println!("{token}");
+    Ok(())
+}
 
 fn init_logging(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));

@@ -14,6 +14,9 @@ use prometheus_client::registry::Registry;
 use crate::model::Role;
 use crate::protocol::ErrorCode;
 
+mod security;
+pub use security::SecurityMetrics;
+
 type Labels = Vec<(&'static str, &'static str)>;
 
 /// Every metric the server exports, with handles ready for the hot paths.
@@ -59,6 +62,8 @@ pub struct Metrics {
     pub positions: Gauge,
     /// Time to build, encode and fan out one tick, in seconds.
     pub tick_seconds: Histogram,
+    /// Refusals by reason and policy closes.
+    pub security: SecurityMetrics,
 }
 
 impl Default for Metrics {
@@ -164,6 +169,7 @@ impl Metrics {
                 "Positions held in memory, summed over groups",
             ),
             tick_seconds,
+            security: SecurityMetrics::new(&mut registry, &refused),
             registry,
         }
     }

@@ -2,25 +2,27 @@
 
 use std::future::Future;
 use std::io;
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
-use axum::extract::{Query, State};
+use axum::extract::{ConnectInfo, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use axum::serve::ListenerExt;
+use axum::{Extension, middleware};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::auth::{Authenticator, IdentityQuery};
 use crate::config::Config;
 use crate::hub::Hub;
+use crate::limits::{IpConnections, client_ip};
 use crate::metrics::Metrics;
 use crate::protocol::Codec;
 use crate::{http, session, web};
@@ -43,6 +45,8 @@ pub struct AppState {
     pub auth: Authenticator,
     /// One permit per open WebSocket: the connection limit.
     pub connections: Arc<Semaphore>,
+    /// Open WebSockets per client address: the per-address limit.
+    pub per_ip: Arc<IpConnections>,
     /// Cancelled when the server starts shutting down.
     pub shutdown: CancellationToken,
     /// Tracks sessions so shutdown can wait for them.
@@ -55,8 +59,9 @@ impl AppState {
         let metrics = Arc::new(Metrics::new());
         let hub = Arc::new(Hub::new(config.hub.clone(), metrics.clone()));
         AppState {
-            auth: Authenticator::new(config.auth.clone()),
+            auth: Authenticator::new(config.auth.clone(), Some(metrics.clone())),
             connections: Arc::new(Semaphore::new(config.limits.max_connections)),
+            per_ip: Arc::new(IpConnections::new(config.limits.max_connections_per_ip)),
             config: Arc::new(config),
             hub,
             metrics,
@@ -68,14 +73,29 @@ impl AppState {
 
 /// Runs the server on an already-bound `listener` until `shutdown` completes, then closes every
 /// socket with 1001 and waits up to the grace period for sessions to end.
+///
+/// Refuses to start (an error naming the setting) when the security settings are unsafe or
+/// unusable: `--auth none` on a non-loopback address without `--insecure`, a missing or short
+/// JWT secret, a key set that cannot be loaded, unreadable TLS files.
 pub async fn serve(
     listener: TcpListener,
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> io::Result<()> {
-    let state = AppState::new(config);
     let addr = listener.local_addr()?;
+    let setup =
+        |e: &dyn std::fmt::Display| io::Error::new(io::ErrorKind::InvalidInput, e.to_string());
+    crate::auth::check_listen(&config.auth, addr).map_err(|e| setup(&e))?;
+    if config.limits.idle_timeout_secs <= config.limits.ping_interval_secs {
+        return Err(setup(
+            &"--idle-timeout-secs must exceed --ping-interval-secs",
+        ));
+    }
+    let tls = crate::tls::server_config(&config.tls).map_err(|e| setup(&e))?;
+    let state = AppState::new(config);
+    state.auth.prepare().await.map_err(|e| setup(&e))?;
     let background = TaskTracker::new();
+    background.spawn(state.auth.clone().run_refresher(state.shutdown.clone()));
     background.spawn(state.hub.clone().run_ticker(state.shutdown.clone()));
     background.spawn(state.hub.clone().run_sweeper(state.shutdown.clone()));
     if state.config.demo > 0 {
@@ -89,14 +109,20 @@ pub async fn serve(
     background.close();
 
     let app = router(state.clone());
-    let listener = listener.tap_io(|tcp| {
-        if let Err(error) = tcp.set_nodelay(true) {
-            warn!(%error, "could not set TCP_NODELAY");
-        }
-    });
-    info!(%addr, tick_ms = state.config.hub.tick_ms, "listening");
+    info!(
+        %addr,
+        tls = tls.is_some(),
+        auth = ?state.config.auth.mode,
+        tick_ms = state.config.hub.tick_ms,
+        "listening"
+    );
     let token = state.shutdown.clone();
-    let server = axum::serve(listener, app).with_graceful_shutdown({
+    let options = crate::listen::ListenOptions {
+        tls,
+        handshake_timeout: state.config.limits.handshake_timeout(),
+        grace: state.config.shutdown_grace(),
+    };
+    let result = crate::listen::run(listener, app, options, {
         let token = token.clone();
         async move {
             tokio::select! {
@@ -106,8 +132,8 @@ pub async fn serve(
             info!("shutting down: closing connections with 1001");
             token.cancel();
         }
-    });
-    let result = server.await;
+    })
+    .await;
     token.cancel();
     state.sessions.close();
     let grace = state.config.shutdown_grace();
@@ -126,18 +152,30 @@ pub async fn serve(
     result
 }
 
-/// The HTTP routes.
+/// The HTTP routes, behind the origin check, CORS and the request timeout.
 pub fn router(state: AppState) -> Router {
+    let timeout = tower_http::timeout::TimeoutLayer::with_status_code(
+        StatusCode::REQUEST_TIMEOUT,
+        state.config.limits.request_timeout(),
+    );
     Router::new()
         .route("/v1/ws", get(upgrade))
         .merge(http::routes(&state))
         .merge(web::routes())
+        .layer(state.auth.origins().cors())
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            crate::auth::origin::guard,
+        ))
+        .layer(timeout)
         .with_state(state)
 }
 
-/// `GET /v1/ws`: checks identity, codec and capacity, then upgrades.
+/// `GET /v1/ws`: checks identity, codec and capacity, then upgrades. (The origin was checked
+/// by [`crate::auth::origin::guard`].)
 async fn upgrade(
     State(state): State<AppState>,
+    peer: Option<Extension<ConnectInfo<SocketAddr>>>,
     headers: HeaderMap,
     query: Result<Query<IdentityQuery>, axum::extract::rejection::QueryRejection>,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
@@ -153,9 +191,16 @@ async fn upgrade(
             "malformed query string".into(),
         );
     };
-    let identity = match state.auth.identify(&headers, &query) {
+    let identity = match state.auth.identify(&headers, &query).await {
         Ok(identity) => identity,
-        Err(e) => return refuse(e.status(), e.kind(), e.to_string()),
+        Err(e) => {
+            match e.status() {
+                StatusCode::UNAUTHORIZED => state.metrics.security.refused_unauthorized.inc(),
+                StatusCode::FORBIDDEN => state.metrics.security.refused_forbidden.inc(),
+                _ => state.metrics.refused_bad_request.inc(),
+            };
+            return e.into_response();
+        }
     };
     let Ok(ws) = ws else {
         return refuse(
@@ -188,6 +233,23 @@ async fn upgrade(
         }
     };
     let offered = !offered.is_empty();
+    let ip = client_ip(
+        peer.map(|Extension(ConnectInfo(addr))| addr),
+        &headers,
+        state.config.auth.trust_proxy,
+    );
+    let Some(ip_permit) = state.per_ip.try_acquire(ip) else {
+        state.metrics.security.refused_per_ip.inc();
+        debug!(
+            ?ip,
+            "refusing an upgrade: the address holds its maximum of connections"
+        );
+        return http::error_response(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too_many_connections",
+            "this address holds its maximum of connections (--max-connections-per-ip)".into(),
+        );
+    };
     let Ok(permit) = state.connections.clone().try_acquire_owned() else {
         state.metrics.refused_full.inc();
         return http::error_response(
@@ -217,7 +279,10 @@ async fn upgrade(
     };
     let sessions = state.sessions.clone();
     ws.on_upgrade(move |socket| {
-        sessions.track_future(session::run(socket, state, identity, codec, permit))
+        sessions.track_future(async move {
+            session::run(socket, state, identity, codec, permit).await;
+            drop(ip_permit);
+        })
     })
     .into_response()
 }

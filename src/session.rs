@@ -8,6 +8,12 @@
 //! while it waits, the hub drops batches for this client (its queue is full) and flags it
 //! `lagged`. Once writes go through again the session discards the stale queue and sends a
 //! fresh snapshot of each group instead.
+//!
+//! Abuse bounds: every client frame takes a token from the connection's [`TokenBucket`]; a
+//! message without one is not applied and is answered by a `rate_limited` error, and after
+//! `--rate-strikes` such refusals in a row the socket is closed with 1008. The session pings
+//! every `--ping-interval-secs` and closes (1001) a client silent for `--idle-timeout-secs`.
+//! A token that expires while connected closes the socket with 1008 at `exp` plus leeway.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,6 +24,7 @@ use tokio::sync::OwnedSemaphorePermit;
 use tracing::{debug, info};
 
 use crate::hub::{Hub, Outlet};
+use crate::limits::TokenBucket;
 use crate::model::{GroupId, Identity, Role, now_ms};
 use crate::outbox::Outbox;
 use crate::protocol::{
@@ -64,6 +71,12 @@ struct Session {
     codec: Codec,
     outlet: Outlet,
     subscribed: Vec<GroupId>,
+    /// Rate limit of client frames.
+    bucket: TokenBucket,
+    /// Rate-limit refusals in a row.
+    strikes: u32,
+    /// When the client last sent anything (a frame, a pong).
+    last_heard: tokio::time::Instant,
 }
 
 /// Runs one connection to its end. `permit` holds the connection's slot until it returns.
@@ -81,7 +94,16 @@ pub async fn run(
     };
     let role = identity.role;
     state.metrics.connections(role).inc();
+    let limits = &state.config.limits;
+    let bucket = TokenBucket::new(
+        limits.rate_per_sec,
+        limits.rate_burst,
+        std::time::Instant::now(),
+    );
     let mut session = Session {
+        bucket,
+        strikes: 0,
+        last_heard: tokio::time::Instant::now(),
         socket,
         subscribed: Vec::with_capacity(identity.groups.len()),
         state,
@@ -138,13 +160,24 @@ impl Session {
             }
         };
         tokio::pin!(expired);
+        let limits = &self.state.config.limits;
+        let idle_timeout = limits.idle_timeout();
+        let mut ping = tokio::time::interval_at(
+            tokio::time::Instant::now() + limits.ping_interval(),
+            limits.ping_interval(),
+        );
+        ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let step = tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => {
                     Err(self.close(close::GOING_AWAY, "server shutting down").await)
                 }
-                _ = &mut expired => Err(self.close(close::POLICY, "token expired").await),
+                _ = &mut expired => {
+                    self.state.metrics.security.closed_expired.inc();
+                    Err(self.close(close::POLICY, "token expired").await)
+                }
+                _ = ping.tick() => self.heartbeat(idle_timeout).await,
                 () = self.outlet.outbox.ready() => self.write_queued().await,
                 incoming = self.socket.next() => match incoming {
                     Some(Ok(message)) => self.on_message(message).await,
@@ -214,7 +247,51 @@ impl Session {
         self.flush().await
     }
 
+    /// Closes a client silent for `idle_timeout`; pings the others.
+    async fn heartbeat(&mut self, idle_timeout: Duration) -> Result<(), End> {
+        if self.last_heard.elapsed() >= idle_timeout {
+            self.state.metrics.security.closed_idle.inc();
+            debug!(id = %self.identity.id, "closing a silent client (idle timeout)");
+            return Err(self.close(close::GOING_AWAY, "idle timeout").await);
+        }
+        self.state.metrics.security.pings.inc();
+        let limit = self.state.config.limits.slow_close();
+        let ping = Message::Ping(axum::body::Bytes::new());
+        match tokio::time::timeout(limit, self.socket.send(ping)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(End::Client),
+            Err(_) => Err(self.slow_close().await),
+        }
+    }
+
+    /// Takes a token for one client frame; answers `rate_limited` when there is none, and
+    /// closes with 1008 after too many refusals in a row.
+    async fn admit(&mut self) -> Result<bool, End> {
+        if self.bucket.try_take(std::time::Instant::now()) {
+            self.strikes = 0;
+            return Ok(true);
+        }
+        self.strikes += 1;
+        self.state.metrics.security.rate_limited.inc();
+        if self.strikes >= self.state.config.limits.rate_strikes {
+            self.state.metrics.security.closed_rate_limited.inc();
+            info!(id = %self.identity.id, "closing a client that kept exceeding its rate (1008)");
+            return Err(self.close(close::POLICY, "rate limit exceeded").await);
+        }
+        let frame = self.refuse(Refusal::new(
+            ErrorCode::RateLimited,
+            "too many messages: slow down (this one was not applied)",
+        ));
+        self.feed(frame).await?;
+        self.flush().await?;
+        Ok(false)
+    }
+
     async fn on_message(&mut self, message: Message) -> Result<(), End> {
+        self.last_heard = tokio::time::Instant::now();
+        if !matches!(message, Message::Close(_)) && !self.admit().await? {
+            return Ok(());
+        }
         let (bytes, kind_ok): (&[u8], bool) = match &message {
             Message::Text(text) => (text.as_bytes(), self.codec == Codec::Json),
             Message::Binary(bytes) => (bytes, self.codec == Codec::MsgPack),

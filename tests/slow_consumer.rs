@@ -91,7 +91,7 @@ async fn a_client_that_never_reads_is_dropped_with_1013_and_others_keep_up() {
                 Event::Frame(_) => {}
                 Event::Closed(_) => return (batches, watcher),
             }
-            if batches > 0 && batches % 1000 == 0 {
+            if batches > 0 && batches.is_multiple_of(1000) {
                 tokio::task::yield_now().await;
             }
         }

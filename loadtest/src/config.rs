@@ -181,7 +181,7 @@ impl CodecChoice {
         match self {
             CodecChoice::Json => Codec::Json,
             CodecChoice::Msgpack => Codec::Msgpack,
-            CodecChoice::Mixed if turn % 2 == 0 => Codec::Json,
+            CodecChoice::Mixed if turn.is_multiple_of(2) => Codec::Json,
             CodecChoice::Mixed => Codec::Msgpack,
         }
     }

@@ -297,11 +297,11 @@ impl Snap {
 fn rate(from: &[Option<Mark>], to: &[Option<Mark>], pick: fn(&Stats) -> u64) -> Option<f64> {
     let mut total = None;
     for (a, b) in from.iter().zip(to) {
-        if let (Some((t0, s0)), Some((t1, s1))) = (a, b) {
-            if t1 > t0 {
-                let per_s = pick(s1).saturating_sub(pick(s0)) as f64 / ((t1 - t0) as f64 / 1e3);
-                total = Some(total.unwrap_or(0.0) + per_s);
-            }
+        if let (Some((t0, s0)), Some((t1, s1))) = (a, b)
+            && t1 > t0
+        {
+            let per_s = pick(s1).saturating_sub(pick(s0)) as f64 / ((t1 - t0) as f64 / 1e3);
+            total = Some(total.unwrap_or(0.0) + per_s);
         }
     }
     total

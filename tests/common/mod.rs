@@ -39,6 +39,9 @@ impl TestServer {
         let mut config = Config::default();
         config.hub.tick_ms = 50;
         config.shutdown_grace_secs = 5;
+        // Tests publish as fast as they can; the rate limit has tests of its own.
+        config.limits.rate_per_sec = 100_000;
+        config.limits.rate_burst = 100_000;
         adjust(&mut config);
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
