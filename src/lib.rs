@@ -13,10 +13,14 @@
 //! - [`session`]: one WebSocket connection from `welcome` to close.
 //! - [`auth`]: who a request is (query identity; tokens).
 //! - [`http`]: health, metrics, REST snapshots and HTTP ingest.
+//! - [`ingest`]: the protocols of existing phone apps (Traccar Client / OsmAnd, OwnTracks).
+//! - [`store`]: durable last-known positions and track history (SQLite, written behind the hub).
+//! - [`track`]: `GET /v1/devices/{id}/track`, a device's history as JSON, GeoJSON or GPX.
+//! - [`isotime`]: ISO-8601 date-times in and out.
 //! - [`metrics`]: the Prometheus registry.
 //! - [`web`]: the embedded map page.
 //! - [`demo`]: simulated devices for `--demo N`.
-//! - [`shutdown`]: SIGINT/SIGTERM.
+//! - [`shutdown`]: waits for SIGINT or SIGTERM.
 //!
 //! # Errors
 //! Library modules return `thiserror` enums or protocol [`protocol::Refusal`]s; `anyhow` is used
@@ -27,12 +31,16 @@ pub mod config;
 pub mod demo;
 pub mod http;
 pub mod hub;
+pub mod ingest;
+pub mod isotime;
 pub mod metrics;
 pub mod model;
 pub mod protocol;
 pub mod server;
 pub mod session;
 pub mod shutdown;
+pub mod store;
+pub mod track;
 pub mod web;
 
 pub use config::Config;

@@ -59,6 +59,8 @@ pub struct Metrics {
     pub positions: Gauge,
     /// Time to build, encode and fan out one tick, in seconds.
     pub tick_seconds: Histogram,
+    /// The durable store's figures (`beacon_store_*`).
+    pub store: crate::store::StoreMetrics,
 }
 
 impl Default for Metrics {
@@ -164,6 +166,7 @@ impl Metrics {
                 "Positions held in memory, summed over groups",
             ),
             tick_seconds,
+            store: crate::store::StoreMetrics::register(&mut registry),
             registry,
         }
     }

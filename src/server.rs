@@ -23,6 +23,7 @@ use crate::config::Config;
 use crate::hub::Hub;
 use crate::metrics::Metrics;
 use crate::protocol::Codec;
+use crate::store::Store;
 use crate::{http, session, web};
 
 /// Largest amount a connection's write buffer may hold before writes fail. A flush writes at
@@ -47,6 +48,8 @@ pub struct AppState {
     pub shutdown: CancellationToken,
     /// Tracks sessions so shutdown can wait for them.
     pub sessions: TaskTracker,
+    /// The durable store, with `--data-dir`.
+    pub store: Option<Arc<Store>>,
 }
 
 impl AppState {
@@ -62,6 +65,7 @@ impl AppState {
             metrics,
             shutdown: CancellationToken::new(),
             sessions: TaskTracker::new(),
+            store: None,
         }
     }
 }
@@ -73,7 +77,10 @@ pub async fn serve(
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> io::Result<()> {
-    let state = AppState::new(config);
+    let mut state = AppState::new(config);
+    state.store = crate::store::start(&state.config, &state.hub, &state.metrics)
+        .await
+        .map_err(io::Error::other)?;
     let addr = listener.local_addr()?;
     let background = TaskTracker::new();
     background.spawn(state.hub.clone().run_ticker(state.shutdown.clone()));
@@ -122,6 +129,11 @@ pub async fn serve(
         );
     }
     background.wait().await;
+    if let Some(store) = &state.store {
+        // The ticker has stopped: flush what it left so the store sees every accepted fix.
+        state.hub.flush_pending();
+        store.close().await;
+    }
     info!("stopped");
     result
 }
@@ -131,6 +143,8 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/v1/ws", get(upgrade))
         .merge(http::routes(&state))
+        .merge(crate::ingest::routes(&state))
+        .merge(crate::track::routes())
         .merge(web::routes())
         .with_state(state)
 }
