@@ -14,6 +14,8 @@
 //!   transaction (an upsert of the last-known row per device and group, and a track point when
 //!   the downsampling rule keeps it). Retention and the per-device bound are enforced by the same
 //!   thread every `--history-prune-secs`, and once at open.
+//! - **Memory**: the queue (`--store-queue-positions`, about 150 bytes a position) and the
+//!   writer's 64 MiB page cache; read connections keep SQLite's default 2 MiB each.
 //! - **Reads** (track queries) run on the blocking pool through a few read-only connections
 //!   ([`READERS`]), so a slow query never holds the async runtime or the writer.
 //! - **Start.** Last-known positions received within the hub's retention window are loaded into
@@ -520,6 +522,15 @@ impl Store {
                 _ => error!("the store writer thread panicked; queued positions may be lost"),
             }
         }
+    }
+}
+
+impl Drop for Store {
+    /// A store dropped without [`Store::close`] (a server task aborted, a failed start) still
+    /// lets its writer write what is queued and end, instead of leaving the thread waiting.
+    fn drop(&mut self) {
+        self.shared.lock().closing = true;
+        self.shared.wake.notify_all();
     }
 }
 
