@@ -124,7 +124,7 @@ fn write_behind(c: &mut Criterion) {
             "the feeder never overran the queue"
         );
         assert_eq!(metrics.store.errors.get(), 0);
-        runtime.block_on(store.close());
+        runtime.block_on(store.close(Duration::from_secs(60)));
         eprintln!(
             "{name}: {} positions written, {} history points",
             metrics.store.written.get(),

@@ -2,7 +2,9 @@
 //!
 //! Only the shapes seen in practice are read: `2024-05-01T12:30:00Z`, with optional fractional
 //! seconds, a `+02:00`/`+0200`/`+02` offset or none (UTC), a space instead of the `T` (the
-//! `yyyy-MM-dd HH:mm:ss` form of older trackers), or a bare date (midnight UTC). Week dates,
+//! `yyyy-MM-dd HH:mm:ss` form of older trackers), or a bare date (midnight UTC). A space before
+//! the offset is read as `+`, because a `+` left unencoded in a URL's query decodes to a space
+//! (`?from=2025-11-22T08:00:00+01:00`). Week dates,
 //! ordinal dates and the basic (separator-free) format are refused. Everything is in ms since
 //! the Unix epoch, UTC, using the proleptic Gregorian calendar.
 
@@ -156,7 +158,7 @@ pub fn parse_ms(text: &str) -> Result<i64, TimeError> {
             c.at += 1;
             0
         }
-        Some(sign @ (b'+' | b'-')) => {
+        Some(sign @ (b'+' | b'-' | b' ')) => {
             c.at += 1;
             let hours = c.digits(2)?;
             let minutes = if c.done() {
@@ -206,6 +208,7 @@ mod tests {
             "2021-03-20T16:10:57+0200",
             "2021-03-20T16:10:57+02",
             "2021-03-20T13:40:57-00:30",
+            "2021-03-20T16:10:57 02:00",
             " 2021-03-20T14:10:57Z ",
         ] {
             assert_eq!(parse_ms(text), Ok(1_616_249_457_000), "{text}");
@@ -236,6 +239,7 @@ mod tests {
             "2021-03-20T14:10:57.Z",
             "2021-03-20T14:10:57Zjunk",
             "2021-03-20T14:10:57+2",
+            "2021-03-20T14:10:57 Z",
             "2021-03-20T14:10:57+25:00",
             "2021-03-20X14:10:57",
             "20210320T141057Z",

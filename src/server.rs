@@ -132,7 +132,7 @@ pub async fn serve(
     if let Some(store) = &state.store {
         // The ticker has stopped: flush what it left so the store sees every accepted fix.
         state.hub.flush_pending();
-        store.close().await;
+        store.close(grace).await;
     }
     info!("stopped");
     result

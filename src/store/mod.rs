@@ -510,16 +510,23 @@ impl Store {
             .await
     }
 
-    /// Writes what is queued, then stops the writer thread. Positions flushed afterwards are
-    /// dropped (and counted). Idempotent.
-    pub async fn close(&self) {
+    /// Writes what is queued, then stops the writer thread, waiting at most `wait` for it (a
+    /// stuck disk must not hold the process past its shutdown grace). Positions flushed
+    /// afterwards are dropped (and counted). Idempotent.
+    pub async fn close(&self, wait: std::time::Duration) {
         self.shared.lock().closing = true;
         self.shared.wake.notify_all();
         let handle = self.writer.lock().unwrap_or_else(|e| e.into_inner()).take();
         if let Some(handle) = handle {
-            match tokio::task::spawn_blocking(move || handle.join()).await {
-                Ok(Ok(())) => info!("store closed"),
-                _ => error!("the store writer thread panicked; queued positions may be lost"),
+            let joined = tokio::time::timeout(wait, tokio::task::spawn_blocking(|| handle.join()));
+            match joined.await {
+                Ok(Ok(Ok(()))) => info!("store closed"),
+                Ok(_) => error!("the store writer thread panicked; queued positions may be lost"),
+                Err(_) => error!(
+                    wait_secs = wait.as_secs(),
+                    queued = self.shared.lock().items.len(),
+                    "the store writer did not finish in time; queued positions may be lost"
+                ),
             }
         }
     }
