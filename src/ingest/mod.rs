@@ -49,6 +49,7 @@ pub struct IngestConfig {
     /// token's groups apply instead.
     #[arg(
         long = "ingest-default-group",
+        value_name = "GROUP",
         env = "BEACON_INGEST_DEFAULT_GROUP",
         default_value = "default",
         value_parser = parse_group
