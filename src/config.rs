@@ -48,6 +48,14 @@ pub struct Config {
     #[arg(long, env = "BEACON_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
 
+    /// Durable store settings (history retention and downsampling), used with `--data-dir`.
+    #[command(flatten)]
+    pub store: crate::store::StoreConfig,
+
+    /// Phone-app ingest routes (Traccar Client / OsmAnd, OwnTracks).
+    #[command(flatten)]
+    pub ingest: crate::ingest::IngestConfig,
+
     /// Run N simulated devices inside the server, in group `demo`. Default 0 (none).
     #[arg(long, env = "BEACON_DEMO", default_value_t = 0)]
     pub demo: usize,

@@ -429,6 +429,15 @@ impl Hub {
         }
     }
 
+    /// Flushes every group with pending changes now. The server calls it once at shutdown,
+    /// after the ticker stopped, so observers see the last changes.
+    pub fn flush_pending(&self) {
+        let groups = std::mem::take(&mut *lock_list(&self.dirty));
+        self.flush(&groups);
+        let urgent = std::mem::take(&mut *lock_list(&self.urgent));
+        self.flush(&urgent);
+    }
+
     /// Builds, encodes and fans out one batch per group with changes.
     fn flush(&self, groups: &[Arc<Group>]) {
         for g in groups {

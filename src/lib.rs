@@ -18,6 +18,10 @@
 //! - [`listen`]: the accept loop: TCP options, TLS, handshake timeouts, draining.
 //! - [`tls`]: rustls configuration from PEM files.
 //! - [`http`]: health, metrics, REST snapshots and HTTP ingest.
+//! - [`ingest`]: the protocols of existing phone apps (Traccar Client / OsmAnd, OwnTracks).
+//! - [`store`]: durable last-known positions and track history (SQLite, written behind the hub).
+//! - [`track`]: `GET /v1/devices/{id}/track`, a device's history as JSON, GeoJSON or GPX.
+//! - [`isotime`]: ISO-8601 date-times in and out.
 //! - [`metrics`]: the Prometheus registry.
 //! - [`web`]: the embedded map page.
 //! - [`demo`]: simulated devices for `--demo N`.
@@ -32,6 +36,8 @@ pub mod config;
 pub mod demo;
 pub mod http;
 pub mod hub;
+pub mod ingest;
+pub mod isotime;
 pub mod limits;
 pub mod listen;
 pub mod metrics;
@@ -41,7 +47,9 @@ pub mod protocol;
 pub mod server;
 pub mod session;
 pub mod shutdown;
+pub mod store;
 pub mod tls;
+pub mod track;
 pub mod web;
 
 pub use config::Config;

@@ -64,6 +64,8 @@ pub struct Metrics {
     pub tick_seconds: Histogram,
     /// Refusals by reason and policy closes.
     pub security: SecurityMetrics,
+    /// The durable store's figures (`beacon_store_*`).
+    pub store: crate::store::StoreMetrics,
 }
 
 impl Default for Metrics {
@@ -170,6 +172,7 @@ impl Metrics {
             ),
             tick_seconds,
             security: SecurityMetrics::new(&mut registry, &refused),
+            store: crate::store::StoreMetrics::register(&mut registry),
             registry,
         }
     }

@@ -25,6 +25,7 @@ use crate::hub::Hub;
 use crate::limits::{IpConnections, client_ip};
 use crate::metrics::Metrics;
 use crate::protocol::Codec;
+use crate::store::Store;
 use crate::{http, session, web};
 
 /// Largest amount a connection's write buffer may hold before writes fail. A flush writes at
@@ -51,6 +52,8 @@ pub struct AppState {
     pub shutdown: CancellationToken,
     /// Tracks sessions so shutdown can wait for them.
     pub sessions: TaskTracker,
+    /// The durable store, with `--data-dir`.
+    pub store: Option<Arc<Store>>,
 }
 
 impl AppState {
@@ -67,6 +70,7 @@ impl AppState {
             metrics,
             shutdown: CancellationToken::new(),
             sessions: TaskTracker::new(),
+            store: None,
         }
     }
 }
@@ -92,8 +96,11 @@ pub async fn serve(
         ));
     }
     let tls = crate::tls::server_config(&config.tls).map_err(|e| setup(&e))?;
-    let state = AppState::new(config);
+    let mut state = AppState::new(config);
     state.auth.prepare().await.map_err(|e| setup(&e))?;
+    state.store = crate::store::start(&state.config, &state.hub, &state.metrics)
+        .await
+        .map_err(io::Error::other)?;
     let background = TaskTracker::new();
     background.spawn(state.auth.clone().run_refresher(state.shutdown.clone()));
     background.spawn(state.hub.clone().run_ticker(state.shutdown.clone()));
@@ -148,6 +155,11 @@ pub async fn serve(
         );
     }
     background.wait().await;
+    if let Some(store) = &state.store {
+        // The ticker has stopped: flush what it left so the store sees every accepted fix.
+        state.hub.flush_pending();
+        store.close(grace).await;
+    }
     info!("stopped");
     result
 }
@@ -161,6 +173,8 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/v1/ws", get(upgrade))
         .merge(http::routes(&state))
+        .merge(crate::ingest::routes(&state))
+        .merge(crate::track::routes())
         .merge(web::routes())
         .layer(state.auth.origins().cors())
         .layer(middleware::from_fn_with_state(

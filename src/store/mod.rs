@@ -1,0 +1,634 @@
+//! Durable store: last-known positions and a bounded track history per device, in SQLite.
+//!
+//! # Design
+//! - One embedded SQLite file, `<data-dir>/beacon.sqlite3`, in WAL mode (readers never wait for
+//!   the writer) with `synchronous = NORMAL` (a committed batch survives a crash of the process;
+//!   a power cut may lose the last batches, never corrupt the file).
+//! - **Write-behind.** The store watches the hub as a [`HubObserver`]: after each flush it is
+//!   handed the fixes this instance received, appends them to a bounded in-memory queue and
+//!   returns. Nothing on the ingest path touches the disk. When the queue is full (the disk
+//!   cannot keep up), positions are dropped and counted in `beacon_store_dropped_total`; the
+//!   ticker never blocks. Position is state, so the next fix of a device repairs its last-known
+//!   row; only history points are lost.
+//! - **One writer thread** drains the queue: everything queued at a wake-up is written in one
+//!   transaction (an upsert of the last-known row per device and group, and a track point when
+//!   the downsampling rule keeps it). Retention and the per-device bound are enforced by the same
+//!   thread every `--history-prune-secs`, and once at open.
+//! - **Memory**: the queue (`--store-queue-positions`, about 150 bytes a position) and the
+//!   writer's 64 MiB page cache; read connections keep SQLite's default 2 MiB each.
+//! - **Reads** (track queries) run on the blocking pool through a few read-only connections
+//!   ([`READERS`]), so a slow query never holds the async runtime or the writer.
+//! - **Start.** Last-known positions received within the hub's retention window are loaded into
+//!   the hub with [`Hub::merge_remote`], offline (nobody is connected yet), so snapshots are
+//!   complete at once and nothing is echoed back to the store.
+//! - **Stop.** [`Store::close`] writes what is still queued and stops the writer; the server calls
+//!   it after a last hub flush, so a graceful shutdown loses nothing that was accepted.
+//!
+//! # Tables
+//! - `last_known (device, grp) -> fix, rts`: one row per device and group, kept until the
+//!   history retention passes; it also tells which groups a device belongs to.
+//! - `track (device, ts) -> fix, rts`: a `WITHOUT ROWID` table whose primary key is the
+//!   `(device, ts)` index, so a device's range query is one B-tree range scan and a repeated fix
+//!   (the same fix flushed in several groups) is stored once.
+//!
+//! # Limits
+//! History records what the hub flushes: the latest fix of each device per tick. Fixes that a
+//! client sends faster than one per tick (a list in `POST /v1/positions`, a burst of buffered
+//! uploads) are coalesced like they are for live subscribers, and only the latest reaches the
+//! history.
+
+mod writer;
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::Instant;
+
+use clap::Args;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+use rusqlite::{Connection, OpenFlags, params};
+use tokio::sync::Semaphore;
+use tracing::{error, info};
+
+use crate::config::Config;
+use crate::hub::{Hub, HubObserver};
+use crate::metrics::Metrics;
+use crate::model::{DeviceId, Fix, GroupId, Position, now_ms};
+
+/// Name of the database file inside `--data-dir`.
+pub const FILE_NAME: &str = "beacon.sqlite3";
+
+/// Read-only connections for queries: at most this many queries run at once; more wait.
+pub const READERS: usize = 4;
+
+/// How long a connection waits for a lock held by another before failing, in ms.
+const BUSY_TIMEOUT_MS: u64 = 5_000;
+
+/// Settings of the durable store (used only with `--data-dir`).
+#[derive(Clone, Debug, Args)]
+pub struct StoreConfig {
+    /// Days of track history kept, by fix time; older points are deleted, and so are last-known
+    /// positions received longer ago. Default 30. Range 1-36500.
+    #[arg(long, env = "BEACON_HISTORY_RETENTION_DAYS", default_value_t = 30,
+          value_parser = clap::value_parser!(u32).range(1..=36_500))]
+    pub history_retention_days: u32,
+
+    /// Seconds that must separate two stored points of a device; a fix sooner after the last
+    /// stored one is not added to the history (it still updates the last-known position).
+    /// Default 5. 0 stores every fix the hub flushes (at most one per device per tick).
+    #[arg(long, env = "BEACON_HISTORY_MIN_INTERVAL_SECS", default_value_t = 5)]
+    pub history_min_interval_secs: u64,
+
+    /// Metres a device must have moved since its last stored point for a new point to be
+    /// stored, on top of the interval rule (both must hold). Default 0 (off). Useful to keep a
+    /// parked device from filling its history with the same place.
+    #[arg(long, env = "BEACON_HISTORY_MIN_DISTANCE_M", default_value_t = 0.0,
+          value_parser = non_negative)]
+    pub history_min_distance_m: f64,
+
+    /// Most history points kept per device; beyond it the oldest are deleted at each prune.
+    /// Default 50000 (a week of one point every 12 s). Range 1-10000000.
+    #[arg(long, env = "BEACON_HISTORY_MAX_POINTS", default_value_t = 50_000,
+          value_parser = clap::value_parser!(u32).range(1..=10_000_000))]
+    pub history_max_points: u32,
+
+    /// Seconds between two prunes of the history (retention and max points). Default 300.
+    /// Range 1-86400.
+    #[arg(long, env = "BEACON_HISTORY_PRUNE_SECS", default_value_t = 300,
+          value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub history_prune_secs: u64,
+
+    /// Positions waiting for the writer before new ones are dropped (and counted in
+    /// `beacon_store_dropped_total`). Default 65536 (about 10 MB). It absorbs disk stalls of a
+    /// few seconds at high ingest rates without ever slowing the hub down.
+    #[arg(long, env = "BEACON_STORE_QUEUE_POSITIONS", default_value_t = 65_536,
+          value_parser = clap::value_parser!(u64).range(1..=16_777_216))]
+    pub store_queue_positions: u64,
+}
+
+fn non_negative(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(v) if v.is_finite() && v >= 0.0 => Ok(v),
+        _ => Err(format!("expected a number >= 0, not {text:?}")),
+    }
+}
+
+impl StoreConfig {
+    /// The retention window in ms.
+    pub fn retention_ms(&self) -> i64 {
+        i64::from(self.history_retention_days) * 86_400_000
+    }
+}
+
+/// Why the store failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// SQLite refused an operation.
+    #[error("database: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    /// The data directory could not be used.
+    #[error("data directory: {0}")]
+    Io(#[from] io::Error),
+    /// The file was written by a newer build.
+    #[error("the data file has schema version {0}; this build reads version 1")]
+    Schema(i64),
+    /// The store is shutting down.
+    #[error("the store is closed")]
+    Closed,
+}
+
+/// Metrics of the store, registered with the server's others.
+#[derive(Clone, Debug)]
+pub struct StoreMetrics {
+    /// Positions written (last-known upserts, one per device and group).
+    pub written: Counter,
+    /// History points added.
+    pub track_points: Counter,
+    /// Positions dropped because the queue was full or the store closed.
+    pub dropped: Counter,
+    /// Failed transactions.
+    pub errors: Counter,
+    /// Positions waiting for the writer.
+    pub queued: Gauge,
+    /// Time to write one batch, in seconds.
+    pub batch_seconds: Histogram,
+}
+
+impl StoreMetrics {
+    /// Registers the store's metrics in `registry` (`beacon_store_*`).
+    pub fn register(registry: &mut Registry) -> Self {
+        let metrics = StoreMetrics {
+            written: Counter::default(),
+            track_points: Counter::default(),
+            dropped: Counter::default(),
+            errors: Counter::default(),
+            queued: Gauge::default(),
+            batch_seconds: Histogram::new(exponential_buckets(0.000_1, 2.0, 16)),
+        };
+        let store = registry.sub_registry_with_prefix("store");
+        store.register(
+            "positions_written",
+            "Positions written to the store (one per device and group)",
+            metrics.written.clone(),
+        );
+        store.register(
+            "track_points",
+            "Points added to the track history",
+            metrics.track_points.clone(),
+        );
+        store.register(
+            "dropped",
+            "Positions dropped because the store queue was full",
+            metrics.dropped.clone(),
+        );
+        store.register(
+            "errors",
+            "Store transactions that failed",
+            metrics.errors.clone(),
+        );
+        store.register(
+            "queued_positions",
+            "Positions waiting for the store writer",
+            metrics.queued.clone(),
+        );
+        store.register(
+            "batch_seconds",
+            "Time to write one batch to the store",
+            metrics.batch_seconds.clone(),
+        );
+        metrics
+    }
+}
+
+/// One position waiting to be written.
+#[derive(Clone, Debug)]
+struct Entry {
+    group: GroupId,
+    position: Position,
+}
+
+#[derive(Debug, Default)]
+struct Queue {
+    items: Vec<Entry>,
+    closing: bool,
+}
+
+/// What the observer and the writer share: the bounded queue and its wake-up.
+#[derive(Debug)]
+struct Shared {
+    queue: Mutex<Queue>,
+    wake: Condvar,
+    capacity: usize,
+    metrics: Arc<Metrics>,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Queue> {
+        // The critical sections only move vectors; a poisoned lock still holds a usable queue.
+        self.queue.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Queues what fits of `updates` and counts the rest as dropped. Never blocks for longer
+    /// than the writer's `mem::take` of the queue.
+    fn push(&self, group: &GroupId, updates: &[Position]) {
+        let mut queue = self.lock();
+        let room = if queue.closing {
+            0
+        } else {
+            self.capacity.saturating_sub(queue.items.len())
+        };
+        let taken = updates.len().min(room);
+        queue.items.extend(updates[..taken].iter().map(|p| Entry {
+            group: group.clone(),
+            position: p.clone(),
+        }));
+        let queued = queue.items.len();
+        drop(queue);
+        self.metrics.store.queued.set(queued as i64);
+        if taken < updates.len() {
+            self.metrics
+                .store
+                .dropped
+                .inc_by((updates.len() - taken) as u64);
+        }
+        if taken > 0 {
+            self.wake.notify_one();
+        }
+    }
+
+    /// Waits until something is queued, the store closes, or `deadline`; then takes the whole
+    /// queue. Returns whether the store is closing.
+    fn take(&self, deadline: Instant) -> (Vec<Entry>, bool) {
+        let mut queue = self.lock();
+        while queue.items.is_empty() && !queue.closing {
+            let now = Instant::now();
+            if now >= deadline {
+                break;
+            }
+            queue = self
+                .wake
+                .wait_timeout(queue, deadline - now)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+        let items = std::mem::take(&mut queue.items);
+        let closing = queue.closing;
+        drop(queue);
+        self.metrics.store.queued.set(0);
+        (items, closing)
+    }
+}
+
+/// The hub's view of the store.
+#[derive(Debug)]
+struct StoreObserver(Arc<Shared>);
+
+impl HubObserver for StoreObserver {
+    fn flushed(&self, group: &GroupId, updates: &[Position], _offline: &[DeviceId]) {
+        // Presence is not stored: after a restart every device starts offline.
+        if !updates.is_empty() {
+            self.0.push(group, updates);
+        }
+    }
+}
+
+/// A pool of read-only connections, one per concurrent query.
+#[derive(Debug)]
+struct Readers {
+    permits: Arc<Semaphore>,
+    idle: Mutex<Vec<Connection>>,
+}
+
+impl Readers {
+    fn idle(&self) -> MutexGuard<'_, Vec<Connection>> {
+        self.idle.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Runs `query` on an idle connection, on the blocking pool.
+    async fn run<T: Send + 'static>(
+        self: &Arc<Self>,
+        query: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let permit = self
+            .permits
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        let readers = self.clone();
+        tokio::task::spawn_blocking(move || {
+            // One permit per connection: holding a permit means one connection is idle.
+            let conn = readers.idle().pop().ok_or(StoreError::Closed)?;
+            let result = query(&conn);
+            readers.idle().push(conn);
+            drop(permit);
+            result.map_err(StoreError::from)
+        })
+        .await
+        .map_err(|_| StoreError::Closed)?
+    }
+}
+
+/// A range of one device's history to read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TrackQuery {
+    /// Earliest fix time, ms, inclusive.
+    pub from: i64,
+    /// Latest fix time, ms, inclusive.
+    pub to: i64,
+    /// Most points returned: the newest of the range.
+    pub limit: usize,
+}
+
+/// One stored history point.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TrackPoint {
+    /// The fix as reported.
+    pub fix: Fix,
+    /// When the server received it, ms.
+    pub rts: i64,
+}
+
+/// The answer to a [`TrackQuery`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct Track {
+    /// The newest `limit` points of the range, oldest first.
+    pub points: Vec<TrackPoint>,
+    /// Whether the range holds older points than those returned.
+    pub truncated: bool,
+}
+
+/// The durable store. See the module doc.
+#[derive(Debug)]
+pub struct Store {
+    shared: Arc<Shared>,
+    readers: Arc<Readers>,
+    writer: Mutex<Option<std::thread::JoinHandle<()>>>,
+    path: PathBuf,
+}
+
+fn open_reader(path: &Path) -> Result<Connection, StoreError> {
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    conn.busy_timeout(std::time::Duration::from_millis(BUSY_TIMEOUT_MS))?;
+    Ok(conn)
+}
+
+impl Store {
+    /// Opens (or creates) the store in `dir`, prunes it once, and starts its writer thread.
+    /// Blocking: call it from a blocking context.
+    pub fn open(
+        dir: &Path,
+        config: &StoreConfig,
+        metrics: Arc<Metrics>,
+    ) -> Result<Store, StoreError> {
+        std::fs::create_dir_all(dir)?;
+        let path = dir.join(FILE_NAME);
+        let shared = Arc::new(Shared {
+            queue: Mutex::new(Queue::default()),
+            wake: Condvar::new(),
+            capacity: usize::try_from(config.store_queue_positions).unwrap_or(usize::MAX),
+            metrics,
+        });
+        let mut writer = writer::Writer::open(&path, config.clone(), shared.clone())?;
+        let pruned = writer.prune(now_ms())?;
+        let readers = (0..READERS)
+            .map(|_| open_reader(&path))
+            .collect::<Result<Vec<_>, _>>()?;
+        let handle = std::thread::Builder::new()
+            .name("beacon-store".into())
+            .spawn(move || writer.run())?;
+        info!(path = %path.display(), pruned_points = pruned, "store open");
+        Ok(Store {
+            shared,
+            readers: Arc::new(Readers {
+                permits: Arc::new(Semaphore::new(READERS)),
+                idle: Mutex::new(readers),
+            }),
+            writer: Mutex::new(Some(handle)),
+            path,
+        })
+    }
+
+    /// Where the database file is.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The observer to register with the hub: it queues every locally received fix.
+    pub fn observer(&self) -> Arc<dyn HubObserver> {
+        Arc::new(StoreObserver(self.shared.clone()))
+    }
+
+    /// Last-known positions received at or after `since_rts` (ms), with their group, offline.
+    pub async fn last_known(&self, since_rts: i64) -> Result<Vec<(GroupId, Position)>, StoreError> {
+        self.readers
+            .run(move |conn| {
+                let mut stmt = conn.prepare(
+                    "SELECT device, grp, ts, rts, lat, lon, acc, alt, spd, hdg, batt
+                     FROM last_known WHERE rts >= ?1",
+                )?;
+                let rows = stmt.query_map(params![since_rts], |row| {
+                    let device: String = row.get(0)?;
+                    let group: String = row.get(1)?;
+                    Ok((
+                        device,
+                        group,
+                        writer::read_fix(row, 2)?,
+                        row.get::<_, i64>(3)?,
+                    ))
+                })?;
+                let mut out = Vec::new();
+                for row in rows {
+                    let (device, group, fix, rts) = row?;
+                    // Ids were valid when written; skip any that a hand edit broke.
+                    let (Ok(device), Ok(group)) =
+                        (DeviceId::parse(&device), GroupId::parse(&group))
+                    else {
+                        continue;
+                    };
+                    out.push((
+                        group,
+                        Position {
+                            device,
+                            fix,
+                            rts,
+                            online: false,
+                        },
+                    ));
+                }
+                Ok(out)
+            })
+            .await
+    }
+
+    /// Groups in which `device` has a last-known position.
+    pub async fn device_groups(&self, device: &DeviceId) -> Result<Vec<GroupId>, StoreError> {
+        let device = device.as_str().to_owned();
+        self.readers
+            .run(move |conn| {
+                let mut stmt = conn
+                    .prepare_cached("SELECT grp FROM last_known WHERE device = ?1 ORDER BY grp")?;
+                let groups = stmt
+                    .query_map(params![device], |row| row.get::<_, String>(0))?
+                    .filter_map(|g| g.ok().and_then(|g| GroupId::parse(&g).ok()))
+                    .collect();
+                Ok(groups)
+            })
+            .await
+    }
+
+    /// The newest `query.limit` points of `device` within the range, oldest first.
+    pub async fn track(&self, device: &DeviceId, query: TrackQuery) -> Result<Track, StoreError> {
+        let device = device.as_str().to_owned();
+        self.readers
+            .run(move |conn| {
+                let mut stmt = conn.prepare_cached(
+                    "SELECT ts, rts, lat, lon, acc, alt, spd, hdg, batt FROM track
+                     WHERE device = ?1 AND ts >= ?2 AND ts <= ?3
+                     ORDER BY ts DESC LIMIT ?4",
+                )?;
+                let fetch = i64::try_from(query.limit).unwrap_or(i64::MAX - 1) + 1;
+                let mut points = stmt
+                    .query_map(params![device, query.from, query.to, fetch], |row| {
+                        Ok(TrackPoint {
+                            fix: writer::read_fix(row, 0)?,
+                            rts: row.get(1)?,
+                        })
+                    })?
+                    .collect::<rusqlite::Result<Vec<_>>>()?;
+                let truncated = points.len() > query.limit;
+                points.truncate(query.limit);
+                points.reverse();
+                Ok(Track { points, truncated })
+            })
+            .await
+    }
+
+    /// Writes what is queued, then stops the writer thread, waiting at most `wait` for it (a
+    /// stuck disk must not hold the process past its shutdown grace). Positions flushed
+    /// afterwards are dropped (and counted). Idempotent.
+    pub async fn close(&self, wait: std::time::Duration) {
+        self.shared.lock().closing = true;
+        self.shared.wake.notify_all();
+        let handle = self.writer.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(handle) = handle {
+            let joined = tokio::time::timeout(wait, tokio::task::spawn_blocking(|| handle.join()));
+            match joined.await {
+                Ok(Ok(Ok(()))) => info!("store closed"),
+                Ok(_) => error!("the store writer thread panicked; queued positions may be lost"),
+                Err(_) => error!(
+                    wait_secs = wait.as_secs(),
+                    queued = self.shared.lock().items.len(),
+                    "the store writer did not finish in time; queued positions may be lost"
+                ),
+            }
+        }
+    }
+}
+
+impl Drop for Store {
+    /// A store dropped without [`Store::close`] (a server task aborted, a failed start) still
+    /// lets its writer write what is queued and end, instead of leaving the thread waiting.
+    fn drop(&mut self) {
+        self.shared.lock().closing = true;
+        self.shared.wake.notify_all();
+    }
+}
+
+/// Opens the store when `--data-dir` is set, loads its last-known positions into the hub, and
+/// registers it as an observer of the hub. `None` without `--data-dir` (memory only).
+pub async fn start(
+    config: &Config,
+    hub: &Arc<Hub>,
+    metrics: &Arc<Metrics>,
+) -> Result<Option<Arc<Store>>, StoreError> {
+    let Some(dir) = config.data_dir.clone() else {
+        return Ok(None);
+    };
+    let store_config = config.store.clone();
+    let metrics = metrics.clone();
+    let store = tokio::task::spawn_blocking(move || Store::open(&dir, &store_config, metrics))
+        .await
+        .map_err(|_| StoreError::Closed)??;
+    let since = now_ms() - (config.hub.retention_secs as i64).saturating_mul(1000);
+    let loaded = store.last_known(since).await?;
+    let mut by_group: std::collections::HashMap<GroupId, Vec<Position>> = Default::default();
+    for (group, position) in loaded {
+        by_group.entry(group).or_default().push(position);
+    }
+    let count: usize = by_group.values().map(Vec::len).sum();
+    for (group, positions) in &by_group {
+        hub.merge_remote(group, positions, &[]);
+    }
+    if count > 0 {
+        info!(
+            positions = count,
+            groups = by_group.len(),
+            "last-known positions loaded"
+        );
+    }
+    hub.add_observer(store.observer());
+    Ok(Some(Arc::new(store)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Fix;
+
+    fn position(id: &str, ts: i64) -> Position {
+        Position {
+            device: DeviceId::parse(id).unwrap(),
+            fix: Fix {
+                lat: 1.0,
+                lon: 2.0,
+                ts,
+                acc: None,
+                alt: None,
+                spd: None,
+                hdg: None,
+                batt: None,
+            },
+            rts: ts,
+            online: true,
+        }
+    }
+
+    #[test]
+    fn the_queue_is_bounded_and_counts_drops() {
+        let metrics = Arc::new(Metrics::new());
+        let shared = Shared {
+            queue: Mutex::new(Queue::default()),
+            wake: Condvar::new(),
+            capacity: 3,
+            metrics: metrics.clone(),
+        };
+        let g = GroupId::parse("g").unwrap();
+        shared.push(&g, &[position("a", 1), position("b", 1)]);
+        shared.push(&g, &[position("c", 1), position("d", 1)]);
+        assert_eq!(metrics.store.dropped.get(), 1);
+        assert_eq!(metrics.store.queued.get(), 3);
+        let (items, closing) = shared.take(Instant::now());
+        assert_eq!(items.len(), 3);
+        assert_eq!(items[2].position.device.as_str(), "c");
+        assert!(!closing);
+        shared.lock().closing = true;
+        shared.push(&g, &[position("e", 1)]);
+        assert_eq!(
+            metrics.store.dropped.get(),
+            2,
+            "nothing is queued once closing"
+        );
+        let (items, closing) = shared.take(Instant::now() + std::time::Duration::from_secs(60));
+        assert!(
+            items.is_empty() && closing,
+            "closing wakes the writer at once"
+        );
+    }
+}
