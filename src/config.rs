@@ -191,8 +191,11 @@ pub struct Limits {
     #[arg(long, env = "BEACON_READ_BUFFER_BYTES", default_value_t = 1024)]
     pub read_buffer_bytes: usize,
 
-    /// Bytes written per connection before a flush is forced. Default 16384.
-    #[arg(long, env = "BEACON_WRITE_BUFFER_BYTES", default_value_t = 16 * 1024)]
+    /// Bytes a connection buffers before writing them to the socket: frames queued together
+    /// go out in one write up to this size. The buffer keeps its largest size for the life of
+    /// the connection, so this (with large messages sent as 2 KiB fragments) bounds the idle
+    /// memory of every connection. Default 2048.
+    #[arg(long, env = "BEACON_WRITE_BUFFER_BYTES", default_value_t = 2048)]
     pub write_buffer_bytes: usize,
 
     /// Largest body accepted by `POST /v1/positions` and the ingest routes, in bytes. Default

@@ -10,6 +10,7 @@
 //! - [`model`]: domain types: ids, identities, fixes, positions.
 //! - [`protocol`]: wire types of protocol v1, the JSON and MessagePack codecs, validation.
 //! - [`hub`]: latest state per group, presence, and the tick-driven, coalesced fan-out.
+//! - [`upgrade`]: the WebSocket handshake on hyper's upgrade.
 //! - [`session`]: one WebSocket connection from `welcome` to close.
 //! - [`outbox`]: the bounded, lazily allocated frame queue from the hub to a session.
 //! - [`auth`]: who a request is (query identity; JWTs with a secret or a JWKS), what it may
@@ -50,6 +51,7 @@ pub mod shutdown;
 pub mod store;
 pub mod tls;
 pub mod track;
+pub mod upgrade;
 pub mod web;
 
 pub use config::Config;

@@ -129,7 +129,7 @@ impl Outbox {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use axum::extract::ws::Utf8Bytes;
+    use tokio_tungstenite::tungstenite::Utf8Bytes;
 
     fn frame(s: &'static str) -> Frame {
         Frame::Text(Utf8Bytes::from_static(s))

@@ -8,10 +8,10 @@
 use std::borrow::Cow;
 use std::fmt;
 
-use axum::extract::ws::{Message, Utf8Bytes};
 use bytes::Bytes;
 use serde::de::{self, Deserializer, Visitor};
 use serde::{Deserialize, Serialize, Serializer};
+use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 
 use crate::model::{Fix, Position};
 

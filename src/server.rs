@@ -6,8 +6,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::ws::WebSocketUpgrade;
-use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::{ConnectInfo, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -15,6 +13,7 @@ use axum::routing::get;
 use axum::{Extension, middleware};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
@@ -26,6 +25,7 @@ use crate::limits::{IpConnections, client_ip};
 use crate::metrics::Metrics;
 use crate::protocol::Codec;
 use crate::store::Store;
+use crate::upgrade::{Handshake, NotAnUpgrade};
 use crate::{http, session, web};
 
 /// Largest amount a connection's write buffer may hold before writes fail. A flush writes at
@@ -192,7 +192,7 @@ async fn upgrade(
     peer: Option<Extension<ConnectInfo<SocketAddr>>>,
     headers: HeaderMap,
     query: Result<Query<IdentityQuery>, axum::extract::rejection::QueryRejection>,
-    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+    handshake: Result<Handshake, NotAnUpgrade>,
 ) -> Response {
     let refuse = |status: StatusCode, kind: &str, message: String| {
         state.metrics.refused_bad_request.inc();
@@ -216,12 +216,12 @@ async fn upgrade(
             return e.into_response();
         }
     };
-    let Ok(ws) = ws else {
-        return refuse(
-            StatusCode::BAD_REQUEST,
-            "bad_request",
-            "this route takes a WebSocket upgrade".into(),
-        );
+    let handshake = match handshake {
+        Ok(handshake) => handshake,
+        Err(e) => {
+            state.metrics.refused_bad_request.inc();
+            return e.into_response();
+        }
     };
     // The client lists subprotocols in order of preference; the first one we speak wins.
     let offered: Vec<&str> = headers
@@ -280,23 +280,18 @@ async fn upgrade(
         );
     }
     let limits = &state.config.limits;
-    let ws = ws
+    let config = WebSocketConfig::default()
         .read_buffer_size(limits.read_buffer_bytes)
         .write_buffer_size(limits.write_buffer_bytes)
         .max_write_buffer_size(MAX_WRITE_BUFFER_BYTES)
-        .max_message_size(limits.max_frame_bytes)
-        .max_frame_size(limits.max_frame_bytes);
-    let ws = if offered {
-        ws.protocols([codec.protocol()])
-    } else {
-        ws
-    };
+        .max_message_size(Some(limits.max_frame_bytes))
+        .max_frame_size(Some(limits.max_frame_bytes));
+    let protocol = offered.then(|| codec.protocol());
     let sessions = state.sessions.clone();
-    ws.on_upgrade(move |socket| {
-        sessions.track_future(async move {
-            session::run(socket, state, identity, codec, permit).await;
-            drop(ip_permit);
-        })
-    })
-    .into_response()
+    let (response, run) = handshake.accept(protocol, config, move |socket| async move {
+        session::run(socket, state, identity, codec, permit).await;
+        drop(ip_permit);
+    });
+    sessions.spawn(run);
+    response
 }

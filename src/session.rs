@@ -18,9 +18,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
+use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use tokio::sync::OwnedSemaphorePermit;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::frame::Frame as WireFrame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+use tokio_tungstenite::tungstenite::{self, Message, Utf8Bytes};
 use tracing::{debug, info};
 
 use crate::hub::{Hub, Outlet};
@@ -31,6 +35,7 @@ use crate::protocol::{
     self, ClientMessage, Codec, ErrorCode, Frame, Refusal, ServerMessage, encode_refusal,
 };
 use crate::server::AppState;
+use crate::upgrade::Socket;
 
 /// Most queued frames written before one flush.
 pub const MAX_FRAMES_PER_FLUSH: usize = 64;
@@ -65,7 +70,7 @@ enum End {
 
 /// Everything a running session owns.
 struct Session {
-    socket: WebSocket,
+    socket: Socket,
     state: AppState,
     identity: Identity,
     codec: Codec,
@@ -81,7 +86,7 @@ struct Session {
 
 /// Runs one connection to its end. `permit` holds the connection's slot until it returns.
 pub async fn run(
-    socket: WebSocket,
+    socket: Socket,
     state: AppState,
     identity: Identity,
     codec: Codec,
@@ -256,7 +261,7 @@ impl Session {
         }
         self.state.metrics.security.pings.inc();
         let limit = self.state.config.limits.slow_close();
-        let ping = Message::Ping(axum::body::Bytes::new());
+        let ping = Message::Ping(Bytes::new());
         match tokio::time::timeout(limit, self.socket.send(ping)).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(_)) => Err(End::Client),
@@ -300,7 +305,7 @@ impl Session {
                 let _ = tokio::time::timeout(CLOSE_TIMEOUT, self.socket.flush()).await;
                 return Err(End::Client);
             }
-            Message::Ping(_) | Message::Pong(_) => return Ok(()),
+            Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => return Ok(()),
         };
         self.state.metrics.bytes_in.inc_by(bytes.len() as u64);
         if !kind_ok {
@@ -383,32 +388,37 @@ impl Session {
         encode_refusal(&refusal, self.codec)
     }
 
-    async fn on_read_error(&mut self, error: axum::Error) -> End {
-        let inner = error.into_inner();
-        match inner.downcast_ref::<tungstenite::Error>() {
-            Some(tungstenite::Error::Capacity(_)) => {
+    async fn on_read_error(&mut self, error: tungstenite::Error) -> End {
+        match &error {
+            tungstenite::Error::Capacity(_) => {
                 self.close(close::TOO_BIG, "frame larger than the limit")
                     .await
             }
-            Some(tungstenite::Error::Protocol(e)) => {
+            tungstenite::Error::Protocol(e) => {
                 debug!(id = %self.identity.id, error = %e, "protocol violation");
                 End::Client
             }
             _ => {
-                debug!(id = %self.identity.id, error = %inner, "read failed");
+                debug!(id = %self.identity.id, %error, "read failed");
                 End::Client
             }
         }
     }
 
-    /// Queues `frame` in the socket's write buffer, writing out when it is full.
+    /// Queues `frame` in the socket's write buffer, writing out when it is full. A frame larger
+    /// than [`FRAGMENT_BYTES`] goes out as several fragments of one message.
     async fn feed(&mut self, frame: Frame) -> Result<(), End> {
-        let len = frame.len() as u64;
+        let len = frame.len();
         let limit = self.state.config.limits.slow_close();
-        match tokio::time::timeout(limit, self.socket.feed(frame.into_message())).await {
+        let sent = if len <= FRAGMENT_BYTES {
+            tokio::time::timeout(limit, self.socket.feed(frame.into_message())).await
+        } else {
+            tokio::time::timeout(limit, feed_fragments(&mut self.socket, frame)).await
+        };
+        match sent {
             Ok(Ok(())) => {
                 self.state.metrics.frames_out.inc();
-                self.state.metrics.bytes_out.inc_by(len);
+                self.state.metrics.bytes_out.inc_by(len as u64);
                 Ok(())
             }
             Ok(Err(_)) => Err(End::Client),
@@ -434,12 +444,41 @@ impl Session {
     /// Sends a close frame (best effort, bounded in time).
     async fn close(&mut self, code: u16, reason: &'static str) -> End {
         let frame = Message::Close(Some(CloseFrame {
-            code,
+            code: code.into(),
             reason: Utf8Bytes::from_static(reason),
         }));
         let _ = tokio::time::timeout(CLOSE_TIMEOUT, self.socket.send(frame)).await;
         End::Closed(code, reason)
     }
+}
+
+/// Largest payload written as one WebSocket frame; a larger message is fragmented. tungstenite
+/// keeps, per connection, a write buffer as large as the largest frame it ever formatted, so
+/// this bound (with `--write-buffer-bytes`) is what keeps a connection that once received a big
+/// snapshot from holding that much memory for the rest of its life.
+pub const FRAGMENT_BYTES: usize = 2048;
+
+/// Feeds one message as fragments of at most [`FRAGMENT_BYTES`]: the first frame carries the
+/// message's opcode, the others are continuations, the last one is final. Slicing `Bytes` is
+/// free; the payload is only copied into the socket's write buffer, as for any frame.
+async fn feed_fragments(socket: &mut Socket, frame: Frame) -> Result<(), tungstenite::Error> {
+    let (payload, opcode) = match frame {
+        Frame::Text(text) => (Bytes::from(text), Data::Text),
+        Frame::Binary(bytes) => (bytes, Data::Binary),
+    };
+    let mut start = 0;
+    while start < payload.len() {
+        let end = (start + FRAGMENT_BYTES).min(payload.len());
+        let opcode = if start == 0 { opcode } else { Data::Continue };
+        let fragment = WireFrame::message(
+            payload.slice(start..end),
+            OpCode::Data(opcode),
+            end == payload.len(),
+        );
+        socket.feed(Message::Frame(fragment)).await?;
+        start = end;
+    }
+    Ok(())
 }
 
 fn clip(s: &str) -> &str {

@@ -560,3 +560,38 @@ async fn a_client_close_is_answered() {
     server.wait_metric("beacon_connections", |v| v == 0.0).await;
     server.stop().await;
 }
+
+#[tokio::test]
+async fn large_messages_arrive_whole_in_both_codecs() {
+    let server = TestServer::start().await;
+    // 60 devices over HTTP make a snapshot of several KiB, which goes out in fragments.
+    let fixes: Vec<Value> = (0..60)
+        .map(|i| json!({"lat": 10.0 + i as f64 / 100.0, "lon": 20.0, "spd": 1.5, "batt": 50}))
+        .collect();
+    for i in 0..60 {
+        let response = reqwest::Client::new()
+            .post(server.http(&format!("/v1/positions?id=dev-{i:02}&groups=big")))
+            .json(&fixes[i])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+    }
+    for protocol in ["beacon.v1.json", "beacon.v1.msgpack"] {
+        let mut v = server
+            .connect_with("id=v&groups=big&role=viewer", Some(protocol))
+            .await;
+        v.expect("welcome").await;
+        let snapshot = v.expect("snapshot").await;
+        let devices = snapshot["devices"].as_array().unwrap();
+        assert_eq!(devices.len(), 60, "{protocol}");
+        let mut ids: Vec<&str> = devices.iter().map(|d| d["id"].as_str().unwrap()).collect();
+        ids.sort();
+        assert_eq!(ids[0], "dev-00");
+        assert_eq!(ids[59], "dev-59");
+        // Frames after a fragmented message are intact too.
+        v.send(json!({"type": "ping", "id": 5})).await;
+        assert_eq!(v.until("pong").await["id"], 5);
+    }
+    server.stop().await;
+}
