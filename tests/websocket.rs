@@ -568,10 +568,10 @@ async fn large_messages_arrive_whole_in_both_codecs() {
     let fixes: Vec<Value> = (0..60)
         .map(|i| json!({"lat": 10.0 + i as f64 / 100.0, "lon": 20.0, "spd": 1.5, "batt": 50}))
         .collect();
-    for i in 0..60 {
+    for (i, fix) in fixes.iter().enumerate() {
         let response = reqwest::Client::new()
             .post(server.http(&format!("/v1/positions?id=dev-{i:02}&groups=big")))
-            .json(&fixes[i])
+            .json(fix)
             .send()
             .await
             .unwrap();
