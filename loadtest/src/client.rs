@@ -8,6 +8,9 @@
 //! A session reads every frame the server sends (devices receive their group's batches too),
 //! measures latency on every update of this run's devices, keeps the subscriber's view for the
 //! latest-state check, and, for devices, sends fixes at the planned rate until told to stop.
+//!
+//! Stalled viewers ([`run_stalled`]) are the exception: slow consumers that read their
+//! greeting, then leave their socket unread until the end of the run.
 
 use std::cmp::Ordering;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -47,13 +50,23 @@ pub const READ_BUFFER_BYTES: usize = 4 * 1024;
 /// How long a closing handshake may take before the socket is simply dropped.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// Whether a client publishes or only watches.
+/// Kernel receive buffer asked for on a stalled viewer's socket (`SO_RCVBUF`; Linux doubles
+/// it). Small, so that the server's writes block soon after the client stops reading.
+pub const STALLED_RECV_BUFFER_BYTES: u32 = 4 * 1024;
+
+/// How long a stalled viewer's socket is read at the end, to find out whether the server has
+/// closed it: everything buffered comes first, then the close frame or end of stream.
+const STALLED_DRAIN_LIMIT: Duration = Duration::from_millis(1500);
+
+/// Whether a client publishes, watches, or watches and then stops reading.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
     /// Publishes fixes and watches its group.
     Device,
     /// Watches its group.
     Viewer,
+    /// Connects as a viewer, reads its greeting, then stops reading (`--stalled`).
+    Stalled,
 }
 
 impl Role {
@@ -61,24 +74,25 @@ impl Role {
     pub fn name(self) -> &'static str {
         match self {
             Role::Device => "device",
-            Role::Viewer => "viewer",
+            Role::Viewer | Role::Stalled => "viewer",
         }
     }
 }
 
 /// Who client number `index` of the run is.
 ///
-/// Indices `0..viewers` are viewers and the rest devices, so viewers connect first during the
-/// ramp and see the devices' traffic from its start. Device (or viewer) `n` is in group
-/// `n % groups`; within a group, members take the targets in turn and, with the `mixed`
-/// codec, alternate codecs.
+/// Indices `0..viewers` are viewers, then come the devices, so viewers connect first during
+/// the ramp and see the devices' traffic from its start; the stalled viewers come last. Device
+/// (or viewer, or stalled viewer) `n` is in group `n % groups`; within a group, members take
+/// the targets in turn and, with the `mixed` codec, alternate codecs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClientSpec {
-    /// Global client index, `0..devices + viewers`.
+    /// Global client index, `0..viewers + devices + stalled`.
     pub index: u32,
-    /// Device or viewer.
+    /// Device, viewer or stalled viewer.
     pub role: Role,
-    /// Device number (`0..devices`) or viewer number (`0..viewers`).
+    /// Device number (`0..devices`), viewer number (`0..viewers`) or stalled viewer number
+    /// (`0..stalled`).
     pub number: u32,
     /// Device or viewer id sent in the query.
     pub id: String,
@@ -113,12 +127,15 @@ impl ClientSpec {
     pub fn new(plan: &Plan, index: u32) -> ClientSpec {
         let (role, number) = if index < plan.viewers {
             (Role::Viewer, index)
+        } else if let Some(d) = plan.device_of(index) {
+            (Role::Device, d)
         } else {
-            (Role::Device, index - plan.viewers)
+            (Role::Stalled, index - plan.viewers - plan.devices)
         };
         let id = match role {
             Role::Device => device_id(&plan.run_id, number),
             Role::Viewer => format!("{}-v{number}", plan.run_id),
+            Role::Stalled => format!("{}-s{number}", plan.run_id),
         };
         let groups = plan.groups.max(1);
         let group = number % groups;
@@ -275,6 +292,12 @@ pub async fn connect(plan: &Plan, spec: &ClientSpec) -> Result<Ws, ConnectFailur
     socket
         .set_nodelay(true)
         .map_err(|e| ConnectFailure::io("nodelay", &e))?;
+    if spec.role == Role::Stalled {
+        // Before connect, so the window the client announces is small from the start.
+        socket
+            .set_recv_buffer_size(STALLED_RECV_BUFFER_BYTES)
+            .map_err(|e| ConnectFailure::io("rcvbuf", &e))?;
+    }
     if let Some(source) = spec.source {
         // Without this the kernel reserves a port at bind time, unique per source address
         // over all destinations; with it the port only has to be unique per 4-tuple.
@@ -643,6 +666,146 @@ pub async fn run_steady(w: Arc<WorkerShared>, spec: ClientSpec) {
     w.counters.open.fetch_sub(1, Relaxed);
 }
 
+/// How a stalled viewer's stream ended, for its close-codes map: `eof` is an end of stream
+/// without a close frame (what a server that drops a blocked socket leaves behind).
+fn stalled_end_kind(e: &WsError) -> &'static str {
+    match e {
+        WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake)
+        | WsError::ConnectionClosed
+        | WsError::AlreadyClosed => "eof",
+        WsError::Io(_) => "reset",
+        WsError::Capacity(_) => "too_large",
+        _ => "protocol_error",
+    }
+}
+
+/// The close code of a close frame (1005 when it carries none).
+fn close_code(frame: Option<&CloseFrame>) -> String {
+    frame.map_or(1005, |f| u16::from(f.code)).to_string()
+}
+
+/// Resolves once the worker has moved to [`Phase::Closing`] (or its phase sender is gone).
+async fn until_closing(phase: &mut tokio::sync::watch::Receiver<Phase>) {
+    loop {
+        if *phase.borrow_and_update() == Phase::Closing {
+            return;
+        }
+        if phase.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// What ended the reading part of a stalled viewer's life.
+enum StallStart {
+    /// The greeting (plus `--stall-after`) is done: stop reading.
+    Stall,
+    /// The run is closing before the stall began.
+    Closing,
+    /// The server closed the connection: close code, `eof` or `reset`.
+    Ended(String),
+}
+
+/// Runs a stalled viewer (`--stalled`): connects, reads its welcome and initial snapshot,
+/// keeps reading (and discarding) for `--stall-after`, then leaves the socket open and unread
+/// until the worker moves to [`Phase::Closing`]. Then it reads what is buffered, for a short
+/// bounded time, to learn whether the server closed it (close frame, end of stream or reset)
+/// or it is still open, and closes it if so. Everything is counted in
+/// [`crate::metrics::StalledStats`] only.
+pub async fn run_stalled(w: Arc<WorkerShared>, spec: ClientSpec) {
+    let mut phase = w.phase();
+    w.counters.stalled().attempted += 1;
+    let connected = connect(&w.plan, &spec).await;
+    w.resolved_one();
+    let mut ws = match connected {
+        Ok(ws) => {
+            w.counters.stalled().connected += 1;
+            ws
+        }
+        Err(f) => {
+            *w.counters
+                .stalled()
+                .failed_by_reason
+                .entry(f.reason.clone())
+                .or_default() += 1;
+            w.warn_once(&f);
+            return;
+        }
+    };
+
+    let stall_after = Duration::from_millis(w.plan.stall_after_ms);
+    let mut stall_at: Option<Instant> = None;
+    let start = loop {
+        // Checked before every read: once the stall is due, not one more frame is read (even
+        // one already in the read buffer).
+        if stall_at.is_some_and(|at| Instant::now() >= at) {
+            break StallStart::Stall;
+        }
+        tokio::select! {
+            biased;
+            _ = until_closing(&mut phase) => break StallStart::Closing,
+            _ = sleep_until(stall_at.unwrap_or_else(Instant::now)), if stall_at.is_some() => {
+                break StallStart::Stall;
+            }
+            msg = ws.next() => match msg {
+                Some(Ok(Message::Close(frame))) => break StallStart::Ended(close_code(frame.as_ref())),
+                Some(Ok(m)) => {
+                    let greeting_done = stall_at.is_none()
+                        && matches!(decode(spec.codec, &m), Some(Ok(f)) if f.kind == "snapshot");
+                    if greeting_done {
+                        stall_at = Some(Instant::now() + stall_after);
+                    }
+                }
+                Some(Err(e)) => break StallStart::Ended(stalled_end_kind(&e).to_string()),
+                None => break StallStart::Ended("eof".to_string()),
+            },
+        }
+    };
+    let ended = match start {
+        StallStart::Ended(how) => Some(how),
+        StallStart::Closing => None,
+        StallStart::Stall => {
+            w.counters.stalled().stopped_reading += 1;
+            // The socket stays open and is not polled: the server's writes back up.
+            until_closing(&mut phase).await;
+            let (ended, bytes) = drain(&mut ws).await;
+            w.counters.stalled().bytes_drained += bytes;
+            ended
+        }
+    };
+    match ended {
+        Some(how) => {
+            *w.counters
+                .stalled()
+                .closed_by_server
+                .entry(how)
+                .or_default() += 1;
+        }
+        None => {
+            w.counters.stalled().still_open += 1;
+            close_gracefully(&mut ws).await;
+        }
+    }
+}
+
+/// Reads a stalled socket for at most [`STALLED_DRAIN_LIMIT`]: how it ended (`None` while it
+/// is still open) and the payload bytes read on the way.
+async fn drain(ws: &mut Ws) -> (Option<String>, u64) {
+    let deadline = Instant::now() + STALLED_DRAIN_LIMIT;
+    let mut bytes = 0u64;
+    loop {
+        match tokio::time::timeout_at(deadline, ws.next()).await {
+            Err(_) => return (None, bytes),
+            Ok(Some(Ok(Message::Close(frame)))) => {
+                return (Some(close_code(frame.as_ref())), bytes);
+            }
+            Ok(Some(Ok(m))) => bytes += m.len() as u64,
+            Ok(Some(Err(e))) => return (Some(stalled_end_kind(&e).to_string()), bytes),
+            Ok(None) => return (Some("eof".to_string()), bytes),
+        }
+    }
+}
+
 /// Runs a storm client: connect, wait for the snapshot, send a few fixes, close, pause,
 /// again, until the worker leaves [`Phase::Running`].
 pub async fn run_storm(w: Arc<WorkerShared>, spec: ClientSpec) {
@@ -723,6 +886,8 @@ pub async fn run_storm(w: Arc<WorkerShared>, spec: ClientSpec) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::BTreeMap;
+
     use crate::config::{Center, CodecChoice, Target};
 
     fn plan(devices: u32, viewers: u32, source_addrs: u8) -> Plan {
@@ -731,6 +896,8 @@ mod tests {
             scenario: Scenario::Fleet,
             devices,
             viewers,
+            stalled: 0,
+            stall_after_ms: 0,
             groups: 3,
             rate_hz: 1.0,
             codec: CodecChoice::Mixed,
@@ -780,6 +947,26 @@ mod tests {
         let d1 = ClientSpec::new(&p, 3);
         assert_eq!(d1.target, 1);
         assert_eq!(d1.source, None, "no IPv4 source address for an IPv6 target");
+    }
+
+    #[test]
+    fn stalled_viewers_come_last_as_viewers_of_every_group() {
+        let mut p = plan(4, 2, 1);
+        p.stalled = 4;
+        let specs: Vec<ClientSpec> = (6..10).map(|i| ClientSpec::new(&p, i)).collect();
+        assert!(specs.iter().all(|s| s.role == Role::Stalled));
+        assert_eq!(
+            specs.iter().map(|s| s.number).collect::<Vec<_>>(),
+            vec![0, 1, 2, 3]
+        );
+        assert_eq!(
+            specs.iter().map(|s| s.group).collect::<Vec<_>>(),
+            vec![0, 1, 2, 0]
+        );
+        assert_eq!(specs[1].id, "lt1-s1");
+        let url = specs[1].url(&p);
+        assert!(url.contains("id=lt1-s1&groups=lt1-g1&role=viewer"), "{url}");
+        assert_eq!(ClientSpec::new(&p, 5).role, Role::Device);
     }
 
     #[test]
@@ -865,6 +1052,141 @@ mod tests {
             &std::io::Error::from_raw_os_error(nix::libc::EADDRNOTAVAIL),
         );
         assert!(f.detail.contains("--source-addrs"));
+    }
+
+    /// How the fake server ends a stalled viewer's connection.
+    #[derive(Clone, Copy)]
+    enum FakeEnd {
+        /// Sends a close frame with this code.
+        Close(u16),
+        /// Drops the TCP connection without a close frame.
+        Drop,
+        /// Keeps the connection open.
+        Stay,
+    }
+
+    /// A one-connection JSON server: welcome, snapshot, `batches` batch frames, then `end`.
+    /// Answers with the payload bytes of the batches once they are all written.
+    async fn fake_server(
+        end: FakeEnd,
+        batches: usize,
+    ) -> (SocketAddr, tokio::sync::oneshot::Receiver<u64>) {
+        use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
+        // tungstenite's handshake callback signature, large error type included.
+        #[allow(clippy::result_large_err)]
+        fn answer(_: &Request, mut response: Response) -> Result<Response, ErrorResponse> {
+            response.headers_mut().insert(
+                "Sec-WebSocket-Protocol",
+                HeaderValue::from_static("beacon.v1.json"),
+            );
+            Ok(response)
+        }
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (done, written) = tokio::sync::oneshot::channel();
+        tokio::spawn(async move {
+            let (stream, _) = listener.accept().await.unwrap();
+            let mut ws = tokio_tungstenite::accept_hdr_async(stream, answer)
+                .await
+                .unwrap();
+            for greeting in [
+                r#"{"type":"welcome","session":"s","id":"x","role":"viewer","groups":["g"],"server_time":1,"tick_ms":100}"#,
+                r#"{"type":"snapshot","group":"g","devices":[]}"#,
+            ] {
+                ws.send(Message::text(greeting)).await.unwrap();
+            }
+            let mut bytes = 0u64;
+            for n in 0..batches {
+                let batch = format!(r#"{{"type":"batch","group":"g","updates":[],"n":{n}}}"#);
+                bytes += batch.len() as u64;
+                ws.send(Message::text(batch)).await.unwrap();
+            }
+            match end {
+                FakeEnd::Close(code) => {
+                    let frame = CloseFrame {
+                        code: code.into(),
+                        reason: "slow consumer".into(),
+                    };
+                    ws.send(Message::Close(Some(frame))).await.unwrap();
+                    let _ = done.send(bytes);
+                }
+                FakeEnd::Drop => {
+                    drop(ws);
+                    let _ = done.send(bytes);
+                    return;
+                }
+                FakeEnd::Stay => {
+                    let _ = done.send(bytes);
+                }
+            }
+            // Answer the client's close, if it sends one.
+            while let Some(Ok(_)) = ws.next().await {}
+        });
+        (addr, written)
+    }
+
+    /// Runs one stalled viewer against a fake server ending with `end`, and returns its
+    /// figures and the bytes of the batches the server wrote after the greeting.
+    async fn stall_against(end: FakeEnd) -> (crate::metrics::StalledStats, u64) {
+        let (addr, written) = fake_server(end, 40).await;
+        let mut p = plan(0, 0, 1);
+        p.stalled = 1;
+        p.codec = CodecChoice::Json;
+        p.targets.truncate(1);
+        p.targets[0].addr = addr;
+        p.targets[0].url = format!("ws://{addr}/v1/ws");
+        let plan = Arc::new(p);
+        let w = Arc::new(WorkerShared::new(plan.clone()));
+        let spec = ClientSpec::new(&plan, 0);
+        assert_eq!(spec.role, Role::Stalled);
+        let task = tokio::spawn(run_stalled(w.clone(), spec));
+        let bytes = timeout(Duration::from_secs(10), written)
+            .await
+            .expect("the fake server wrote everything")
+            .unwrap();
+        // Let the last frames reach the client's socket before the run closes.
+        sleep(Duration::from_millis(200)).await;
+        assert_eq!(w.counters.stalled().stopped_reading, 1);
+        w.set_phase(Phase::Closing);
+        timeout(Duration::from_secs(10), task)
+            .await
+            .expect("the stalled viewer finished")
+            .unwrap();
+        let stats = w.counters.snapshot();
+        // Nothing of it shows in the measured clients' figures.
+        assert_eq!((stats.attempted, stats.established, stats.open), (0, 0, 0));
+        assert_eq!((stats.frames_received, stats.snapshots), (0, 0));
+        assert!(stats.maps.close_codes.is_empty());
+        (stats.stalled, bytes)
+    }
+
+    #[tokio::test]
+    async fn a_stalled_viewer_reads_nothing_after_its_greeting_and_sees_the_close_code() {
+        let (s, batches) = stall_against(FakeEnd::Close(1013)).await;
+        assert_eq!((s.attempted, s.connected, s.stopped_reading), (1, 1, 1));
+        assert_eq!(
+            s.closed_by_server,
+            BTreeMap::from([("1013".to_string(), 1)])
+        );
+        assert_eq!(s.still_open, 0);
+        // Every batch was still unread when the run closed: it stopped at the greeting.
+        assert_eq!(s.bytes_drained, batches);
+    }
+
+    #[tokio::test]
+    async fn a_stalled_viewer_dropped_without_a_close_frame_sees_eof() {
+        let (s, batches) = stall_against(FakeEnd::Drop).await;
+        assert_eq!(s.closed_by_server, BTreeMap::from([("eof".to_string(), 1)]));
+        assert_eq!(s.still_open, 0);
+        assert_eq!(s.bytes_drained, batches);
+    }
+
+    #[tokio::test]
+    async fn a_stalled_viewer_the_server_kept_is_still_open() {
+        let (s, batches) = stall_against(FakeEnd::Stay).await;
+        assert!(s.closed_by_server.is_empty(), "{s:?}");
+        assert_eq!(s.still_open, 1);
+        assert_eq!(s.bytes_drained, batches);
     }
 
     #[tokio::test]

@@ -120,6 +120,17 @@ pub struct Cli {
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
 
+    /// Slow consumers: extra viewer connections, dealt over the groups like viewers, that read
+    /// their welcome and initial snapshot and then never read their socket again (it stays
+    /// open). They are left out of latency, updates and the latest-state check and reported
+    /// on their own: how many the server closed, with which code, and how many were still open.
+    #[arg(long, default_value_t = 0)]
+    pub stalled: u32,
+
+    /// How long stalled connections keep reading after their greeting before they stop.
+    #[arg(long, value_parser = parse_duration, default_value = "0s")]
+    pub stall_after: Duration,
+
     /// Storm: fixes each short session sends before it disconnects.
     #[arg(long, default_value_t = 3)]
     pub storm_fixes: u32,
@@ -246,6 +257,10 @@ pub struct Plan {
     pub devices: u32,
     /// Number of viewers over all workers.
     pub viewers: u32,
+    /// Number of stalled viewers (slow consumers) over all workers.
+    pub stalled: u32,
+    /// How long a stalled viewer keeps reading after its greeting, in milliseconds.
+    pub stall_after_ms: u64,
     /// Number of groups.
     pub groups: u32,
     /// Fixes per second per device while sending.
@@ -348,6 +363,9 @@ impl Plan {
         if devices == 0 && cli.scenario != Scenario::Idle {
             bail!("scenario {} needs at least one device", cli.scenario.name());
         }
+        if cli.stalled > 0 && cli.scenario == Scenario::Idle {
+            bail!("--stalled needs traffic to stall on: use fleet, viewers or storm");
+        }
         let groups = match (cli.groups, cli.group_size.or(d.group_size)) {
             (Some(0), _) => bail!("--groups must be at least 1"),
             (Some(g), _) => g,
@@ -370,7 +388,10 @@ impl Plan {
             bail!("no --url given");
         }
         let duration = cli.duration.unwrap_or(d.duration);
-        let connections = devices + viewers;
+        let connections = devices
+            .checked_add(viewers)
+            .and_then(|n| n.checked_add(cli.stalled))
+            .context("too many connections")?;
         let ramp_s = f64::from(connections) / cli.ramp;
         let max_time = cli.max_time.unwrap_or_else(|| {
             Duration::from_secs_f64(2.0 * ramp_s) + duration + cli.settle + Duration::from_secs(60)
@@ -388,6 +409,8 @@ impl Plan {
             scenario: cli.scenario,
             devices,
             viewers,
+            stalled: cli.stalled,
+            stall_after_ms: millis(cli.stall_after),
             groups,
             rate_hz,
             codec: cli.codec,
@@ -408,9 +431,21 @@ impl Plan {
         })
     }
 
-    /// Total sockets the run holds at once (devices plus viewers).
+    /// Total sockets the run holds at once (devices, viewers and stalled viewers).
     pub fn connections(&self) -> u32 {
+        self.devices + self.viewers + self.stalled
+    }
+
+    /// The measured clients: devices plus viewers, without the stalled viewers.
+    pub fn clients(&self) -> u32 {
         self.devices + self.viewers
+    }
+
+    /// The device number of client `index`, if that client is a device.
+    pub fn device_of(&self, index: u32) -> Option<u32> {
+        index
+            .checked_sub(self.viewers)
+            .filter(|&d| d < self.devices)
     }
 
     /// Planned ramp-up time over all workers.
@@ -548,6 +583,39 @@ mod tests {
         let cli = Cli::parse_from(["beacon-loadtest", "--devices", "60000"]);
         let plan = Plan::build(&cli, vec![target()], 4, "t".into()).unwrap();
         assert_eq!(plan.source_addrs, 3);
+    }
+
+    #[test]
+    fn stalled_viewers_add_sockets_but_not_clients() {
+        let cli = Cli::parse_from([
+            "beacon-loadtest",
+            "--devices",
+            "200",
+            "--viewers",
+            "10",
+            "--stalled",
+            "5",
+            "--stall-after",
+            "2s",
+        ]);
+        let plan = Plan::build(&cli, vec![target()], 1, "t".into()).unwrap();
+        assert_eq!((plan.stalled, plan.stall_after_ms), (5, 2_000));
+        assert_eq!(plan.connections(), 215);
+        assert_eq!(plan.clients(), 210);
+        assert_eq!(plan.device_of(9), None, "a viewer");
+        assert_eq!(plan.device_of(10), Some(0));
+        assert_eq!(plan.device_of(209), Some(199));
+        assert_eq!(plan.device_of(210), None, "a stalled viewer");
+        let plain = Plan::build(
+            &Cli::parse_from(["beacon-loadtest"]),
+            vec![target()],
+            1,
+            "t".into(),
+        )
+        .unwrap();
+        assert_eq!((plain.stalled, plain.stall_after_ms), (0, 0));
+        let idle = Cli::parse_from(["beacon-loadtest", "--scenario", "idle", "--stalled", "1"]);
+        assert!(Plan::build(&idle, vec![target()], 1, "t".into()).is_err());
     }
 
     #[test]

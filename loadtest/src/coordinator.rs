@@ -24,7 +24,7 @@ use crate::metrics::{Latencies, LatencySummary, Stats};
 use crate::procstat::{CpuMeter, read};
 use crate::report::{
     Connections, Errors, IdleMemory, LatestState, Machine, ProcFigures, Report, ReportConfig,
-    Timing, Traffic,
+    Stalled, Timing, Traffic,
 };
 use crate::slo::{Figures, LatencyFigures};
 
@@ -515,11 +515,16 @@ impl Run {
             ),
             None => String::new(),
         };
+        let stalled = if self.plan.stalled > 0 {
+            format!(" stalled {}/{}", stats.stalled.connected, self.plan.stalled)
+        } else {
+            String::new()
+        };
         eprintln!(
-            "[{t:>6.1}s {:<8}] conn {}/{} open {} fail {} | fixes/s {:.0} | updates/s {:.0} | p99 {p99}{server} | harness {} | load {}",
+            "[{t:>6.1}s {:<8}] conn {}/{} open {} fail {}{stalled} | fixes/s {:.0} | updates/s {:.0} | p99 {p99}{server} | harness {} | load {}",
             self.label,
             stats.established,
-            self.plan.connections(),
+            self.plan.clients(),
             stats.open,
             stats.failed,
             fixes_rate,
@@ -762,6 +767,17 @@ impl Run {
                 mismatches,
                 loss,
                 excluded_devices: excluded,
+            },
+            stalled: Stalled {
+                requested: plan.stalled,
+                stall_after_s: plan.stall_after_ms as f64 / 1e3,
+                connected: stats.stalled.connected,
+                failed: stats.stalled.failed(),
+                failed_by_reason: stats.stalled.failed_by_reason.clone(),
+                stopped_reading: stats.stalled.stopped_reading,
+                closed_by_server: stats.stalled.closed_by_server.clone(),
+                still_open: stats.stalled.still_open,
+                bytes_drained: stats.stalled.bytes_drained,
             },
             server: self.server.as_ref().map(|s| s.figures.clone()),
             harness: self.harness.figures.clone(),

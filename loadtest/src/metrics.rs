@@ -215,6 +215,56 @@ pub struct Counters {
     pub storm_cycles: AtomicU64,
     /// Reasons, error codes and close codes.
     pub maps: Mutex<Maps>,
+    /// Stalled viewers (slow consumers), counted apart from everything above.
+    pub stalled: Mutex<StalledStats>,
+}
+
+/// What became of the stalled viewers (`--stalled`). They are counted here only: not in the
+/// connection counts, traffic, latency or latest-state figures of the measured clients.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StalledStats {
+    /// Connection attempts.
+    pub attempted: u64,
+    /// Connections whose WebSocket handshake completed.
+    pub connected: u64,
+    /// Attempts that failed, by reason (as for the measured clients).
+    pub failed_by_reason: BTreeMap<String, u64>,
+    /// Connections that got their greeting and then stopped reading.
+    pub stopped_reading: u64,
+    /// Connections found closed when read again at the end (or closed before they stopped
+    /// reading): the close code of the server's close frame, `eof` when the stream ended
+    /// without one (a server that gives up on a blocked socket cannot get its close frame
+    /// through), `reset` for a TCP reset.
+    pub closed_by_server: BTreeMap<String, u64>,
+    /// Connections still open when read again at the end.
+    pub still_open: u64,
+    /// Payload bytes read from the stalled sockets at the end, before the close or the drain
+    /// limit: what the kernel buffers (and the server, if it kept writing) held for them.
+    pub bytes_drained: u64,
+}
+
+impl StalledStats {
+    /// Adds another worker's figures.
+    pub fn merge(&mut self, o: &StalledStats) {
+        self.attempted += o.attempted;
+        self.connected += o.connected;
+        self.stopped_reading += o.stopped_reading;
+        self.still_open += o.still_open;
+        self.bytes_drained += o.bytes_drained;
+        for (mine, theirs) in [
+            (&mut self.failed_by_reason, &o.failed_by_reason),
+            (&mut self.closed_by_server, &o.closed_by_server),
+        ] {
+            for (k, v) in theirs {
+                *mine.entry(k.clone()).or_default() += v;
+            }
+        }
+    }
+
+    /// Failed connection attempts.
+    pub fn failed(&self) -> u64 {
+        self.failed_by_reason.values().sum()
+    }
 }
 
 /// The keyed counters.
@@ -293,7 +343,13 @@ impl Counters {
             wrong_frame_kind: g(&self.wrong_frame_kind),
             storm_cycles: g(&self.storm_cycles),
             maps: self.maps.lock().unwrap_or_else(|p| p.into_inner()).clone(),
+            stalled: self.stalled().clone(),
         }
+    }
+
+    /// The stalled viewers' figures, for update.
+    pub fn stalled(&self) -> std::sync::MutexGuard<'_, StalledStats> {
+        self.stalled.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
@@ -320,6 +376,7 @@ pub struct Stats {
     pub wrong_frame_kind: u64,
     pub storm_cycles: u64,
     pub maps: Maps,
+    pub stalled: StalledStats,
 }
 
 impl Stats {
@@ -343,6 +400,7 @@ impl Stats {
         self.malformed_frames += o.malformed_frames;
         self.wrong_frame_kind += o.wrong_frame_kind;
         self.storm_cycles += o.storm_cycles;
+        self.stalled.merge(&o.stalled);
         for (mine, theirs) in [
             (&mut self.maps.failed_by_reason, &o.maps.failed_by_reason),
             (&mut self.maps.errors_by_code, &o.maps.errors_by_code),
@@ -430,5 +488,45 @@ mod tests {
         assert_eq!(total.maps.errors_by_code["rate_limited"], 1);
         assert_eq!(total.maps.close_codes["1013"], 1);
         assert_eq!(total.disconnects, 1);
+    }
+
+    #[test]
+    fn stalled_figures_stay_apart_and_merge() {
+        let a = Counters::default();
+        {
+            let mut s = a.stalled();
+            s.attempted = 3;
+            s.connected = 2;
+            *s.failed_by_reason.entry("refused".into()).or_default() += 1;
+            s.stopped_reading = 2;
+            *s.closed_by_server.entry("1013".into()).or_default() += 1;
+            s.still_open = 1;
+            s.bytes_drained = 100;
+        }
+        let b = Counters::default();
+        {
+            let mut s = b.stalled();
+            s.attempted = 1;
+            s.connected = 1;
+            s.stopped_reading = 1;
+            *s.closed_by_server.entry("1013".into()).or_default() += 1;
+            s.bytes_drained = 50;
+        }
+        let mut total = a.snapshot();
+        total.merge(&b.snapshot());
+        let s = &total.stalled;
+        assert_eq!((s.attempted, s.connected, s.failed()), (4, 3, 1));
+        assert_eq!(
+            (s.stopped_reading, s.still_open, s.bytes_drained),
+            (3, 1, 150)
+        );
+        assert_eq!(s.closed_by_server["1013"], 2);
+        // None of it shows in the measured clients' figures.
+        assert_eq!(
+            (total.attempted, total.established, total.failed),
+            (0, 0, 0)
+        );
+        assert_eq!(total.disconnects, 0);
+        assert!(total.maps.close_codes.is_empty());
     }
 }

@@ -36,6 +36,8 @@ pub struct Report {
     pub fanout_ms: Option<LatencySummary>,
     /// Latest-state check.
     pub latest_state: LatestState,
+    /// Stalled viewers (`--stalled`): counted here only, not in the figures above.
+    pub stalled: Stalled,
     /// Server process figures (when `--server-pid` was given).
     pub server: Option<ProcFigures>,
     /// The harness's own processes.
@@ -171,6 +173,32 @@ pub struct LatestState {
     pub loss: f64,
     /// Devices left out because their connection dropped while sending.
     pub excluded_devices: u64,
+}
+
+/// What became of the stalled viewers (`--stalled`), slow consumers that read their greeting
+/// and then stopped reading. Every connected one ends up in exactly one of
+/// `closed_by_server` and `still_open`.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Stalled {
+    /// `--stalled`.
+    pub requested: u32,
+    /// `--stall-after`: how long they kept reading after their greeting, seconds.
+    pub stall_after_s: f64,
+    /// Connections established.
+    pub connected: u64,
+    /// Connection attempts that failed.
+    pub failed: u64,
+    /// Failed attempts by reason.
+    pub failed_by_reason: BTreeMap<String, u64>,
+    /// Connections that got their greeting and then stopped reading.
+    pub stopped_reading: u64,
+    /// Connections the server had ended when they were read again at the end: by close code,
+    /// `eof` (end of stream without a close frame) or `reset`.
+    pub closed_by_server: BTreeMap<String, u64>,
+    /// Connections still open at the end.
+    pub still_open: u64,
+    /// Payload bytes read from them at the end, before the close or the drain limit.
+    pub bytes_drained: u64,
 }
 
 /// Memory and CPU of a set of processes, sampled once a second.
@@ -372,6 +400,31 @@ impl Report {
         } else {
             row("latest state", "not checked (storm)".into());
         }
+        let st = &self.stalled;
+        if st.requested > 0 {
+            row(
+                "stalled viewers",
+                format!(
+                    "{} requested, {} connected, {} failed ({}), {} stopped reading {:.1} s after their greeting",
+                    st.requested,
+                    st.connected,
+                    st.failed,
+                    keyed(&st.failed_by_reason),
+                    st.stopped_reading,
+                    st.stall_after_s
+                ),
+            );
+            let closed: u64 = st.closed_by_server.values().sum();
+            row(
+                "  at the end",
+                format!(
+                    "{closed} closed by server ({}), {} still open, {:.1} kB drained",
+                    keyed(&st.closed_by_server),
+                    st.still_open,
+                    st.bytes_drained as f64 / 1e3
+                ),
+            );
+        }
         if let Some(srv) = &self.server {
             row(
                 "server",
@@ -500,6 +553,7 @@ mod tests {
                 checked: true,
                 ..Default::default()
             },
+            stalled: Stalled::default(),
             server: None,
             harness: ProcFigures::default(),
             machine: Machine::default(),
@@ -519,5 +573,37 @@ mod tests {
         assert_eq!(json["latency_ms"]["p99_ms"], 3.25);
         assert_eq!(json["latest_state"]["mismatches"], 0);
         assert_eq!(json["latest_state"]["pairs"], 0);
+        assert!(
+            !table.contains("stalled"),
+            "no stalled rows unless asked\n{table}"
+        );
+        assert_eq!(json["stalled"]["requested"], 0);
+
+        let mut with_stalled = r.clone();
+        with_stalled.stalled = Stalled {
+            requested: 5,
+            connected: 5,
+            stopped_reading: 5,
+            closed_by_server: BTreeMap::from([("1013".to_string(), 3)]),
+            still_open: 2,
+            bytes_drained: 12_300,
+            ..Default::default()
+        };
+        let table = with_stalled.table();
+        assert!(
+            table.contains("5 requested, 5 connected, 0 failed (-), 5 stopped reading 0.0 s"),
+            "{table}"
+        );
+        assert!(
+            table.contains("3 closed by server (1013=3), 2 still open, 12.3 kB drained"),
+            "{table}"
+        );
+        let json: serde_json::Value = serde_json::to_value(&with_stalled).unwrap();
+        assert_eq!(json["stalled"]["connected"], 5);
+        assert_eq!(json["stalled"]["closed_by_server"]["1013"], 3);
+        assert_eq!(json["stalled"]["still_open"], 2);
+        // The measured clients' figures are untouched.
+        assert_eq!(json["connections"]["established"], 10);
+        assert_eq!(json["connections"]["disconnects"], 0);
     }
 }

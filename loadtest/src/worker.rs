@@ -1,9 +1,9 @@
 //! A worker: runs one share of the run's connections and reports to the parent.
 //!
-//! Worker `i` of `k` takes clients `i, i + k, i + 2k, …` and connects them at `ramp / k` per
-//! second. All its connection tasks share one [`WorkerShared`]: counters, the latency
-//! histogram, the phase they follow, each device's last sent fix time and every subscriber's
-//! view for the latest-state check.
+//! Worker `i` of `k` takes clients `i, i + k, i + 2k, …` (stalled viewers included) and
+//! connects them at `ramp / k` per second. All its connection tasks share one
+//! [`WorkerShared`]: counters, the latency histogram, the phase they follow, each device's
+//! last sent fix time and every subscriber's view for the latest-state check.
 //!
 //! [`run`] speaks [`Command`]/[`Event`] over channels; [`run_child`] bridges those channels
 //! to stdin/stdout so the same code runs as a separate process when one process cannot hold
@@ -19,7 +19,7 @@ use tokio::sync::{Notify, mpsc, watch};
 use tokio::task::JoinSet;
 use tokio::time::{Instant, sleep, sleep_until, timeout};
 
-use crate::client::{ClientSpec, ConnectFailure, run_steady, run_storm};
+use crate::client::{ClientSpec, ConnectFailure, Role, run_stalled, run_steady, run_storm};
 use crate::config::{Plan, Scenario};
 use crate::control::{Command, Event};
 use crate::latest::{CheckResult, EXCLUDED, Layout, View, check};
@@ -94,7 +94,8 @@ impl WorkerShared {
         self.phase_tx.subscribe()
     }
 
-    fn set_phase(&self, phase: Phase) {
+    /// Moves every connection task of this worker to `phase`.
+    pub(crate) fn set_phase(&self, phase: Phase) {
         self.phase_tx.send_replace(phase);
     }
 
@@ -251,8 +252,7 @@ pub async fn run(
     )
     .await;
     let last: Vec<(u32, u32)> = share(plan.connections(), plan.workers, index)
-        .filter(|&i| i >= plan.viewers)
-        .map(|i| i - plan.viewers)
+        .filter_map(|i| plan.device_of(i))
         .map(|d| (d, w.last_sent[d as usize].load(Ordering::Relaxed)))
         .filter(|&(_, ts)| ts != 0)
         .collect();
@@ -332,7 +332,9 @@ async fn ramp_up(w: Arc<WorkerShared>, mine: Vec<u32>) -> JoinSet<()> {
             break;
         }
         let spec = ClientSpec::new(&w.plan, index);
-        if w.plan.scenario == Scenario::Storm {
+        if spec.role == Role::Stalled {
+            tasks.spawn(run_stalled(w.clone(), spec));
+        } else if w.plan.scenario == Scenario::Storm {
             tasks.spawn(run_storm(w.clone(), spec));
         } else {
             tasks.spawn(run_steady(w.clone(), spec));

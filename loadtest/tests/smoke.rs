@@ -2,8 +2,8 @@
 //!
 //! The server binary comes from `BEACON_BIN`, or `<workspace>/target/debug/beacon`, built
 //! with `cargo build -p beacon --bin beacon` when it is missing. Each test starts its own
-//! server on a free loopback port with a 100 ms tick and stops it by pid when done, even
-//! when an assertion fails.
+//! server on a free loopback port (with a 100 ms tick unless the test sets its own) and stops
+//! it by pid when done, even when an assertion fails.
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -69,34 +69,46 @@ fn free_port() -> u16 {
         .port()
 }
 
-fn healthy(port: u16) -> bool {
-    let Ok(mut s) =
+/// `GET path` over HTTP/1.0: the whole response, or `None` when the server does not answer.
+fn http_get(port: u16, path: &str) -> Option<String> {
+    let mut s =
         TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_millis(500))
-    else {
-        return false;
-    };
-    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-    if s.write_all(b"GET /healthz HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
-        .is_err()
-    {
-        return false;
-    }
-    let mut head = [0u8; 12];
-    s.read_exact(&mut head).is_ok() && head.starts_with(b"HTTP/1.") && &head[9..12] == b"200"
+            .ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").as_bytes())
+        .ok()?;
+    let mut response = String::new();
+    s.read_to_string(&mut response).ok()?;
+    Some(response)
+}
+
+fn healthy(port: u16) -> bool {
+    http_get(port, "/healthz")
+        .is_some_and(|r| r.starts_with("HTTP/1.") && r.get(9..12) == Some("200"))
+}
+
+/// A counter from the server's `/metrics` (Prometheus text), e.g. `beacon_slow_closes_total`.
+fn server_counter(port: u16, name: &str) -> u64 {
+    let text = http_get(port, "/metrics").expect("the server answers /metrics");
+    text.lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .map(|v| v as u64)
+        .unwrap_or_else(|| panic!("no {name} in /metrics:\n{text}"))
 }
 
 fn start_server() -> Server {
+    start_server_with(&["--tick-ms", "100"])
+}
+
+/// Starts a server with these options besides `serve --listen`.
+fn start_server_with(options: &[&str]) -> Server {
     let bin = server_binary();
     for _attempt in 0..3 {
         let port = free_port();
         let child = Command::new(&bin)
-            .args([
-                "serve",
-                "--listen",
-                &format!("127.0.0.1:{port}"),
-                "--tick-ms",
-                "100",
-            ])
+            .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+            .args(options)
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -337,6 +349,68 @@ fn a_missed_slo_exits_with_1() {
     assert_eq!(r["slo_pass"], false);
     assert_eq!(r["slo"][0]["pass"], false);
     assert_eq!(r["slo"][1]["pass"], true);
+}
+
+#[test]
+fn stalled_viewers_are_reported_apart_and_leave_the_fleet_clean() {
+    let server = start_server_with(&[
+        "--tick-ms",
+        "20",
+        "--queue-frames",
+        "4",
+        "--slow-close-secs",
+        "2",
+    ]);
+    let (code, r, out) = loadtest(
+        &server,
+        &[
+            "--scenario",
+            "fleet",
+            "--devices",
+            "50",
+            "--stalled",
+            "5",
+            "--duration",
+            "8s",
+            "--slo",
+            "loss=0,errors=0,failed=0,disconnects=0",
+        ],
+    );
+    // The devices see a healthy fleet; the stalled viewers count in none of it.
+    assert_clean_fleet(code, &r, &out, 50);
+    let why = explain(&out);
+    assert_eq!(r["latest_state"]["subscribers"], 50, "{why}");
+    assert_eq!(r["traffic"]["snapshots"], 50, "{why}");
+    let s = &r["stalled"];
+    assert_eq!(s["requested"], 5, "{why}");
+    assert_eq!(s["connected"], 5, "{why}");
+    assert_eq!(s["failed"], 0, "{why}");
+    assert_eq!(s["stopped_reading"], 5, "{why}");
+    let closed = s["closed_by_server"].as_object().unwrap();
+    let closed_count: u64 = closed.values().map(|v| v.as_u64().unwrap()).sum();
+    assert_eq!(
+        closed_count + s["still_open"].as_u64().unwrap(),
+        5,
+        "each one is either closed or open\n{why}"
+    );
+    // About 50 fixes a second reach every viewer of the group: what they left unread while
+    // stalled is waiting in their sockets at the end, far above the few offline notices a
+    // viewer that kept reading would find there.
+    assert!(
+        s["bytes_drained"].as_u64().unwrap() > 5 * 10_000,
+        "stalled viewers left their traffic unread\n{why}"
+    );
+    // A server that gives up on a blocked socket cannot get its close frame through it, so
+    // the viewer may see the stream end without one; the server's own count says why.
+    if closed_count > 0 {
+        for key in closed.keys() {
+            assert!(key == "1013" || key == "eof", "closed with {key}\n{why}");
+        }
+        assert!(
+            server_counter(server.port, "beacon_slow_closes_total") >= closed_count,
+            "every close was a slow-consumer close (1013)\n{why}"
+        );
+    }
 }
 
 #[test]
