@@ -101,6 +101,9 @@ struct GroupState {
     local_changed: HashSet<DeviceId>,
     /// The part of `offline` that happened here (a socket closed on this instance).
     local_offline: Vec<DeviceId>,
+    /// When another instance last confirmed a device online (ms), for devices whose socket is
+    /// elsewhere: their presence lasts a stale window from the later of this and `rts`.
+    seen: HashMap<DeviceId, i64>,
     /// Whether the group sits in the hub's dirty list.
     queued: bool,
     /// When the last batch was built.
@@ -255,8 +258,10 @@ impl Hub {
 
     /// Merges state received from another instance (or loaded at start): each position replaces
     /// the held one when its fix is newer (or, for the same fix, when its presence changed), and
-    /// `offline` devices go offline unless they hold a socket here. Fanned out to local
-    /// subscribers; never reported to observers.
+    /// `offline` devices go offline unless they hold a socket here. A device that stops being
+    /// online either way is listed in the next batch's `offline`. Fanned out to local
+    /// subscribers; never reported to observers, except that a device holding a socket here is
+    /// kept online and that is reported as local news.
     pub fn merge_remote(&self, group: &GroupId, updates: &[Position], offline: &[DeviceId]) {
         self.with_group(group, |g, state| {
             for p in updates {
@@ -269,7 +274,15 @@ impl Hub {
                 };
                 if newer {
                     let mut p = p.clone();
-                    p.online = p.online || self.has_socket(p.device.as_str());
+                    if !p.online && self.has_socket(p.device.as_str()) {
+                        // The device holds a socket here: its presence is this instance's news.
+                        p.online = true;
+                        state.local_changed.insert(p.device.clone());
+                    }
+                    let was_online = state.positions.get(&p.device).is_some_and(|h| h.online);
+                    if was_online && !p.online {
+                        state.offline.push(p.device.clone());
+                    }
                     state.changed.insert(p.device.clone());
                     state.positions.insert(p.device.clone(), p);
                     self.mark_dirty(g, state);
@@ -278,6 +291,30 @@ impl Hub {
             for device in offline {
                 if !self.has_socket(device.as_str()) {
                     self.set_offline(g, state, device, false);
+                }
+            }
+        });
+    }
+
+    /// Records that other instances saw devices online at the given times (ms since the
+    /// epoch), so a device holding a socket elsewhere stays online here without moving: its
+    /// presence lasts a stale window from the later of that time and its fix's `rts`. A held
+    /// position that is offline comes back online (the instance holding its socket says so).
+    /// Devices without a held position are ignored. Fanned out locally; never reported to
+    /// observers.
+    pub fn remote_seen(&self, group: &GroupId, devices: &[(DeviceId, i64)]) {
+        self.with_group(group, |g, state| {
+            for (device, at) in devices {
+                let Some(p) = state.positions.get_mut(device) else {
+                    continue;
+                };
+                let revived = !p.online;
+                p.online = true;
+                let seen = state.seen.entry(device.clone()).or_insert(*at);
+                *seen = (*seen).max(*at);
+                if revived {
+                    state.changed.insert(device.clone());
+                    self.mark_dirty(g, state);
                 }
             }
         });
@@ -538,18 +575,27 @@ impl Hub {
         let groups: Vec<Arc<Group>> = self.groups.iter().map(|e| e.value().clone()).collect();
         let mut positions = 0;
         for g in &groups {
-            let mut state = lock(g);
+            let mut guard = lock(g);
+            let state = &mut *guard;
+            // Last sign of life: the fix's receive time, or a later confirmation from the
+            // instance that holds the device's socket.
+            let seen = &state.seen;
+            let last = |p: &Position| seen.get(&p.device).map_or(p.rts, |s| p.rts.max(*s));
             state.positions.retain(|_, p| {
-                p.rts >= expired_before || p.online && self.has_socket(p.device.as_str())
+                last(p) >= expired_before || p.online && self.has_socket(p.device.as_str())
             });
             let stale: Vec<DeviceId> = state
                 .positions
                 .values()
-                .filter(|p| p.online && p.rts < stale_before && !self.has_socket(p.device.as_str()))
+                .filter(|p| {
+                    p.online && last(p) < stale_before && !self.has_socket(p.device.as_str())
+                })
                 .map(|p| p.device.clone())
                 .collect();
+            let positions_held = &state.positions;
+            state.seen.retain(|d, _| positions_held.contains_key(d));
             for device in &stale {
-                self.set_offline(g, &mut state, device, false);
+                self.set_offline(g, state, device, false);
             }
             positions += state.positions.len();
         }

@@ -14,6 +14,7 @@
 //! - [`auth`]: who a request is (query identity; tokens).
 //! - [`http`]: health, metrics, REST snapshots and HTTP ingest.
 //! - [`metrics`]: the Prometheus registry.
+//! - [`relay`]: several instances as one server, through Redis pub/sub and shared state.
 //! - [`web`]: the embedded map page.
 //! - [`demo`]: simulated devices for `--demo N`.
 //! - [`shutdown`]: waits for SIGINT or SIGTERM.
@@ -30,6 +31,7 @@ pub mod hub;
 pub mod metrics;
 pub mod model;
 pub mod protocol;
+pub mod relay;
 pub mod server;
 pub mod session;
 pub mod shutdown;

@@ -59,6 +59,8 @@ pub struct Metrics {
     pub positions: Gauge,
     /// Time to build, encode and fan out one tick, in seconds.
     pub tick_seconds: Histogram,
+    /// The Redis relay's metrics.
+    pub relay: crate::relay::RelayMetrics,
 }
 
 impl Default for Metrics {
@@ -164,6 +166,7 @@ impl Metrics {
                 "Positions held in memory, summed over groups",
             ),
             tick_seconds,
+            relay: crate::relay::RelayMetrics::register(&mut registry),
             registry,
         }
     }

@@ -23,6 +23,7 @@ use crate::config::Config;
 use crate::hub::Hub;
 use crate::metrics::Metrics;
 use crate::protocol::Codec;
+use crate::relay::Relay;
 use crate::{http, session, web};
 
 /// Largest amount a connection's write buffer may hold before writes fail. A flush writes at
@@ -47,6 +48,8 @@ pub struct AppState {
     pub shutdown: CancellationToken,
     /// Tracks sessions so shutdown can wait for them.
     pub sessions: TaskTracker,
+    /// The Redis relay, with `--redis-url` (set by [`serve`]).
+    pub relay: Option<Arc<Relay>>,
 }
 
 impl AppState {
@@ -62,6 +65,7 @@ impl AppState {
             metrics,
             shutdown: CancellationToken::new(),
             sessions: TaskTracker::new(),
+            relay: None,
         }
     }
 }
@@ -73,9 +77,14 @@ pub async fn serve(
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> io::Result<()> {
-    let state = AppState::new(config);
+    let mut state = AppState::new(config);
+    state.relay = Relay::from_config(&state.config, &state.hub, &state.metrics)
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
     let addr = listener.local_addr()?;
     let background = TaskTracker::new();
+    if let Some(relay) = &state.relay {
+        background.spawn(relay.clone().run(state.shutdown.clone()));
+    }
     background.spawn(state.hub.clone().run_ticker(state.shutdown.clone()));
     background.spawn(state.hub.clone().run_sweeper(state.shutdown.clone()));
     if state.config.demo > 0 {
