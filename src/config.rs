@@ -218,6 +218,12 @@ pub struct RedisConfig {
     #[arg(long, env = "BEACON_REDIS_BACKOFF_MAX_MS", default_value_t = 5000,
           value_parser = clap::value_parser!(u64).range(100..=600_000))]
     pub redis_backoff_max_ms: u64,
+
+    /// Redis Cluster mode: `--redis-url` lists seed nodes separated by commas, and pub/sub is
+    /// sharded (`SPUBLISH`/`SSUBSCRIBE`), each group on the node that owns its hash slot.
+    /// Default false (one Redis).
+    #[arg(long, env = "BEACON_REDIS_CLUSTER", default_value_t = false)]
+    pub redis_cluster: bool,
 }
 
 impl RedisConfig {

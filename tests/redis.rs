@@ -10,7 +10,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use beacon::Config;
-use common::redis_server::RedisServer;
+use common::redis_server::{RedisCluster, RedisServer};
 use common::{Client, TestServer, eventually};
 use serde_json::Value;
 
@@ -472,4 +472,86 @@ async fn redis_unreachable_at_start_means_degraded_not_down() {
     assert_eq!(viewer.until_update(|u| u["id"] == "d").await["lat"], 1.0);
     assert_eq!(server.metric("beacon_redis_up").await, 0.0);
     server.stop().await;
+}
+
+#[tokio::test]
+async fn cluster_mode_shards_pub_sub_by_group() {
+    let cluster = RedisCluster::start();
+    let start = || {
+        let url = cluster.url();
+        TestServer::with(move |c| {
+            c.redis_url = Some(url);
+            c.redis.redis_cluster = true;
+            c.redis.redis_timeout_ms = 2000;
+            c.redis.redis_backoff_max_ms = 200;
+        })
+    };
+    let a = start().await;
+    let b = start().await;
+    wait_readiness(&a, "ready").await;
+    wait_readiness(&b, "ready").await;
+    // Groups whose hash slots fall on different nodes.
+    let groups = ["g1", "g2", "g3", "g4", "g5", "g6"];
+    let list = groups.join(",");
+    let mut on_a = a.device("on-a", &list).await;
+    let mut on_b = b.device("on-b", &list).await;
+    on_a.pos(1.0, 1.0).await;
+    on_b.pos(2.0, 2.0).await;
+    for (client, other) in [(&mut on_a, "on-b"), (&mut on_b, "on-a")] {
+        let mut seen = BTreeSet::new();
+        while seen.len() < groups.len() {
+            let batch = client.until("batch").await;
+            if batch["updates"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|u| u["id"] == other)
+            {
+                seen.insert(batch["group"].as_str().unwrap().to_owned());
+            }
+        }
+    }
+
+    // Shared state lives on the nodes too: a late instance's first snapshot is complete.
+    let late = start().await;
+    wait_readiness(&late, "ready").await;
+    let mut viewer = late.connect("id=v&groups=g4&role=viewer").await;
+    viewer.expect("welcome").await;
+    let snapshot = viewer.expect("snapshot").await;
+    let ids: BTreeSet<&str> = snapshot["devices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, BTreeSet::from(["on-a", "on-b"]), "{snapshot}");
+
+    // Every channel is a shard channel, each on one node; no classic subscriptions anywhere.
+    let mut shard_channels = BTreeSet::new();
+    let mut nodes_used = 0;
+    for node in &cluster.nodes {
+        let mut conn = node.connection().await;
+        let sharded: Vec<String> = redis::cmd("PUBSUB")
+            .arg("SHARDCHANNELS")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        let classic: Vec<String> = redis::cmd("PUBSUB")
+            .arg("CHANNELS")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert!(classic.is_empty(), "classic channels: {classic:?}");
+        nodes_used += usize::from(!sharded.is_empty());
+        shard_channels.extend(sharded);
+    }
+    let expected: BTreeSet<String> = groups
+        .iter()
+        .map(|g| format!("beacon:{{{g}}}:ch"))
+        .collect();
+    assert_eq!(shard_channels, expected);
+    assert!(nodes_used > 1, "groups spread over nodes");
+    a.stop().await;
+    b.stop().await;
+    late.stop().await;
 }

@@ -1,17 +1,27 @@
 //! The connection to Redis and the commands the relay sends over it.
 //!
 //! One RESP3 connection per instance carries everything: pipelined writes, reads, and the
-//! group subscriptions, whose messages arrive as pushes and go straight to [`Inbound`]. Every
-//! request is bounded by the configured timeout; any failure ends the connection (the relay
-//! then reconnects with backoff and resynchronises), so there is exactly one recovery path.
+//! group subscriptions, whose messages arrive as pushes and go straight to [`Inbound`]. With
+//! `--redis-cluster` it is a cluster connection (one connection per node, routed by slot) and
+//! pub/sub is sharded: `SPUBLISH`/`SSUBSCRIBE` on the same hash-tagged channel names, so a
+//! group's messages only ever touch the node that owns the group's slot. Every request is
+//! bounded by the configured timeout; any failure ends the connection (the relay then
+//! reconnects with backoff and resynchronises), so there is exactly one recovery path.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
+use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::future::try_join_all;
 use redis::aio::MultiplexedConnection;
-use redis::{AsyncConnectionConfig, Client, Pipeline, PushInfo, PushKind, Value};
+use redis::cluster::ClusterClientBuilder;
+use redis::cluster_async::ClusterConnection;
+use redis::{
+    AsyncConnectionConfig, Client, ConnectionInfo, Pipeline, ProtocolVersion, PushInfo, PushKind,
+    RedisResult, Value,
+};
 use tokio::sync::Notify;
 
 use super::RelayError;
@@ -21,7 +31,7 @@ use super::keys::Names;
 use crate::metrics::Metrics;
 use crate::model::{GroupId, Position};
 
-/// Most channels named in one SUBSCRIBE or UNSUBSCRIBE, and groups read by one load pipeline.
+/// Most channels named in one SUBSCRIBE or UNSUBSCRIBE, and groups read by one load.
 pub(super) const GROUPS_PER_REQUEST: usize = 128;
 
 /// Most expired devices one trim removes from a group (the next trim takes the rest); keeps
@@ -41,9 +51,105 @@ redis.call('PEXPIRE', KEYS[2], ARGV[2])
 return #old
 ";
 
+/// Where Redis is.
+#[derive(Clone, Debug)]
+pub(super) enum Target {
+    /// One Redis (or a proxy in front of several).
+    Single(Client),
+    /// A Redis Cluster, by its seed nodes.
+    Cluster(Vec<ConnectionInfo>),
+}
+
+impl Target {
+    /// Parses `--redis-url`: one URL, or with `cluster` a comma-separated list of seed nodes.
+    /// RESP3 is always used (pushes carry the subscriptions on the shared connection).
+    pub(super) fn parse(url: &str, cluster: bool) -> RedisResult<Target> {
+        use redis::IntoConnectionInfo;
+        let resp3 = |url: &str| -> RedisResult<ConnectionInfo> {
+            let info = url.trim().into_connection_info()?;
+            let settings = info
+                .redis_settings()
+                .clone()
+                .set_protocol(ProtocolVersion::RESP3);
+            Ok(info.set_redis_settings(settings))
+        };
+        if cluster {
+            let nodes = url.split(',').map(resp3).collect::<RedisResult<Vec<_>>>()?;
+            Ok(Target::Cluster(nodes))
+        } else {
+            Ok(Target::Single(Client::open(resp3(url)?)?))
+        }
+    }
+}
+
+/// A connection of either kind; cheap to clone (clones share the sockets).
+#[derive(Clone)]
+pub(super) enum Conn {
+    /// One multiplexed connection to one Redis.
+    Single(MultiplexedConnection),
+    /// Connections to every node of a cluster.
+    Cluster(ClusterConnection),
+}
+
+impl fmt::Debug for Conn {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Conn::Single(_) => "Conn::Single",
+            Conn::Cluster(_) => "Conn::Cluster",
+        })
+    }
+}
+
+impl Conn {
+    /// Whether pub/sub is sharded (cluster mode).
+    pub(super) fn sharded(&self) -> bool {
+        matches!(self, Conn::Cluster(_))
+    }
+
+    async fn query(&mut self, pipe: &Pipeline) -> RedisResult<Vec<Value>> {
+        match self {
+            Conn::Single(c) => pipe.query_async(c).await,
+            Conn::Cluster(c) => pipe.query_async(c).await,
+        }
+    }
+}
+
+/// Pipelines under construction. On one Redis everything goes into one pipeline; on a cluster
+/// each group gets its own (a pipeline must stay within one slot, and a group's names share
+/// one), and the pipelines are sent concurrently, one round trip per node.
+#[derive(Debug)]
+pub(super) struct Requests {
+    per_group: bool,
+    pipes: Vec<Pipeline>,
+}
+
+impl Requests {
+    /// Empty requests for `conn`'s kind.
+    pub(super) fn new(conn: &Conn) -> Self {
+        Requests {
+            per_group: conn.sharded(),
+            pipes: Vec::new(),
+        }
+    }
+
+    /// The pipeline to add one group's commands to.
+    pub(super) fn group(&mut self) -> &mut Pipeline {
+        if self.per_group || self.pipes.is_empty() {
+            self.pipes.push(redis::pipe());
+        }
+        let last = self.pipes.len() - 1;
+        &mut self.pipes[last]
+    }
+
+    /// Commands added so far.
+    pub(super) fn len(&self) -> usize {
+        self.pipes.iter().map(Pipeline::len).sum()
+    }
+}
+
 /// A live connection.
 pub(super) struct Link {
-    conn: MultiplexedConnection,
+    conn: Conn,
     /// Notified once when the connection's reader sees it close.
     lost: Arc<Notify>,
     timeout: Duration,
@@ -57,7 +163,7 @@ pub(super) type Loaded = Vec<(Position, i64)>;
 impl Link {
     /// Connects, with `inbound` receiving the messages of every channel subscribed later.
     pub(super) async fn connect(
-        client: &Client,
+        target: &Target,
         timeout: Duration,
         inbound: Arc<Inbound>,
         metrics: Arc<Metrics>,
@@ -67,7 +173,7 @@ impl Link {
             let lost = lost.clone();
             move |push: PushInfo| -> Result<(), Infallible> {
                 match push.kind {
-                    PushKind::Message => {
+                    PushKind::Message | PushKind::SMessage => {
                         if let [channel, payload] = push.data.as_slice()
                             && let (Some(channel), Some(payload)) = (bytes(channel), bytes(payload))
                         {
@@ -80,14 +186,37 @@ impl Link {
                 Ok(())
             }
         };
-        let config = AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(timeout))
-            .set_response_timeout(Some(timeout))
-            .set_push_sender(on_push);
-        let connecting = client.get_multiplexed_async_connection_with_config(&config);
-        let conn = tokio::time::timeout(timeout, connecting)
-            .await
-            .map_err(|_| RelayError::Timeout(timeout))??;
+        let conn = match target {
+            Target::Single(client) => {
+                let config = AsyncConnectionConfig::new()
+                    .set_connection_timeout(Some(timeout))
+                    .set_response_timeout(Some(timeout))
+                    .set_push_sender(on_push);
+                let connecting = client.get_multiplexed_async_connection_with_config(&config);
+                Conn::Single(
+                    tokio::time::timeout(timeout, connecting)
+                        .await
+                        .map_err(|_| RelayError::Timeout(timeout))??,
+                )
+            }
+            Target::Cluster(nodes) => {
+                // Few retries inside the client: a failure should reach the relay's own
+                // recovery (reconnect, resubscribe, reload) rather than stall it.
+                let client = ClusterClientBuilder::new(nodes.clone())
+                    .use_protocol(ProtocolVersion::RESP3)
+                    .connection_timeout(timeout)
+                    .response_timeout(timeout)
+                    .retries(1)
+                    .push_sender(on_push)
+                    .build()?;
+                let connecting = client.get_async_connection();
+                Conn::Cluster(
+                    tokio::time::timeout(timeout, connecting)
+                        .await
+                        .map_err(|_| RelayError::Timeout(timeout))??,
+                )
+            }
+        };
         Ok(Link {
             conn,
             lost,
@@ -97,8 +226,22 @@ impl Link {
     }
 
     /// A handle on the connection for requests made outside the relay task.
-    pub(super) fn connection(&self) -> MultiplexedConnection {
+    pub(super) fn connection(&self) -> Conn {
         self.conn.clone()
+    }
+
+    /// Empty requests for this connection.
+    pub(super) fn requests(&self) -> Requests {
+        Requests::new(&self.conn)
+    }
+
+    /// The command that publishes on a group channel.
+    pub(super) fn publish_command(&self) -> &'static str {
+        if self.conn.sharded() {
+            "SPUBLISH"
+        } else {
+            "PUBLISH"
+        }
     }
 
     /// Completes when the connection has closed.
@@ -106,30 +249,50 @@ impl Link {
         self.lost.notified().await;
     }
 
-    /// Sends `pipe` and waits for every reply.
-    pub(super) async fn run(&mut self, pipe: &Pipeline) -> Result<Vec<Value>, RelayError> {
-        run(&mut self.conn, pipe, self.timeout, &self.metrics).await
+    /// Sends `requests` and waits for every reply.
+    pub(super) async fn send(&mut self, requests: Requests) -> Result<Vec<Value>, RelayError> {
+        send(&mut self.conn, requests, self.timeout, &self.metrics).await
     }
 
     /// Subscribes to `channels`, returning once Redis has confirmed every one.
     pub(super) async fn subscribe(&mut self, channels: &[String]) -> Result<(), RelayError> {
-        if channels.is_empty() {
-            return Ok(());
-        }
-        self.metrics.relay.commands.inc();
-        tokio::time::timeout(self.timeout, self.conn.subscribe(channels))
-            .await
-            .map_err(|_| RelayError::Timeout(self.timeout))??;
-        Ok(())
+        self.subscription("SUBSCRIBE", "SSUBSCRIBE", channels).await
     }
 
     /// Unsubscribes from `channels`.
     pub(super) async fn unsubscribe(&mut self, channels: &[String]) -> Result<(), RelayError> {
+        self.subscription("UNSUBSCRIBE", "SUNSUBSCRIBE", channels)
+            .await
+    }
+
+    async fn subscription(
+        &mut self,
+        plain: &str,
+        sharded: &str,
+        channels: &[String],
+    ) -> Result<(), RelayError> {
         if channels.is_empty() {
             return Ok(());
         }
-        self.metrics.relay.commands.inc();
-        tokio::time::timeout(self.timeout, self.conn.unsubscribe(channels))
+        let metrics = &self.metrics;
+        let work = async {
+            match &mut self.conn {
+                Conn::Single(c) => {
+                    metrics.relay.commands.inc();
+                    redis::cmd(plain).arg(channels).exec_async(c).await
+                }
+                Conn::Cluster(c) => {
+                    // Each channel may live on another node: one command per channel.
+                    metrics.relay.commands.inc_by(channels.len() as u64);
+                    let each = channels.iter().map(|channel| {
+                        let mut c = c.clone();
+                        async move { redis::cmd(sharded).arg(channel).exec_async(&mut c).await }
+                    });
+                    try_join_all(each).await.map(drop)
+                }
+            }
+        };
+        tokio::time::timeout(self.timeout, work)
             .await
             .map_err(|_| RelayError::Timeout(self.timeout))??;
         Ok(())
@@ -145,34 +308,45 @@ impl Link {
     }
 }
 
-/// Sends `pipe` on `conn` within `timeout`.
-pub(super) async fn run(
-    conn: &mut MultiplexedConnection,
-    pipe: &Pipeline,
+/// Sends `requests` on `conn` within `timeout`; the replies of every pipeline, in order.
+pub(super) async fn send(
+    conn: &mut Conn,
+    requests: Requests,
     timeout: Duration,
     metrics: &Metrics,
 ) -> Result<Vec<Value>, RelayError> {
-    if pipe.is_empty() {
+    if requests.len() == 0 {
         return Ok(Vec::new());
     }
-    metrics.relay.commands.inc_by(pipe.len() as u64);
-    let values = tokio::time::timeout(timeout, pipe.query_async::<Vec<Value>>(conn))
+    metrics.relay.commands.inc_by(requests.len() as u64);
+    let work = async {
+        if let [pipe] = requests.pipes.as_slice() {
+            return conn.query(pipe).await;
+        }
+        let each = requests.pipes.iter().map(|pipe| {
+            let mut conn = conn.clone();
+            async move { conn.query(pipe).await }
+        });
+        Ok(try_join_all(each).await?.into_iter().flatten().collect())
+    };
+    let values = tokio::time::timeout(timeout, work)
         .await
         .map_err(|_| RelayError::Timeout(timeout))??;
     Ok(values)
 }
 
-/// Reads the shared state of `groups` with one pipeline: `HGETALL` of each positions hash and
+/// Reads the shared state of `groups` in one round trip: `HGETALL` of each positions hash and
 /// `ZRANGE … WITHSCORES` of each seen set. Records that do not decode are skipped and counted.
 pub(super) async fn load(
-    conn: &mut MultiplexedConnection,
+    conn: &mut Conn,
     names: &Names,
     groups: &[GroupId],
     timeout: Duration,
     metrics: &Metrics,
 ) -> Result<Vec<Loaded>, RelayError> {
-    let mut pipe = redis::pipe();
+    let mut requests = Requests::new(conn);
     for g in groups {
+        let pipe = requests.group();
         pipe.cmd("HGETALL").arg(names.positions(g.as_str()));
         pipe.cmd("ZRANGE")
             .arg(names.seen(g.as_str()))
@@ -180,7 +354,7 @@ pub(super) async fn load(
             .arg(-1)
             .arg("WITHSCORES");
     }
-    let values = run(conn, &pipe, timeout, metrics).await?;
+    let values = send(conn, requests, timeout, metrics).await?;
     let mut values = values.into_iter();
     let mut out = Vec::with_capacity(groups.len());
     for _ in groups {
@@ -222,13 +396,16 @@ pub(super) struct GroupWrite<'a> {
     pub(super) ttl_ms: Option<i64>,
 }
 
-/// Adds `write` of `group` to `pipe`.
+/// Adds `write` of `group` to `requests`, publishing with `publish` (`PUBLISH` or
+/// `SPUBLISH`).
 pub(super) fn write_group(
-    pipe: &mut Pipeline,
+    requests: &mut Requests,
+    publish: &str,
     names: &Names,
     group: &GroupId,
     write: &GroupWrite<'_>,
 ) {
+    let pipe = requests.group();
     let positions = names.positions(group.as_str());
     let seen = names.seen(group.as_str());
     if !write.records.is_empty() {
@@ -252,7 +429,7 @@ pub(super) fn write_group(
     }
     let channel = names.channel(group.as_str());
     for message in &write.messages {
-        pipe.cmd("PUBLISH")
+        pipe.cmd(publish)
             .arg(&channel)
             .arg(message.as_slice())
             .ignore();
@@ -262,13 +439,15 @@ pub(super) fn write_group(
 /// Adds to `pipe` the retention trim of `group`: devices last vouched for before `cutoff`
 /// (ms) go, and the keys expire `ttl_ms` after this unless refreshed.
 pub(super) fn trim_group(
-    pipe: &mut Pipeline,
+    requests: &mut Requests,
     names: &Names,
     group: &GroupId,
     cutoff: i64,
     ttl_ms: i64,
 ) {
-    pipe.cmd("EVAL")
+    requests
+        .group()
+        .cmd("EVAL")
         .arg(TRIM_SCRIPT)
         .arg(2)
         .arg(names.positions(group.as_str()))

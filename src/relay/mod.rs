@@ -38,8 +38,6 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use redis::aio::MultiplexedConnection;
-use redis::{Client, IntoConnectionInfo, ProtocolVersion};
 use tokio::sync::{Notify, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
@@ -150,7 +148,7 @@ struct Book {
     /// Groups with a dropped flush, to rewrite from the hub.
     resync: HashSet<GroupId>,
     /// The connection while up, for reads made outside the task.
-    conn: Option<MultiplexedConnection>,
+    conn: Option<link::Conn>,
 }
 
 #[derive(Debug, Default)]
@@ -190,7 +188,7 @@ impl Signals {
         self.book().live.remove(group);
     }
 
-    fn set_up(&self, conn: MultiplexedConnection) {
+    fn set_up(&self, conn: link::Conn) {
         let mut book = self.book();
         book.health = RedisHealth::Up;
         book.conn = Some(conn);
@@ -244,7 +242,7 @@ pub struct Relay {
     hub: Arc<Hub>,
     metrics: Arc<Metrics>,
     settings: Settings,
-    client: Client,
+    target: link::Target,
     inbound: Arc<Inbound>,
     signals: Arc<Signals>,
     /// The queue's receiving end, taken by [`Relay::run`].
@@ -262,12 +260,8 @@ impl Relay {
         let Some(url) = config.redis_url.as_deref() else {
             return Ok(None);
         };
-        let info = url.into_connection_info().map_err(RelayError::Url)?;
-        let resp3 = info
-            .redis_settings()
-            .clone()
-            .set_protocol(ProtocolVersion::RESP3);
-        let client = Client::open(info.set_redis_settings(resp3)).map_err(RelayError::Url)?;
+        let target =
+            link::Target::parse(url, config.redis.redis_cluster).map_err(RelayError::Url)?;
         let settings = Settings::new(config);
         let instance = format!("{:016x}", rand::random::<u64>());
         let names = Names::new(&config.redis.redis_prefix);
@@ -290,7 +284,7 @@ impl Relay {
             hub: hub.clone(),
             metrics: metrics.clone(),
             settings,
-            client,
+            target,
             signals,
             events: Mutex::new(Some(rx)),
         })))

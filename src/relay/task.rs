@@ -98,7 +98,7 @@ impl Worker {
     async fn connect(&mut self, shutdown: &CancellationToken) -> Option<Result<Link, RelayError>> {
         let relay = self.relay.clone();
         let connecting = Link::connect(
-            &relay.client,
+            &relay.target,
             relay.settings.timeout,
             relay.inbound.clone(),
             relay.metrics.clone(),
@@ -157,10 +157,12 @@ impl Worker {
                     return Ended::Shutdown;
                 }
                 _ = link.lost() => Err(RelayError::Lost),
-                Some(flush) = self.events.recv() => self.write(&mut link, Some(flush), false).await,
-                _ = relay.signals.wake.notified() => self.reconcile(&mut link, false).await,
+                // Timers before the queue: a queue that never empties must not starve the
+                // heartbeat (devices would go stale elsewhere) or the trim.
                 _ = heartbeat.tick() => self.heartbeat(&mut link).await,
                 _ = maintenance.tick() => self.maintain(&mut link).await,
+                _ = relay.signals.wake.notified() => self.reconcile(&mut link, false).await,
+                Some(flush) = self.events.recv() => self.write(&mut link, Some(flush), false).await,
             };
             if let Err(error) = step {
                 return Ended::Lost(error);
@@ -175,7 +177,8 @@ impl Worker {
         let stale_before = now_ms() - self.relay.settings.stale_ms;
         let groups = self.local.republish(&self.relay.hub, stale_before);
         for chunk in groups.chunks(GROUPS_PER_REQUEST) {
-            let mut pipe = redis::pipe();
+            let mut requests = link.requests();
+            let publish = link.publish_command();
             let mut published = (0, 0);
             for (group, positions) in chunk {
                 let refs: Vec<&Position> = positions.iter().collect();
@@ -190,9 +193,9 @@ impl Worker {
                 };
                 published.0 += write.messages.len() as u64;
                 published.1 += write.messages.iter().map(|m| m.len() as u64).sum::<u64>();
-                link::write_group(&mut pipe, &self.relay.names, group, &write);
+                link::write_group(&mut requests, publish, &self.relay.names, group, &write);
             }
-            link.run(&pipe).await?;
+            link.send(requests).await?;
             self.count_published(published);
         }
         self.write(link, None, true).await
@@ -249,15 +252,16 @@ impl Worker {
         if changes.is_empty() {
             if heartbeat {
                 // Nothing to say, but a silent dead connection must still be noticed.
-                let mut ping = redis::pipe();
-                ping.cmd("PING");
-                link.run(&ping).await?;
+                let mut ping = link.requests();
+                ping.group().cmd("PING");
+                link.send(ping).await?;
             }
             return Ok(());
         }
 
         let now = now_ms();
-        let mut pipe = redis::pipe();
+        let mut requests = link.requests();
+        let publish = link.publish_command();
         let mut published = (0, 0);
         let no_ids = Vec::new();
         for (group, c) in &changes {
@@ -300,9 +304,9 @@ impl Worker {
             };
             published.0 += write.messages.len() as u64;
             published.1 += write.messages.iter().map(|m| m.len() as u64).sum::<u64>();
-            link::write_group(&mut pipe, &self.relay.names, group, &write);
+            link::write_group(&mut requests, publish, &self.relay.names, group, &write);
         }
-        link.run(&pipe).await?;
+        link.send(requests).await?;
         self.count_published(published);
         Ok(())
     }
@@ -455,11 +459,11 @@ impl Worker {
         let known: HashSet<&GroupId> = groups.iter().collect();
         self.expiry.retain(|g, _| known.contains(g));
         for chunk in groups.chunks(GROUPS_PER_REQUEST) {
-            let mut pipe = redis::pipe();
+            let mut requests = link.requests();
             for group in chunk {
-                link::trim_group(&mut pipe, &self.relay.names, group, cutoff, ttl);
+                link::trim_group(&mut requests, &self.relay.names, group, cutoff, ttl);
             }
-            link.run(&pipe).await?;
+            link.send(requests).await?;
             for group in chunk {
                 self.expiry.insert(group.clone(), Instant::now());
             }

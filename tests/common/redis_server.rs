@@ -1,5 +1,6 @@
 //! A private `redis-server` per test: its own process on a free loopback port, which a test
-//! can kill and restart on the same port, and which is killed on drop.
+//! can kill and restart on the same port, and which is killed on drop. [`RedisCluster`] is
+//! three of them joined into a Redis Cluster.
 
 use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
@@ -13,6 +14,8 @@ pub struct RedisServer {
     pub port: u16,
     binary: PathBuf,
     child: Option<Child>,
+    /// Extra arguments (cluster mode).
+    extra: Vec<String>,
 }
 
 impl RedisServer {
@@ -25,6 +28,7 @@ impl RedisServer {
                 port,
                 binary: binary.clone(),
                 child: None,
+                extra: Vec::new(),
             };
             if server.spawn() {
                 return server;
@@ -43,6 +47,7 @@ impl RedisServer {
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
             .args(["--loglevel", "warning"])
+            .args(&self.extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -145,4 +150,97 @@ fn which(name: &str) -> Option<PathBuf> {
         .chain(["/usr/bin".into(), "/usr/sbin".into()])
         .map(|dir| dir.join(name))
         .find(|p| p.is_file())
+}
+
+/// Three masters (no replicas) forming a Redis Cluster, each its own process; killed on drop.
+pub struct RedisCluster {
+    pub nodes: Vec<RedisServer>,
+    dir: PathBuf,
+}
+
+impl RedisCluster {
+    pub fn start() -> Self {
+        let binary = redis_binary();
+        let cli = which("redis-cli").expect("redis-cli comes with redis-server");
+        let dir = std::env::temp_dir().join(format!(
+            "beacon-redis-cluster-{}-{}",
+            std::process::id(),
+            free_port()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut nodes = Vec::new();
+        while nodes.len() < 3 {
+            let port = free_port();
+            let mut node = RedisServer {
+                port,
+                binary: binary.clone(),
+                child: None,
+                extra: vec![
+                    "--cluster-enabled".into(),
+                    "yes".into(),
+                    "--cluster-config-file".into(),
+                    dir.join(format!("nodes-{port}.conf"))
+                        .to_string_lossy()
+                        .into_owned(),
+                    "--dir".into(),
+                    dir.to_string_lossy().into_owned(),
+                ],
+            };
+            if node.spawn() {
+                nodes.push(node);
+            }
+        }
+        let addrs: Vec<String> = nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port))
+            .collect();
+        let created = Command::new(&cli)
+            .args(["--cluster", "create"])
+            .args(&addrs)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .expect("running redis-cli --cluster create");
+        assert!(created.success(), "redis-cli --cluster create failed");
+        let cluster = RedisCluster { nodes, dir };
+        cluster.wait_ok(&cli);
+        cluster
+    }
+
+    /// Waits until every node reports `cluster_state:ok`.
+    fn wait_ok(&self, cli: &PathBuf) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        for node in &self.nodes {
+            loop {
+                let out = Command::new(cli)
+                    .args(["-p", &node.port.to_string(), "cluster", "info"])
+                    .output()
+                    .expect("redis-cli cluster info");
+                if String::from_utf8_lossy(&out.stdout).contains("cluster_state:ok") {
+                    break;
+                }
+                assert!(Instant::now() < deadline, "cluster did not come up");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+
+    /// Seed nodes for `--redis-url` with `--redis-cluster`.
+    pub fn url(&self) -> String {
+        self.nodes
+            .iter()
+            .map(|n| n.url())
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+}
+
+impl Drop for RedisCluster {
+    fn drop(&mut self) {
+        for node in &mut self.nodes {
+            node.kill();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
 }
