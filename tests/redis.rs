@@ -555,3 +555,44 @@ async fn cluster_mode_shards_pub_sub_by_group() {
     b.stop().await;
     late.stop().await;
 }
+
+#[tokio::test]
+async fn retention_is_trimmed_in_redis_too() {
+    let redis = RedisServer::start();
+    let a = instance(&redis, |c| {
+        c.hub.retention_secs = 2;
+        c.hub.stale_secs = 1;
+    })
+    .await;
+    // A connected device is vouched for by every heartbeat: it stays.
+    let mut connected = a.device("connected", "g").await;
+    connected.pos(1.0, 1.0).await;
+    // An HTTP device reports once and is never vouched for again.
+    let posted = reqwest::Client::new()
+        .post(a.http("/v1/positions?id=posted&groups=g"))
+        .json(&serde_json::json!({"lat": 2.0, "lon": 2.0}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(posted.status(), 200);
+    eventually(|| async { (stored_devices(&redis, "g").await.len() == 2).then_some(()) }).await;
+    let mut conn = redis.connection().await;
+    for key in ["beacon:{g}:pos", "beacon:{g}:seen"] {
+        let ttl: i64 = redis::cmd("PTTL")
+            .arg(key)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert!(
+            ttl > 0 && ttl <= 4_000,
+            "{key} expires with retention: {ttl} ms"
+        );
+    }
+
+    eventually(|| async {
+        let stored = stored_devices(&redis, "g").await;
+        (stored == BTreeSet::from(["connected".to_owned()])).then_some(())
+    })
+    .await;
+    a.stop().await;
+}

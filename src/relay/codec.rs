@@ -171,6 +171,32 @@ pub(crate) fn encode_message(
     rmp_serde::to_vec_named(&envelope).expect("encoding a relay message")
 }
 
+/// Encodes one group's news as few messages as the per-message bounds allow: one, unless a list
+/// is longer than [`MAX_RECORDS_PER_MESSAGE`] or [`MAX_IDS_PER_MESSAGE`]. None when all are empty.
+pub(crate) fn encode_messages(
+    src: &str,
+    updates: &[&Position],
+    offline: &[DeviceId],
+    heartbeat: &[DeviceId],
+) -> Vec<Vec<u8>> {
+    let mut up = updates.chunks(MAX_RECORDS_PER_MESSAGE);
+    let mut off = offline.chunks(MAX_IDS_PER_MESSAGE);
+    let mut hb = heartbeat.chunks(MAX_IDS_PER_MESSAGE);
+    let mut out = Vec::with_capacity(1);
+    loop {
+        let (u, o, h) = (up.next(), off.next(), hb.next());
+        if u.is_none() && o.is_none() && h.is_none() {
+            return out;
+        }
+        out.push(encode_message(
+            src,
+            u.unwrap_or_default(),
+            o.unwrap_or_default(),
+            h.unwrap_or_default(),
+        ));
+    }
+}
+
 /// Decodes one message, refusing anything oversized, of another version, or out of range.
 pub(crate) fn decode_message(bytes: &[u8]) -> Result<Message, CodecError> {
     if bytes.len() > MAX_MESSAGE_BYTES {
@@ -270,6 +296,37 @@ mod tests {
         let value: serde_json::Value = rmp_serde::from_slice(&bytes).unwrap();
         assert_eq!(value, serde_json::json!({"v": 1, "src": "i"}));
         assert_eq!(decode_message(&bytes).unwrap().src, "i");
+    }
+
+    #[test]
+    fn big_news_is_split_within_the_bounds() {
+        let positions: Vec<Position> = (0..1300)
+            .map(|i| position(&format!("device-{i:0>57}"), true))
+            .collect();
+        let refs: Vec<&Position> = positions.iter().collect();
+        let ids: Vec<DeviceId> = positions.iter().map(|p| p.device.clone()).collect();
+        let messages = encode_messages("i", &refs, &ids[..10], &ids);
+        assert_eq!(messages.len(), 3, "1300 records at 512 per message");
+        let decoded: Vec<Message> = messages
+            .iter()
+            .map(|m| {
+                assert!(m.len() <= MAX_MESSAGE_BYTES);
+                decode_message(m).unwrap()
+            })
+            .collect();
+        assert!(
+            decoded
+                .iter()
+                .all(|m| m.updates.len() <= MAX_RECORDS_PER_MESSAGE)
+        );
+        let total: usize = decoded.iter().map(|m| m.updates.len()).sum();
+        assert_eq!(total, 1300);
+        assert_eq!(decoded[0].offline.len(), 10);
+        assert_eq!(decoded[0].heartbeat.len(), 1300);
+        assert!(encode_messages("i", &[], &[], &[]).is_empty());
+        // The largest possible message still decodes.
+        let largest = encode_messages("i", &refs[..512], &ids[..1300], &ids[..1300]);
+        assert_eq!(largest.len(), 1);
     }
 
     #[test]

@@ -408,3 +408,91 @@ fn merge_views(here: Vec<Position>, shared: Vec<Position>) -> Vec<Position> {
     }
     by_device.into_values().collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Fix;
+
+    fn at(id: &str, ts: i64, online: bool) -> Position {
+        Position {
+            device: DeviceId::parse(id).unwrap(),
+            fix: Fix {
+                lat: 1.0,
+                lon: 2.0,
+                ts,
+                acc: None,
+                alt: None,
+                spd: None,
+                hdg: None,
+                batt: None,
+            },
+            rts: ts,
+            online,
+        }
+    }
+
+    fn settings() -> Settings {
+        let mut config = Config::default();
+        config.hub.stale_secs = 10;
+        config.hub.retention_secs = 100;
+        Settings::new(&config)
+    }
+
+    #[test]
+    fn loaded_presence_needs_a_recent_voucher() {
+        let now = 1_000_000;
+        let rows = vec![
+            (at("fresh", now - 50_000, true), now - 1_000),
+            (at("silent", now - 50_000, true), now - 20_000),
+            (at("gone", now - 5_000, false), now - 5_000),
+            (at("expired", now - 200_000, true), now - 150_000),
+            (at("noted", now - 1_000, true), now - 1_000),
+        ];
+        let news = HashMap::from([(DeviceId::parse("noted").unwrap(), false)]);
+        let (positions, vouched) = settle(rows, &news, now, &settings());
+        let online = |id: &str| {
+            positions
+                .iter()
+                .find(|p| p.device.as_str() == id)
+                .map(|p| p.online)
+        };
+        assert_eq!(online("fresh"), Some(true), "vouched for a second ago");
+        assert_eq!(
+            online("silent"),
+            Some(false),
+            "nobody vouched within the stale window"
+        );
+        assert_eq!(online("gone"), Some(false));
+        assert_eq!(online("expired"), None, "past retention");
+        assert_eq!(online("noted"), Some(false), "news during the load wins");
+        assert_eq!(
+            vouched,
+            vec![(DeviceId::parse("fresh").unwrap(), now - 1_000)]
+        );
+    }
+
+    #[test]
+    fn the_newer_fix_wins_and_ties_stay_local() {
+        let here = vec![at("a", 10, true), at("b", 30, false)];
+        let shared = vec![at("a", 20, true), at("b", 30, true), at("c", 5, true)];
+        let mut merged = merge_views(here, shared);
+        merged.sort_by(|x, y| x.device.cmp(&y.device));
+        let summary: Vec<(&str, i64, bool)> = merged
+            .iter()
+            .map(|p| (p.device.as_str(), p.fix.ts, p.online))
+            .collect();
+        assert_eq!(summary, [("a", 20, true), ("b", 30, false), ("c", 5, true)]);
+    }
+
+    #[test]
+    fn timing_follows_the_hub_windows() {
+        let s = settings();
+        assert_eq!(s.heartbeat, Duration::from_millis(2_500));
+        assert_eq!(s.maintenance, Duration::from_secs(25));
+        assert_eq!(s.key_ttl_ms(), 150_000);
+        let defaults = Settings::new(&Config::default());
+        assert_eq!(defaults.heartbeat, Duration::from_secs(30));
+        assert_eq!(defaults.maintenance, Duration::from_secs(60));
+    }
+}

@@ -15,7 +15,7 @@ use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use super::codec::{self, MAX_IDS_PER_MESSAGE, MAX_RECORDS_PER_MESSAGE};
+use super::codec;
 use super::link::{self, GROUPS_PER_REQUEST, GroupWrite, Link};
 use super::local::Local;
 use super::{Flush, Relay, RelayError, settle};
@@ -188,7 +188,7 @@ impl Worker {
                         .map(|p| (p.device.as_str(), codec::encode_record(p)))
                         .collect(),
                     vouched: refs.iter().map(|p| (p.device.as_str(), p.rts)).collect(),
-                    messages: self.messages(&refs, &[], &[]),
+                    messages: codec::encode_messages(&self.relay.instance, &refs, &[], &[]),
                     ttl_ms: self.ttl_due(group),
                 };
                 published.0 += write.messages.len() as u64;
@@ -299,7 +299,12 @@ impl Worker {
                     .map(|p| (p.device.as_str(), codec::encode_record(p)))
                     .collect(),
                 vouched,
-                messages: self.messages(&updates, &offline, &vouched_now),
+                messages: codec::encode_messages(
+                    &self.relay.instance,
+                    &updates,
+                    &offline,
+                    &vouched_now,
+                ),
                 ttl_ms,
             };
             published.0 += write.messages.len() as u64;
@@ -309,31 +314,6 @@ impl Worker {
         link.send(requests).await?;
         self.count_published(published);
         Ok(())
-    }
-
-    /// The messages of one group: one, unless a list passes its per-message bound.
-    fn messages(
-        &self,
-        updates: &[&Position],
-        offline: &[DeviceId],
-        heartbeat: &[DeviceId],
-    ) -> Vec<Vec<u8>> {
-        let mut up = updates.chunks(MAX_RECORDS_PER_MESSAGE);
-        let mut off = offline.chunks(MAX_IDS_PER_MESSAGE);
-        let mut hb = heartbeat.chunks(MAX_IDS_PER_MESSAGE);
-        let mut out = Vec::with_capacity(1);
-        loop {
-            let (u, o, h) = (up.next(), off.next(), hb.next());
-            if u.is_none() && o.is_none() && h.is_none() {
-                return out;
-            }
-            out.push(codec::encode_message(
-                &self.relay.instance,
-                u.unwrap_or_default(),
-                o.unwrap_or_default(),
-                h.unwrap_or_default(),
-            ));
-        }
     }
 
     /// Whether `group`'s key expiry is due for a refresh in this write: once per maintenance
