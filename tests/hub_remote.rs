@@ -172,3 +172,41 @@ async fn a_device_with_a_socket_here_stays_online_and_that_is_local_news() {
     assert_eq!(recorder.updates.lock().unwrap().len(), 1);
     stop.cancel();
 }
+
+#[tokio::test]
+async fn remote_changes_go_out_at_once_and_local_ones_wait_for_the_tick() {
+    let mut config = Config::default();
+    config.hub.tick_ms = 10_000;
+    let hub = Arc::new(Hub::new(config.hub, Arc::new(Metrics::new())));
+    let stop = CancellationToken::new();
+    let mut rx = watch(&hub, &stop);
+    let here = id("here");
+    let now = now_ms();
+    // The first local fix of a quiet group goes out at once; the next one waits for the tick.
+    hub.publish(
+        &here,
+        &[group()],
+        &position("here", now, now, true).fix,
+        now,
+    );
+    assert_eq!(next_batch(&mut rx).await["updates"][0]["id"], "here");
+    hub.publish(
+        &here,
+        &[group()],
+        &position("here", now + 1, now, true).fix,
+        now,
+    );
+
+    // A remote update does not wait ten seconds for the tick, and does not take the pending
+    // local change with it.
+    hub.merge_remote(&group(), &[position("far", now, now, true)], &[]);
+    let batch = next_batch(&mut rx).await;
+    let ids: Vec<&str> = batch["updates"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| u["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["far"]);
+    stop.cancel();
+}

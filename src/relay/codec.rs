@@ -39,7 +39,7 @@ pub(crate) const MAX_MESSAGE_BYTES: usize = 512 * 1024;
 /// Why bytes from Redis were refused.
 #[derive(Debug, thiserror::Error)]
 pub enum CodecError {
-    /// Larger than [`MAX_MESSAGE_BYTES`].
+    /// Larger than the largest message accepted (512 KiB).
     #[error("{0} bytes is more than the {MAX_MESSAGE_BYTES} byte limit")]
     TooLarge(usize),
     /// Not a MessagePack map of the expected shape.

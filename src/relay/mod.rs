@@ -6,20 +6,20 @@
 //!   blocks the ticker; a full queue drops the flush, counts it, and marks the group for a
 //!   resync). When a group gains its first or loses its last local subscriber, the observer
 //!   notes the group and wakes the relay task.
-//! - The relay task ([`task`]) owns one Redis connection ([`link`]). Per batch of queued
+//! - The relay task (`task.rs`) owns one Redis connection (`link.rs`). Per batch of queued
 //!   flushes it sends one pipeline: per group, `HSET` of the changed records, `ZADD` of when
-//!   they were vouched for, and one `PUBLISH` of a MessagePack message ([`codec`]) tagged with
-//!   this instance's id, on the group's channel ([`keys`]). It subscribes to exactly the groups
+//!   they were vouched for, and one `PUBLISH` of a MessagePack message (`codec.rs`) tagged with
+//!   this instance's id, on the group's channel (`keys.rs`). It subscribes to exactly the groups
 //!   with local subscribers: subscribe first, then load the group's shared state, then merge by
 //!   fix time.
-//! - Messages from other instances are applied to the hub as they arrive ([`inbound`]) with
+//! - Messages from other instances are applied to the hub as they arrive (`inbound.rs`) with
 //!   [`Hub::merge_remote`] and [`Hub::remote_seen`], which fan out locally and are never
 //!   reported back to observers: nothing echoes.
 //! - Presence: every heartbeat interval (a quarter of the stale window) each instance vouches
 //!   for the devices that hold a socket on it, in the same message as its updates. A device
 //!   whose instance stops vouching (it died) goes offline everywhere after the stale window.
 //! - Outage: the instance keeps serving its local clients and keeps its local state
-//!   ([`local`]); `/readyz` says `degraded`; the task reconnects with capped exponential
+//!   (`local.rs`); `/readyz` says `degraded`; the task reconnects with capped exponential
 //!   backoff, then resubscribes, reloads and republishes, so every instance converges.
 //!
 //! # Errors
