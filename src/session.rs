@@ -174,6 +174,10 @@ impl Session {
         }
         .encode(self.codec);
         self.feed(welcome).await?;
+        if let Some(relay) = &self.state.relay {
+            // With Redis, wait for the shared state of every group at once (see `subscribe`).
+            relay.ready(&self.identity.groups).await;
+        }
         for group in self.identity.groups.clone() {
             let snapshot = self.subscribe(&group).await;
             self.feed(snapshot).await?;
@@ -184,7 +188,7 @@ impl Session {
     async fn subscribe(&mut self, group: &GroupId) -> Frame {
         if let Some(relay) = &self.state.relay {
             // With Redis, the first local subscriber of a group waits for its shared state.
-            relay.ready(group).await;
+            relay.ready(std::slice::from_ref(group)).await;
         }
         let positions = self.state.hub.subscribe(group, &self.outlet);
         if !self.subscribed.contains(group) {

@@ -300,25 +300,41 @@ impl Relay {
         self.signals.book().health
     }
 
-    /// Waits (at most the Redis timeout) until the hub holds the shared state of `group`, so a
-    /// new subscriber's snapshot includes devices of other instances. Returns at once when the
-    /// group is already live or Redis is down.
-    pub async fn ready(&self, group: &GroupId) {
-        let mut done = {
+    /// Waits until the hub holds the shared state of every one of `groups`, so a new
+    /// subscriber's snapshots include devices of other instances. All groups are requested at
+    /// once and waited for under one deadline (the Redis timeout). Returns at once for groups
+    /// already live, and when Redis is down.
+    pub async fn ready(&self, groups: &[GroupId]) {
+        let waits: Vec<watch::Receiver<bool>> = {
             let mut book = self.signals.book();
-            if book.health == RedisHealth::Down || book.live.contains(group) {
+            if book.health == RedisHealth::Down {
                 return;
             }
-            let rx = book
-                .waiters
-                .entry(group.clone())
-                .or_insert_with(|| watch::channel(false).0)
-                .subscribe();
-            book.changed.insert(group.clone());
-            rx
+            let mut waits = Vec::new();
+            for group in groups {
+                if book.live.contains(group) {
+                    continue;
+                }
+                waits.push(
+                    book.waiters
+                        .entry(group.clone())
+                        .or_insert_with(|| watch::channel(false).0)
+                        .subscribe(),
+                );
+                book.changed.insert(group.clone());
+            }
+            waits
         };
+        if waits.is_empty() {
+            return;
+        }
         self.signals.wake.notify_one();
-        let _ = tokio::time::timeout(self.settings.timeout, done.wait_for(|ready| *ready)).await;
+        let all = async {
+            for mut done in waits {
+                let _ = done.wait_for(|ready| *ready).await;
+            }
+        };
+        let _ = tokio::time::timeout(self.settings.timeout, all).await;
     }
 
     /// The positions of `group` across instances: the hub's when the group is live here (or
