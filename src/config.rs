@@ -44,6 +44,10 @@ pub struct Config {
     #[arg(long, env = "BEACON_REDIS_URL")]
     pub redis_url: Option<String>,
 
+    /// How the instance uses Redis (only with `--redis-url`).
+    #[command(flatten)]
+    pub redis: RedisConfig,
+
     /// Directory for durable storage (last positions and track history). Unset: memory only.
     #[arg(long, env = "BEACON_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
@@ -356,4 +360,61 @@ pub struct LogConfig {
     /// Log format. Default `pretty`. The level comes from `RUST_LOG` (default `info`).
     #[arg(long, env = "BEACON_LOG_FORMAT", value_enum, default_value = "pretty")]
     pub log_format: LogFormat,
+}
+
+/// How an instance uses Redis to act as one server with the others (`docs/redis.md`).
+#[derive(Clone, Debug, Args)]
+pub struct RedisConfig {
+    /// Prefix of every Redis key and channel, so several deployments can share one Redis.
+    /// Default `beacon`. 1-32 characters of `[A-Za-z0-9._:-]` (no braces: they delimit the
+    /// group's hash tag).
+    #[arg(long, env = "BEACON_REDIS_PREFIX", default_value = "beacon",
+          value_parser = parse_redis_prefix)]
+    pub redis_prefix: String,
+
+    /// Group flushes queued for the Redis writer before further ones are dropped (and counted
+    /// in `beacon_relay_dropped_total`). Default 1024. One entry is one group's changes of one
+    /// tick, so the default holds a full tick of 1024 active groups.
+    #[arg(long, env = "BEACON_REDIS_QUEUE", default_value_t = 1024,
+          value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub redis_queue: u64,
+
+    /// Longest wait in ms for Redis: connecting, each command or pipeline, and how long a new
+    /// subscriber waits for a group's shared state before it gets the local one. Default 2000.
+    #[arg(long, env = "BEACON_REDIS_TIMEOUT_MS", default_value_t = 2000,
+          value_parser = clap::value_parser!(u64).range(10..=60_000))]
+    pub redis_timeout_ms: u64,
+
+    /// Longest pause in ms between reconnection attempts; the pause starts at 100 ms and
+    /// doubles up to this cap. Default 5000.
+    #[arg(long, env = "BEACON_REDIS_BACKOFF_MAX_MS", default_value_t = 5000,
+          value_parser = clap::value_parser!(u64).range(100..=600_000))]
+    pub redis_backoff_max_ms: u64,
+
+    /// Redis Cluster mode: `--redis-url` lists seed nodes separated by commas, and pub/sub is
+    /// sharded (`SPUBLISH`/`SSUBSCRIBE`), each group on the node that owns its hash slot.
+    /// Default false (one Redis).
+    #[arg(long, env = "BEACON_REDIS_CLUSTER", default_value_t = false)]
+    pub redis_cluster: bool,
+}
+
+impl RedisConfig {
+    /// The Redis timeout as a duration.
+    pub fn timeout(&self) -> Duration {
+        Duration::from_millis(self.redis_timeout_ms)
+    }
+
+    /// The reconnection backoff cap as a duration.
+    pub fn backoff_max(&self) -> Duration {
+        Duration::from_millis(self.redis_backoff_max_ms)
+    }
+}
+
+/// Checks a `--redis-prefix`.
+pub fn parse_redis_prefix(prefix: &str) -> Result<String, String> {
+    let allowed = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-');
+    if prefix.is_empty() || prefix.len() > 32 || !prefix.bytes().all(allowed) {
+        return Err("must be 1-32 characters of A-Z a-z 0-9 . _ : -".into());
+    }
+    Ok(prefix.to_owned())
 }

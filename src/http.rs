@@ -15,6 +15,7 @@ use serde_json::{Value, json};
 use crate::auth::{IdentityQuery, check_publish};
 use crate::model::{Fix, GroupId, Identity, Position, now_ms};
 use crate::protocol::{Codec, PositionRecord, RawMessage, decode_raw, validate_fix};
+use crate::relay::RedisHealth;
 use crate::server::AppState;
 
 /// The routes of this module.
@@ -37,7 +38,9 @@ async fn healthz() -> &'static str {
     "ok"
 }
 
-/// Ready unless shutting down.
+/// Ready unless shutting down. With Redis: 503 until the first connection attempt has
+/// finished, then 200 either way, `degraded` while Redis is unreachable (local clients are
+/// still served; a 503 would make the load balancer pull every instance during an outage).
 async fn readyz(State(state): State<AppState>) -> Response {
     if state.shutdown.is_cancelled() {
         return (
@@ -46,7 +49,17 @@ async fn readyz(State(state): State<AppState>) -> Response {
         )
             .into_response();
     }
-    Json(json!({ "status": "ready" })).into_response()
+    match state.relay.as_ref().map(|r| r.health()) {
+        Some(RedisHealth::Connecting) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({ "status": "starting", "failing": ["redis"] })),
+        )
+            .into_response(),
+        Some(RedisHealth::Down) => {
+            Json(json!({ "status": "degraded", "failing": ["redis"] })).into_response()
+        }
+        Some(RedisHealth::Up) | None => Json(json!({ "status": "ready" })).into_response(),
+    }
 }
 
 async fn metrics(State(state): State<AppState>) -> Response {
@@ -89,7 +102,10 @@ async fn group_positions(
     {
         return e.into_response();
     }
-    let mut positions = state.hub.positions(&group);
+    let mut positions = match &state.relay {
+        Some(relay) => relay.positions(&group).await,
+        None => state.hub.positions(&group),
+    };
     positions.sort_by(|a, b| a.device.cmp(&b.device));
     match query.format.as_deref() {
         None | Some("json") => {

@@ -20,7 +20,10 @@
 //!   this instance, devices whose socket closed here), and when a group gains its first or loses
 //!   its last local subscriber. State that arrives from elsewhere enters through
 //!   [`Hub::merge_remote`], which fans it out locally but never reports it to observers, so
-//!   nothing echoes between instances.
+//!   nothing echoes between instances. Remote changes are fanned out at once rather than on the
+//!   next tick (they were coalesced over a tick where they came from); local changes pending in
+//!   the same group still wait for the tick. Presence of devices whose socket is on another
+//!   instance lasts from the last time that instance vouched for them ([`Hub::remote_seen`]).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -77,6 +80,8 @@ pub struct Hub {
     dirty: Mutex<Vec<Arc<Group>>>,
     /// Groups that were quiet and should be flushed without waiting for the tick.
     urgent: Mutex<Vec<Arc<Group>>>,
+    /// Groups with changes from other instances, fanned out without waiting for the tick.
+    remote: Mutex<Vec<Arc<Group>>>,
     urgent_notify: Notify,
     next_outlet: AtomicU64,
     observers: RwLock<Vec<Arc<dyn HubObserver>>>,
@@ -101,8 +106,13 @@ struct GroupState {
     local_changed: HashSet<DeviceId>,
     /// The part of `offline` that happened here (a socket closed on this instance).
     local_offline: Vec<DeviceId>,
+    /// When another instance last confirmed a device online (ms), for devices whose socket is
+    /// elsewhere: their presence lasts a stale window from the later of this and `rts`.
+    seen: HashMap<DeviceId, i64>,
     /// Whether the group sits in the hub's dirty list.
     queued: bool,
+    /// Whether the group sits in the hub's list of remote changes to fan out at once.
+    remote_queued: bool,
     /// When the last batch was built.
     last_flush: Option<Instant>,
     subscribers: HashMap<u64, Outlet>,
@@ -132,6 +142,7 @@ impl Hub {
             sockets: DashMap::new(),
             dirty: Mutex::new(Vec::new()),
             urgent: Mutex::new(Vec::new()),
+            remote: Mutex::new(Vec::new()),
             urgent_notify: Notify::new(),
             next_outlet: AtomicU64::new(1),
             observers: RwLock::new(Vec::new()),
@@ -255,10 +266,13 @@ impl Hub {
 
     /// Merges state received from another instance (or loaded at start): each position replaces
     /// the held one when its fix is newer (or, for the same fix, when its presence changed), and
-    /// `offline` devices go offline unless they hold a socket here. Fanned out to local
-    /// subscribers; never reported to observers.
+    /// `offline` devices go offline unless they hold a socket here. A device that stops being
+    /// online either way is listed in the next batch's `offline`. Fanned out to local
+    /// subscribers; never reported to observers, except that a device holding a socket here is
+    /// kept online and that is reported as local news.
     pub fn merge_remote(&self, group: &GroupId, updates: &[Position], offline: &[DeviceId]) {
         self.with_group(group, |g, state| {
+            let mut news = false;
             for p in updates {
                 let newer = match state.positions.get(&p.device) {
                     Some(held) => {
@@ -269,16 +283,72 @@ impl Hub {
                 };
                 if newer {
                     let mut p = p.clone();
-                    p.online = p.online || self.has_socket(p.device.as_str());
+                    if !p.online && self.has_socket(p.device.as_str()) {
+                        // The device holds a socket here: its presence is this instance's news,
+                        // flushed (and reported) on the tick like any local change.
+                        p.online = true;
+                        state.local_changed.insert(p.device.clone());
+                        self.mark_dirty(g, state);
+                    }
+                    let was_online = state.positions.get(&p.device).is_some_and(|h| h.online);
+                    if was_online && !p.online {
+                        state.offline.push(p.device.clone());
+                    }
                     state.changed.insert(p.device.clone());
                     state.positions.insert(p.device.clone(), p);
-                    self.mark_dirty(g, state);
+                    news = true;
                 }
             }
+            let went_offline = state.offline.len();
             for device in offline {
                 if !self.has_socket(device.as_str()) {
                     self.set_offline(g, state, device, false);
                 }
+            }
+            if news || state.offline.len() > went_offline {
+                self.mark_remote(g, state);
+            }
+        });
+    }
+
+    /// Queues the remote changes of `group` to be fanned out at once. They were coalesced over
+    /// a tick on the instance they come from; waiting for this instance's tick as well would
+    /// delay them by up to a second tick. Local changes still wait for the tick, so with several
+    /// instances a subscriber gets per tick one batch per group from each instance that had
+    /// changes, and each instance still publishes one message per group per tick.
+    fn mark_remote(&self, g: &Arc<Group>, state: &mut GroupState) {
+        if state.remote_queued {
+            return;
+        }
+        state.remote_queued = true;
+        lock_list(&self.remote).push(g.clone());
+        self.urgent_notify.notify_one();
+    }
+
+    /// Records that other instances saw devices online at the given times (ms since the
+    /// epoch), so a device holding a socket elsewhere stays online here without moving: its
+    /// presence lasts a stale window from the later of that time and its fix's `rts`. A held
+    /// position that is offline comes back online (the instance holding its socket says so).
+    /// Devices without a held position are ignored. Fanned out locally; never reported to
+    /// observers.
+    pub fn remote_seen(&self, group: &GroupId, devices: &[(DeviceId, i64)]) {
+        self.with_group(group, |g, state| {
+            let mut news = false;
+            for (device, at) in devices {
+                let Some(p) = state.positions.get_mut(device) else {
+                    continue;
+                };
+                let revived = !p.online;
+                p.online = true;
+                let seen = state.seen.entry(device.clone()).or_insert(*at);
+                *seen = (*seen).max(*at);
+                if revived {
+                    state.changed.insert(device.clone());
+                    news = true;
+                }
+            }
+            if news {
+                self.mark_remote(g, state);
             }
         });
     }
@@ -419,11 +489,13 @@ impl Hub {
                     self.flush(&groups);
                     let urgent = std::mem::take(&mut *lock_list(&self.urgent));
                     self.flush(&urgent);
+                    self.flush_remote();
                     self.metrics.tick_seconds.observe(started.elapsed().as_secs_f64());
                 }
                 _ = self.urgent_notify.notified() => {
                     let urgent = std::mem::take(&mut *lock_list(&self.urgent));
                     self.flush(&urgent);
+                    self.flush_remote();
                 }
             }
         }
@@ -483,6 +555,56 @@ impl Hub {
                 observer.flushed(&g.id, &local_updates, &local_offline);
             }
         }
+        self.fan_out(g, &updates, &offline, codecs);
+    }
+
+    /// Fans out the changes other instances made (see `mark_remote`), leaving this
+    /// instance's own changes for its tick.
+    fn flush_remote(&self) {
+        let groups = std::mem::take(&mut *lock_list(&self.remote));
+        for g in &groups {
+            let (updates, offline, codecs) = {
+                let mut guard = lock(g);
+                let state = &mut *guard;
+                state.remote_queued = false;
+                let local = &state.local_changed;
+                let remote: Vec<DeviceId> = state
+                    .changed
+                    .iter()
+                    .filter(|d| !local.contains(*d))
+                    .cloned()
+                    .collect();
+                let local_offline = &state.local_offline;
+                let (keep, mut offline): (Vec<DeviceId>, Vec<DeviceId>) = state
+                    .offline
+                    .drain(..)
+                    .partition(|d| local_offline.contains(d));
+                state.offline = keep;
+                for d in &remote {
+                    state.changed.remove(d);
+                }
+                let updates: Vec<Position> = remote
+                    .iter()
+                    .filter_map(|d| state.positions.get(d).cloned())
+                    .collect();
+                offline.retain(|d| state.positions.get(d).is_some_and(|p| !p.online));
+                offline.dedup();
+                (updates, offline, state.codecs)
+            };
+            if !updates.is_empty() || !offline.is_empty() {
+                self.fan_out(g, &updates, &offline, codecs);
+            }
+        }
+    }
+
+    /// Encodes one batch per codec in use and queues it for every subscriber of `g`.
+    fn fan_out(
+        &self,
+        g: &Arc<Group>,
+        updates: &[Position],
+        offline: &[DeviceId],
+        codecs: [usize; Codec::ALL.len()],
+    ) {
         self.metrics.batches.inc();
         let records: Vec<PositionRecord<'_>> = updates.iter().map(PositionRecord::from).collect();
         let offline: Vec<&str> = offline.iter().map(DeviceId::as_str).collect();
@@ -546,18 +668,27 @@ impl Hub {
         let groups: Vec<Arc<Group>> = self.groups.iter().map(|e| e.value().clone()).collect();
         let mut positions = 0;
         for g in &groups {
-            let mut state = lock(g);
+            let mut guard = lock(g);
+            let state = &mut *guard;
+            // Last sign of life: the fix's receive time, or a later confirmation from the
+            // instance that holds the device's socket.
+            let seen = &state.seen;
+            let last = |p: &Position| seen.get(&p.device).map_or(p.rts, |s| p.rts.max(*s));
             state.positions.retain(|_, p| {
-                p.rts >= expired_before || p.online && self.has_socket(p.device.as_str())
+                last(p) >= expired_before || p.online && self.has_socket(p.device.as_str())
             });
             let stale: Vec<DeviceId> = state
                 .positions
                 .values()
-                .filter(|p| p.online && p.rts < stale_before && !self.has_socket(p.device.as_str()))
+                .filter(|p| {
+                    p.online && last(p) < stale_before && !self.has_socket(p.device.as_str())
+                })
                 .map(|p| p.device.clone())
                 .collect();
+            let positions_held = &state.positions;
+            state.seen.retain(|d, _| positions_held.contains_key(d));
             for device in &stale {
-                self.set_offline(g, &mut state, device, false);
+                self.set_offline(g, state, device, false);
             }
             positions += state.positions.len();
         }
@@ -566,7 +697,8 @@ impl Hub {
             let empty = state.positions.is_empty()
                 && state.subscribers.is_empty()
                 && !state.has_changes()
-                && !state.queued;
+                && !state.queued
+                && !state.remote_queued;
             if empty {
                 state.removed = true;
             }

@@ -24,6 +24,7 @@
 //! - [`track`]: `GET /v1/devices/{id}/track`, a device's history as JSON, GeoJSON or GPX.
 //! - [`isotime`]: ISO-8601 date-times in and out.
 //! - [`metrics`]: the Prometheus registry.
+//! - [`relay`]: several instances as one server, through Redis pub/sub and shared state.
 //! - [`web`]: the embedded map page.
 //! - [`demo`]: simulated devices for `--demo N`.
 //! - [`shutdown`]: waits for SIGINT or SIGTERM.
@@ -45,6 +46,7 @@ pub mod metrics;
 pub mod model;
 pub mod outbox;
 pub mod protocol;
+pub mod relay;
 pub mod server;
 pub mod session;
 pub mod shutdown;

@@ -66,6 +66,8 @@ pub struct Metrics {
     pub security: SecurityMetrics,
     /// The durable store's figures (`beacon_store_*`).
     pub store: crate::store::StoreMetrics,
+    /// The Redis relay's metrics.
+    pub relay: crate::relay::RelayMetrics,
 }
 
 impl Default for Metrics {
@@ -173,6 +175,7 @@ impl Metrics {
             tick_seconds,
             security: SecurityMetrics::new(&mut registry, &refused),
             store: crate::store::StoreMetrics::register(&mut registry),
+            relay: crate::relay::RelayMetrics::register(&mut registry),
             registry,
         }
     }

@@ -24,6 +24,7 @@ use crate::hub::Hub;
 use crate::limits::{IpConnections, client_ip};
 use crate::metrics::Metrics;
 use crate::protocol::Codec;
+use crate::relay::Relay;
 use crate::store::Store;
 use crate::upgrade::{Handshake, NotAnUpgrade};
 use crate::{http, session, web};
@@ -54,6 +55,8 @@ pub struct AppState {
     pub sessions: TaskTracker,
     /// The durable store, with `--data-dir`.
     pub store: Option<Arc<Store>>,
+    /// The Redis relay, with `--redis-url` (set by [`serve`]).
+    pub relay: Option<Arc<Relay>>,
 }
 
 impl AppState {
@@ -71,6 +74,7 @@ impl AppState {
             shutdown: CancellationToken::new(),
             sessions: TaskTracker::new(),
             store: None,
+            relay: None,
         }
     }
 }
@@ -101,8 +105,13 @@ pub async fn serve(
     state.store = crate::store::start(&state.config, &state.hub, &state.metrics)
         .await
         .map_err(io::Error::other)?;
+    state.relay = Relay::from_config(&state.config, &state.hub, &state.metrics)
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
     let background = TaskTracker::new();
     background.spawn(state.auth.clone().run_refresher(state.shutdown.clone()));
+    if let Some(relay) = &state.relay {
+        background.spawn(relay.clone().run(state.shutdown.clone()));
+    }
     background.spawn(state.hub.clone().run_ticker(state.shutdown.clone()));
     background.spawn(state.hub.clone().run_sweeper(state.shutdown.clone()));
     if state.config.demo > 0 {

@@ -209,14 +209,22 @@ impl Session {
         }
         .encode(self.codec);
         self.feed(welcome).await?;
+        if let Some(relay) = &self.state.relay {
+            // With Redis, wait for the shared state of every group at once (see `subscribe`).
+            relay.ready(&self.identity.groups).await;
+        }
         for group in self.identity.groups.clone() {
-            let snapshot = self.subscribe(&group);
+            let snapshot = self.subscribe(&group).await;
             self.feed(snapshot).await?;
         }
         self.flush().await
     }
 
-    fn subscribe(&mut self, group: &GroupId) -> Frame {
+    async fn subscribe(&mut self, group: &GroupId) -> Frame {
+        if let Some(relay) = &self.state.relay {
+            // With Redis, the first local subscriber of a group waits for its shared state.
+            relay.ready(std::slice::from_ref(group)).await;
+        }
         let positions = self.state.hub.subscribe(group, &self.outlet);
         if !self.subscribed.contains(group) {
             self.subscribed.push(group.clone());
@@ -336,7 +344,7 @@ impl Session {
                 match self.identity.groups.iter().find(|g| g.as_str() == group) {
                     Some(group) => {
                         let group = group.clone();
-                        Some(self.subscribe(&group))
+                        Some(self.subscribe(&group).await)
                     }
                     None => Some(self.refuse(Refusal::new(
                         ErrorCode::Forbidden,

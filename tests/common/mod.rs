@@ -1,6 +1,8 @@
 //! Test harness: the real server on 127.0.0.1:0 and real WebSocket clients.
 #![allow(dead_code, unreachable_pub, missing_docs)]
 
+pub mod redis_server;
+
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
