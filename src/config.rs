@@ -190,10 +190,19 @@ pub struct Limits {
     #[arg(long, env = "BEACON_SLOW_CLOSE_SECS", default_value_t = 10)]
     pub slow_close_secs: u64,
 
-    /// Bytes the socket reader buffers per connection. Default 1024: client messages are a few
+    /// Bytes the socket reader buffers per connection. Default 512: client messages are a few
     /// hundred bytes, and a larger frame still arrives (the buffer grows up to the frame limit).
-    #[arg(long, env = "BEACON_READ_BUFFER_BYTES", default_value_t = 1024)]
+    #[arg(long, env = "BEACON_READ_BUFFER_BYTES", default_value_t = 512)]
     pub read_buffer_bytes: usize,
+
+    /// Kernel send buffer of each accepted socket (SO_SNDBUF), in bytes. Left to autotuning the
+    /// kernel grows it to megabytes, which hides a client that stopped reading for minutes
+    /// while it soaks up kernel memory; a fixed size makes such a client fill its queue, get
+    /// dropped batches and then a resync or a 1013 close within `--slow-close-secs`. 64 KiB
+    /// still carries a 600 KiB snapshot across a 100 ms round trip in about a second. 0 leaves
+    /// the kernel's autotuning. Default 65536.
+    #[arg(long, env = "BEACON_SEND_BUFFER_BYTES", default_value_t = 64 * 1024)]
+    pub send_buffer_bytes: usize,
 
     /// Bytes a connection buffers before writing them to the socket: frames queued together
     /// go out in one write up to this size. The buffer keeps its largest size for the life of

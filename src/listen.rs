@@ -49,6 +49,8 @@ pub struct ListenOptions {
     pub handshake_timeout: Duration,
     /// Time in-flight requests get to finish once shutdown starts.
     pub grace: Duration,
+    /// Kernel send buffer per accepted socket in bytes; 0 leaves the kernel's autotuning.
+    pub send_buffer_bytes: usize,
 }
 
 type MakeService = IntoMakeServiceWithConnectInfo<Router, SocketAddr>;
@@ -81,6 +83,12 @@ pub async fn run(
         };
         if let Err(error) = tcp.set_nodelay(true) {
             debug!(%error, "could not set TCP_NODELAY");
+        }
+        if options.send_buffer_bytes > 0
+            && let Err(error) =
+                socket2::SockRef::from(&tcp).set_send_buffer_size(options.send_buffer_bytes)
+        {
+            debug!(%error, "could not set the socket send buffer");
         }
         // Always ready (it only clones the router), so `poll_ready` is not needed.
         let service = match make.call(peer).await {

@@ -137,6 +137,7 @@ pub async fn serve(
         tls,
         handshake_timeout: state.config.limits.handshake_timeout(),
         grace: state.config.shutdown_grace(),
+        send_buffer_bytes: state.config.limits.send_buffer_bytes,
     };
     let result = crate::listen::run(listener, app, options, {
         let token = token.clone();
