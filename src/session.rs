@@ -153,7 +153,10 @@ impl Session {
         if let Err(end) = self.greet().await {
             return end;
         }
-        let shutdown = self.state.shutdown.clone();
+        // Created once: a fresh `cancelled()` per loop turn would join and leave the token's
+        // waiter list on every wake-up.
+        let shutdown = self.state.shutdown.clone().cancelled_owned();
+        tokio::pin!(shutdown);
         let expiry = self.identity.expires_at_ms.map(|at| {
             let wait = (at - now_ms()).max(0) as u64;
             tokio::time::Instant::now() + Duration::from_millis(wait)
@@ -173,9 +176,18 @@ impl Session {
         );
         ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
+            // The busy branches come first: on most wake-ups a frame is queued or a client
+            // message arrived, and the timers and the shutdown signal, already registered on an
+            // earlier turn, need not be polled again to wake this task when they fire.
             let step = tokio::select! {
                 biased;
-                _ = shutdown.cancelled() => {
+                incoming = self.socket.next() => match incoming {
+                    Some(Ok(message)) => self.on_message(message).await,
+                    Some(Err(error)) => Err(self.on_read_error(error).await),
+                    None => Err(End::Client),
+                },
+                () = self.outlet.outbox.ready() => self.write_queued().await,
+                _ = &mut shutdown => {
                     Err(self.close(close::GOING_AWAY, "server shutting down").await)
                 }
                 _ = &mut expired => {
@@ -183,12 +195,6 @@ impl Session {
                     Err(self.close(close::POLICY, "token expired").await)
                 }
                 _ = ping.tick() => self.heartbeat(idle_timeout).await,
-                () = self.outlet.outbox.ready() => self.write_queued().await,
-                incoming = self.socket.next() => match incoming {
-                    Some(Ok(message)) => self.on_message(message).await,
-                    Some(Err(error)) => Err(self.on_read_error(error).await),
-                    None => Err(End::Client),
-                },
             };
             if let Err(end) = step {
                 return end;
