@@ -151,6 +151,22 @@ pub struct Fix {
     pub batt: Option<f64>,
 }
 
+impl Fix {
+    /// A fix with a position and time only (no accuracy, altitude, speed, heading or battery).
+    pub fn new(lat: f64, lon: f64, ts: i64) -> Fix {
+        Fix {
+            lat,
+            lon,
+            ts,
+            acc: None,
+            alt: None,
+            spd: None,
+            hdg: None,
+            batt: None,
+        }
+    }
+}
+
 /// The latest known position of one device, as the hub holds it.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Position {

@@ -33,16 +33,7 @@ fn group() -> GroupId {
 fn position(device: &str, ts: i64, rts: i64, online: bool) -> Position {
     Position {
         device: id(device),
-        fix: Fix {
-            lat: 1.0,
-            lon: 2.0,
-            ts,
-            acc: None,
-            alt: None,
-            spd: None,
-            hdg: None,
-            batt: None,
-        },
+        fix: Fix::new(1.0, 2.0, ts),
         rts,
         online,
     }

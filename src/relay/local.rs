@@ -116,16 +116,7 @@ mod tests {
     fn at(id: &str, ts: i64, online: bool) -> Position {
         Position {
             device: DeviceId::parse(id).unwrap(),
-            fix: Fix {
-                lat: 1.0,
-                lon: 2.0,
-                ts,
-                acc: None,
-                alt: None,
-                spd: None,
-                hdg: None,
-                batt: None,
-            },
+            fix: Fix::new(1.0, 2.0, ts),
             rts: ts,
             online,
         }
