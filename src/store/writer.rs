@@ -341,16 +341,7 @@ mod tests {
     use super::*;
 
     fn fix(ts: i64, lat: f64, lon: f64) -> Fix {
-        Fix {
-            lat,
-            lon,
-            ts,
-            acc: None,
-            alt: None,
-            spd: None,
-            hdg: None,
-            batt: None,
-        }
+        Fix::new(lat, lon, ts)
     }
 
     #[test]
