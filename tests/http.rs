@@ -75,12 +75,7 @@ async fn post_one_fix_reaches_sockets_and_snapshots() {
     assert_eq!(u["lat"], 48.85);
     assert_eq!(u["online"], true);
 
-    let snapshot: Value = server
-        .get("/v1/groups/fleet/positions")
-        .await
-        .json()
-        .await
-        .unwrap();
+    let snapshot = server.get_json("/v1/groups/fleet/positions").await;
     assert_eq!(snapshot["group"], "fleet");
     assert_eq!(snapshot["devices"][0]["id"], "truck-1");
     assert_eq!(snapshot["devices"][0]["spd"], 12.5);
@@ -127,12 +122,7 @@ async fn post_a_list_is_all_or_nothing() {
             .starts_with("[1]: lon must"),
         "{body}"
     );
-    let snapshot: Value = server
-        .get("/v1/groups/g/positions")
-        .await
-        .json()
-        .await
-        .unwrap();
+    let snapshot = server.get_json("/v1/groups/g/positions").await;
     let devices = snapshot["devices"].as_array().unwrap();
     assert_eq!(devices.len(), 1, "nothing of the refused list was applied");
     assert_eq!(devices[0]["id"], "t");
@@ -178,12 +168,7 @@ async fn http_devices_go_offline_after_the_stale_window() {
     assert_eq!(v.until_update(|u| u["id"] == "phone").await["online"], true);
     let batch = v.until("batch").await;
     assert_eq!(batch["offline"], json!(["phone"]), "{batch}");
-    let snapshot: Value = server
-        .get("/v1/groups/g/positions")
-        .await
-        .json()
-        .await
-        .unwrap();
+    let snapshot = server.get_json("/v1/groups/g/positions").await;
     assert_eq!(snapshot["devices"][0]["online"], false);
     server.stop().await;
 }
@@ -222,12 +207,7 @@ async fn bad_group_and_format_are_refused() {
             .status(),
         400
     );
-    let empty: Value = server
-        .get("/v1/groups/unknown/positions")
-        .await
-        .json()
-        .await
-        .unwrap();
+    let empty = server.get_json("/v1/groups/unknown/positions").await;
     assert_eq!(empty["devices"], json!([]));
     server.stop().await;
 }

@@ -48,12 +48,9 @@ async fn request(
 }
 
 async fn snapshot(server: &TestServer, group: &str) -> Vec<Value> {
-    let body: Value = server
-        .get(&format!("/v1/groups/{group}/positions"))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let body = server
+        .get_json(&format!("/v1/groups/{group}/positions"))
+        .await;
     body["devices"].as_array().unwrap().clone()
 }
 

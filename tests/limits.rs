@@ -91,12 +91,7 @@ async fn a_client_over_its_rate_gets_rate_limited_then_1008() {
     assert_eq!(code, Some(1008));
     assert_eq!(refused, 2, "two rate_limited errors, then the close");
     // What was refused was not applied.
-    let body: Value = server
-        .get("/v1/groups/g/positions")
-        .await
-        .json()
-        .await
-        .unwrap();
+    let body = server.get_json("/v1/groups/g/positions").await;
     assert_eq!(body["devices"][0]["lat"], 11.0, "{body}");
     assert_eq!(server.metric("beacon_rate_limited_total").await, 3.0);
     server.stop().await;

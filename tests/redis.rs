@@ -41,12 +41,9 @@ async fn wait_readiness(server: &TestServer, status: &str) {
 
 /// The group's devices as served by `GET /v1/groups/{group}/positions`.
 async fn rest_devices(server: &TestServer, group: &str) -> Vec<Value> {
-    let body: Value = server
-        .get(&format!("/v1/groups/{group}/positions"))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let body = server
+        .get_json(&format!("/v1/groups/{group}/positions"))
+        .await;
     body["devices"].as_array().unwrap().clone()
 }
 
@@ -356,7 +353,7 @@ async fn redis_outage_keeps_local_fan_out_and_converges_after_restart() {
     redis.kill();
     wait_readiness(&a, "degraded").await;
     wait_readiness(&b, "degraded").await;
-    let body: Value = a.get("/readyz").await.json().await.unwrap();
+    let body = a.get_json("/readyz").await;
     assert_eq!(body["failing"], serde_json::json!(["redis"]));
     assert_eq!(a.metric("beacon_redis_up").await, 0.0);
 

@@ -118,12 +118,7 @@ async fn a_client_that_never_reads_is_dropped_with_1013_and_others_keep_up() {
     for d in &mut devices {
         d.sync().await;
     }
-    let body: Value = server
-        .get("/v1/groups/g0/positions")
-        .await
-        .json()
-        .await
-        .unwrap();
+    let body = server.get_json("/v1/groups/g0/positions").await;
     assert_eq!(body["devices"][0]["lat"], last);
     drop(devices);
     let stopping = tokio::spawn(server.stop());

@@ -77,12 +77,7 @@ async fn last_known_positions_and_history_survive_a_restart() {
     server.stop().await;
 
     let server = with_store(dir.path(), |c| c.store.history_min_interval_secs = 0).await;
-    let snapshot: Value = server
-        .get("/v1/groups/g1/positions")
-        .await
-        .json()
-        .await
-        .unwrap();
+    let snapshot = server.get_json("/v1/groups/g1/positions").await;
     let devices = snapshot["devices"].as_array().unwrap();
     assert_eq!(devices.len(), 2, "{snapshot}");
     let bike = &devices[0];
@@ -232,12 +227,7 @@ async fn history_keeps_one_point_per_interval() {
     let (_, body) = track(&server, "walker", "").await;
     assert_eq!(times(&body), [t0, t0 + 5000, t0 + 10_000]);
     // The last-known position is the latest fix all the same.
-    let snapshot: Value = server
-        .get("/v1/groups/g/positions")
-        .await
-        .json()
-        .await
-        .unwrap();
+    let snapshot = server.get_json("/v1/groups/g/positions").await;
     assert_eq!(snapshot["devices"][0]["ts"], t0 + 11_000);
     server.stop().await;
 }

@@ -220,12 +220,7 @@ async fn older_fix_does_not_replace_newer() {
     a.send(json!({"type": "pos", "lat": 2.0, "lon": 0.0, "ts": 1_000}))
         .await;
     a.sync().await;
-    let body: Value = server
-        .get("/v1/groups/g/positions")
-        .await
-        .json()
-        .await
-        .unwrap();
+    let body = server.get_json("/v1/groups/g/positions").await;
     assert_eq!(body["devices"][0]["lat"], 1.0);
     server.stop().await;
 }
@@ -394,12 +389,7 @@ async fn viewers_may_not_publish() {
     let error = v.until("error").await;
     assert_eq!(error["code"], "forbidden");
     assert_eq!(error["seq"], 9);
-    let body: Value = server
-        .get("/v1/groups/g/positions")
-        .await
-        .json()
-        .await
-        .unwrap();
+    let body = server.get_json("/v1/groups/g/positions").await;
     assert_eq!(body["devices"], json!([]));
     server.stop().await;
 }

@@ -121,6 +121,11 @@ impl TestServer {
         c
     }
 
+    /// GETs `path` and parses the body as JSON.
+    pub async fn get_json(&self, path: &str) -> Value {
+        self.get(path).await.json().await.unwrap()
+    }
+
     pub async fn get(&self, path: &str) -> reqwest::Response {
         reqwest::get(self.http(path)).await.unwrap()
     }
