@@ -37,7 +37,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::HubConfig;
 use crate::metrics::Metrics;
 use crate::model::{DeviceId, Fix, GroupId, Position, now_ms};
-use crate::outbox::{Outbox, Push};
+use crate::outbox::{Outbox, Prepared, Push};
 use crate::protocol::{Codec, Frame, PositionRecord, ServerMessage};
 
 /// How often presence and retention are swept.
@@ -477,18 +477,22 @@ impl Hub {
     }
 
     /// Flushes every dirty group once per tick, and quiet groups at once, until `shutdown`.
+    ///
+    /// A tick's groups are spread over the runtime's worker threads (each write is a system
+    /// call). When a tick's flush takes longer than the tick, the next one starts as soon as it
+    /// ends: under load, batches grow instead of queueing up behind each other.
     pub async fn run_ticker(self: Arc<Self>, shutdown: CancellationToken) {
         let mut tick = tokio::time::interval(self.config.tick());
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let workers = tokio::runtime::Handle::current().metrics().num_workers();
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 _ = tick.tick() => {
                     let started = Instant::now();
-                    let groups = std::mem::take(&mut *lock_list(&self.dirty));
-                    self.flush(&groups);
-                    let urgent = std::mem::take(&mut *lock_list(&self.urgent));
-                    self.flush(&urgent);
+                    let mut groups = std::mem::take(&mut *lock_list(&self.dirty));
+                    groups.append(&mut lock_list(&self.urgent));
+                    self.flush_spread(groups, workers).await;
                     self.flush_remote();
                     self.metrics.tick_seconds.observe(started.elapsed().as_secs_f64());
                 }
@@ -499,6 +503,23 @@ impl Hub {
                 }
             }
         }
+    }
+
+    /// Flushes `groups` in up to `workers` tasks at once, this one included.
+    async fn flush_spread(self: &Arc<Self>, mut groups: Vec<Arc<Group>>, workers: usize) {
+        if workers < 2 || groups.len() < 2 {
+            self.flush(&groups);
+            return;
+        }
+        let share = groups.len().div_ceil(workers);
+        let mut others = tokio::task::JoinSet::new();
+        while groups.len() > share {
+            let chunk = groups.split_off(groups.len() - share);
+            let hub = self.clone();
+            others.spawn(async move { hub.flush(&chunk) });
+        }
+        self.flush(&groups);
+        while others.join_next().await.is_some() {}
     }
 
     /// Flushes every group with pending changes now. The server calls it once at shutdown,
@@ -597,7 +618,8 @@ impl Hub {
         }
     }
 
-    /// Encodes one batch per codec in use and queues it for every subscriber of `g`.
+    /// Encodes one batch per codec in use and hands it to every subscriber of `g`: written
+    /// directly to the socket where possible, else queued (see [`crate::outbox`]).
     fn fan_out(
         &self,
         g: &Arc<Group>,
@@ -613,20 +635,27 @@ impl Hub {
             updates: &records,
             offline: &offline,
         };
-        let frames: [Option<Frame>; 2] = Codec::ALL.map(|codec| {
+        let frames: [Option<Prepared>; 2] = Codec::ALL.map(|codec| {
             (codecs[codec.index()] > 0).then(|| {
                 self.metrics.encodes.inc();
-                message.encode(codec)
+                Prepared::new(message.encode(codec))
             })
         });
 
-        let mut state = lock(g);
+        // Writing takes a system call per subscriber: do it outside the group's lock, so
+        // publishers to the group never wait for the fan-out.
+        let outlets: Vec<Outlet> = lock(g).subscribers.values().cloned().collect();
+        let (mut sent, mut sent_bytes) = (0, 0);
         let mut closed = Vec::new();
-        for outlet in state.subscribers.values() {
+        for outlet in &outlets {
             let Some(frame) = &frames[outlet.codec.index()] else {
                 continue;
             };
-            match outlet.outbox.push(frame.clone()) {
+            match outlet.outbox.push(frame) {
+                Push::Sent => {
+                    sent += 1;
+                    sent_bytes += frame.frame().len() as u64;
+                }
                 Push::Queued => {}
                 Push::Full => {
                     self.metrics.drops.inc();
@@ -634,10 +663,17 @@ impl Hub {
                 Push::Closed => closed.push(outlet.id),
             }
         }
-        let removed_some = !closed.is_empty();
+        self.metrics.frames_out.inc_by(sent);
+        self.metrics.bytes_out.inc_by(sent_bytes);
+        if closed.is_empty() {
+            return;
+        }
+        let mut state = lock(g);
+        let mut removed_some = false;
         for id in closed {
             if let Some(outlet) = state.subscribers.remove(&id) {
                 state.codecs[outlet.codec.index()] -= 1;
+                removed_some = true;
             }
         }
         let abandoned = removed_some && state.subscribers.is_empty();

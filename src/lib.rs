@@ -12,7 +12,9 @@
 //! - [`hub`]: latest state per group, presence, and the tick-driven, coalesced fan-out.
 //! - [`upgrade`]: the WebSocket handshake on hyper's upgrade.
 //! - [`session`]: one WebSocket connection from `welcome` to close.
-//! - [`outbox`]: the bounded, lazily allocated frame queue from the hub to a session.
+//! - [`outbox`]: the write side of a connection: the hub's direct writes, else a bounded,
+//!   lazily allocated frame queue to the session.
+//! - [`conn`]: the byte stream under a session's WebSocket, shared with the hub on plain TCP.
 //! - [`auth`]: who a request is (query identity; JWTs with a secret or a JWKS), what it may
 //!   do (groups, roles), and which browser origins may act for it.
 //! - [`limits`]: message rate per connection, connections per client address.
@@ -35,6 +37,7 @@
 
 pub mod auth;
 pub mod config;
+pub mod conn;
 pub mod demo;
 pub mod http;
 pub mod hub;

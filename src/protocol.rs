@@ -91,6 +91,14 @@ impl Frame {
         }
     }
 
+    /// The payload.
+    pub fn as_bytes(&self) -> &[u8] {
+        match self {
+            Frame::Text(t) => t.as_bytes(),
+            Frame::Binary(b) => b,
+        }
+    }
+
     /// Whether the payload is empty (never, for frames this module encodes).
     pub fn is_empty(&self) -> bool {
         self.len() == 0

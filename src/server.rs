@@ -298,10 +298,16 @@ async fn upgrade(
         .max_frame_size(Some(limits.max_frame_bytes));
     let protocol = offered.then(|| codec.protocol());
     let sessions = state.sessions.clone();
-    let (response, run) = handshake.accept(protocol, config, move |socket| async move {
-        session::run(socket, state, identity, codec, permit).await;
-        drop(ip_permit);
-    });
+    let queue_frames = limits.queue_frames;
+    let (response, run) = handshake.accept(
+        protocol,
+        config,
+        queue_frames,
+        move |socket, outbox| async move {
+            session::run(socket, outbox, state, identity, codec, permit).await;
+            drop(ip_permit);
+        },
+    );
     sessions.spawn(run);
     response
 }

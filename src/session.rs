@@ -1,8 +1,12 @@
 //! One WebSocket connection, from `welcome` to close.
 //!
-//! A session is a single task that owns its socket: it reads client frames, and writes the
-//! frames the hub queues for it. Writing is batched: after one queued frame it takes whatever
-//! else is already queued (up to [`MAX_FRAMES_PER_FLUSH`]), feeds them all, and flushes once.
+//! A session is a single task that reads its socket and writes its own frames (`welcome`,
+//! snapshots, replies, pings). Batches reach the socket without it: on plain TCP the hub
+//! writes them directly whenever the session is not writing (see [`crate::outbox`]); the
+//! session brackets every write of its own with [`Outbox::hold`] and [`Outbox::release`].
+//! What the hub could not write goes to the session's queue, which the session drains in
+//! batches: after one queued frame it takes whatever else is already queued (up to
+//! [`MAX_FRAMES_PER_FLUSH`]), feeds them all, and flushes once.
 //!
 //! A write that cannot complete within the slow-consumer limit closes the socket with 1013;
 //! while it waits, the hub drops batches for this client (its queue is full) and flags it
@@ -87,6 +91,7 @@ struct Session {
 /// Runs one connection to its end. `permit` holds the connection's slot until it returns.
 pub async fn run(
     socket: Socket,
+    outbox: Arc<Outbox>,
     state: AppState,
     identity: Identity,
     codec: Codec,
@@ -95,7 +100,7 @@ pub async fn run(
     let outlet = Outlet {
         id: state.hub.next_outlet_id(),
         codec,
-        outbox: Arc::new(Outbox::new(state.config.limits.queue_frames)),
+        outbox,
     };
     let role = identity.role;
     state.metrics.connections(role).inc();
@@ -231,6 +236,9 @@ impl Session {
             // With Redis, the first local subscriber of a group waits for its shared state.
             relay.ready(std::slice::from_ref(group)).await;
         }
+        // From here on the hub sends this group's batches; none may reach the socket before
+        // the snapshot, so they wait in the queue until the session has written it.
+        self.outlet.outbox.hold();
         let positions = self.state.hub.subscribe(group, &self.outlet);
         if !self.subscribed.contains(group) {
             self.subscribed.push(group.clone());
@@ -238,23 +246,25 @@ impl Session {
         Hub::encode_snapshot(group.as_str(), &positions, self.codec)
     }
 
-    /// Writes whatever is queued (up to [`MAX_FRAMES_PER_FLUSH`]), flushes once, then resyncs
-    /// if frames were dropped meanwhile.
+    /// Writes whatever is queued (up to [`MAX_FRAMES_PER_FLUSH`]), and fresh snapshots if
+    /// frames were dropped meanwhile, then flushes once (which also finishes a frame the hub
+    /// started writing).
     async fn write_queued(&mut self) -> Result<(), End> {
+        self.outlet.outbox.hold();
         for _ in 0..MAX_FRAMES_PER_FLUSH {
             match self.outlet.outbox.pop() {
                 Some(frame) => self.feed(frame).await?,
                 None => break,
             }
         }
-        self.flush().await?;
         if self.outlet.outbox.take_lagged() {
             self.resync().await?;
         }
-        Ok(())
+        self.flush().await
     }
 
-    /// Replaces whatever was dropped with a fresh snapshot of every subscribed group.
+    /// Replaces whatever was dropped with a fresh snapshot of every subscribed group (fed, not
+    /// flushed).
     async fn resync(&mut self) -> Result<(), End> {
         self.state.metrics.resyncs.inc();
         debug!(id = %self.identity.id, "resyncing a lagging client");
@@ -263,7 +273,7 @@ impl Session {
             let snapshot = Hub::encode_snapshot(group.as_str(), &positions, self.codec);
             self.feed(snapshot).await?;
         }
-        self.flush().await
+        Ok(())
     }
 
     /// Closes a client silent for `idle_timeout`; pings the others.
@@ -276,8 +286,12 @@ impl Session {
         self.state.metrics.security.pings.inc();
         let limit = self.state.config.limits.slow_close();
         let ping = Message::Ping(Bytes::new());
+        self.outlet.outbox.hold();
         match tokio::time::timeout(limit, self.socket.send(ping)).await {
-            Ok(Ok(())) => Ok(()),
+            Ok(Ok(())) => {
+                self.outlet.outbox.release();
+                Ok(())
+            }
             Ok(Err(_)) => Err(End::Client),
             Err(_) => Err(self.slow_close().await),
         }
@@ -316,6 +330,7 @@ impl Session {
             Message::Binary(bytes) => (bytes, self.codec == Codec::MsgPack),
             Message::Close(_) => {
                 // tungstenite queued the closing handshake's reply; let it go out.
+                self.outlet.outbox.hold();
                 let _ = tokio::time::timeout(CLOSE_TIMEOUT, self.socket.flush()).await;
                 return Err(End::Client);
             }
@@ -420,8 +435,10 @@ impl Session {
     }
 
     /// Queues `frame` in the socket's write buffer, writing out when it is full. A frame larger
-    /// than [`FRAGMENT_BYTES`] goes out as several fragments of one message.
+    /// than [`FRAGMENT_BYTES`] goes out as several fragments of one message. Holds the outbox:
+    /// the hub queues until [`Session::flush`].
     async fn feed(&mut self, frame: Frame) -> Result<(), End> {
+        self.outlet.outbox.hold();
         let len = frame.len();
         let limit = self.state.config.limits.slow_close();
         let sent = if len <= FRAGMENT_BYTES {
@@ -440,10 +457,14 @@ impl Session {
         }
     }
 
+    /// Writes out what was fed, then lets the hub write directly again.
     async fn flush(&mut self) -> Result<(), End> {
         let limit = self.state.config.limits.slow_close();
         match tokio::time::timeout(limit, self.socket.flush()).await {
-            Ok(Ok(())) => Ok(()),
+            Ok(Ok(())) => {
+                self.outlet.outbox.release();
+                Ok(())
+            }
             Ok(Err(_)) => Err(End::Client),
             Err(_) => Err(self.slow_close().await),
         }
@@ -455,8 +476,9 @@ impl Session {
         self.close(close::TRY_AGAIN_LATER, "slow consumer").await
     }
 
-    /// Sends a close frame (best effort, bounded in time).
+    /// Sends a close frame (best effort, bounded in time). The hub writes nothing after it.
     async fn close(&mut self, code: u16, reason: &'static str) -> End {
+        self.outlet.outbox.hold();
         let frame = Message::Close(Some(CloseFrame {
             code: code.into(),
             reason: Utf8Bytes::from_static(reason),

@@ -4,20 +4,25 @@
 //! session owns a plain tungstenite stream: that gives it raw frames, which it uses to send a
 //! large message as several fragments (see [`crate::session`]), so that tungstenite's write
 //! buffer, which keeps the capacity of the largest frame it ever held, stays small on every
-//! connection.
+//! connection. It also lets the session share a plain TCP socket with the hub, which writes
+//! batches to it directly ([`crate::conn`]).
 
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use hyper::upgrade::{OnUpgrade, Upgraded};
-use hyper_util::rt::TokioIo;
+use std::sync::Arc;
+
+use hyper::upgrade::OnUpgrade;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 
+use crate::conn::Conn;
+use crate::outbox::Outbox;
+
 /// A server-side WebSocket over an upgraded HTTP connection.
-pub type Socket = WebSocketStream<TokioIo<Upgraded>>;
+pub type Socket = WebSocketStream<Conn>;
 
 /// A valid upgrade request, ready to be accepted.
 #[derive(Debug)]
@@ -77,15 +82,17 @@ impl<S: Send + Sync> FromRequestParts<S> for Handshake {
 
 impl Handshake {
     /// Answers 101 with `protocol` as the chosen subprotocol and runs `session` on the socket
-    /// once the upgrade completes. `spawn` receives the future that does both.
+    /// (and the outbox of at most `queue_frames` frames the hub writes to it through) once the
+    /// upgrade completes. The caller spawns the returned future, which does both.
     pub fn accept<F, Fut>(
         self,
         protocol: Option<&'static str>,
         config: WebSocketConfig,
+        queue_frames: usize,
         session: F,
     ) -> (Response, impl Future<Output = ()> + Send + 'static)
     where
-        F: FnOnce(Socket) -> Fut + Send + 'static,
+        F: FnOnce(Socket, Arc<Outbox>) -> Fut + Send + 'static,
         Fut: Future<Output = ()> + Send + 'static,
     {
         let accept = derive_accept_key(self.key.as_bytes());
@@ -106,13 +113,10 @@ impl Handshake {
         let run = async move {
             match on_upgrade.await {
                 Ok(upgraded) => {
-                    let socket = WebSocketStream::from_raw_socket(
-                        TokioIo::new(upgraded),
-                        Role::Server,
-                        Some(config),
-                    )
-                    .await;
-                    session(socket).await;
+                    let (conn, outbox) = Conn::open(upgraded, queue_frames);
+                    let socket =
+                        WebSocketStream::from_raw_socket(conn, Role::Server, Some(config)).await;
+                    session(socket, outbox).await;
                 }
                 Err(error) => tracing::debug!(%error, "the upgrade did not complete"),
             }
