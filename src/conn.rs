@@ -44,10 +44,12 @@ impl Conn {
             Ok(parts) => {
                 let stream = Arc::new(parts.io.into_inner());
                 let outbox = Arc::new(Outbox::with_stream(queue_frames, stream.clone()));
+                // `read_buf` is a view into the HTTP server's read buffer (several KiB): copy
+                // the few bytes it may hold so that buffer is freed now.
                 let io = Io::Tcp {
                     stream,
                     outbox: outbox.clone(),
-                    prefix: parts.read_buf,
+                    prefix: Bytes::copy_from_slice(&parts.read_buf),
                 };
                 (Conn { io }, outbox)
             }
@@ -71,6 +73,9 @@ impl AsyncRead for Conn {
                     let n = prefix.len().min(buf.remaining());
                     buf.put_slice(&prefix[..n]);
                     prefix.advance(n);
+                    if prefix.is_empty() {
+                        *prefix = Bytes::new();
+                    }
                     return Poll::Ready(Ok(()));
                 }
                 loop {
