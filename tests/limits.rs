@@ -4,14 +4,14 @@ mod common;
 
 use std::sync::Arc;
 
-use futures_util::StreamExt;
+use futures_util::{SinkExt, StreamExt};
 
 use common::{Client, Event, TestServer, WAIT, eventually};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio_tungstenite::tungstenite;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::{self, Message};
 
 fn status_of(result: Result<Client, tungstenite::Error>) -> u16 {
     match result {
@@ -267,6 +267,23 @@ async fn tls_serves_websockets_and_refuses_plain_or_stalled_handshakes() {
     let welcome: Value = serde_json::from_str(first.to_text().unwrap()).unwrap();
     assert_eq!(welcome["type"], "welcome");
     assert_eq!(welcome["id"], "tls-1");
+    // Over TLS the hub cannot write to the socket itself: batches go through the session's
+    // queue, and still arrive.
+    let next = async |ws: &mut tokio_tungstenite::WebSocketStream<_>| -> Value {
+        let frame = tokio::time::timeout(WAIT, ws.next())
+            .await
+            .expect("a frame in time")
+            .expect("open")
+            .expect("readable");
+        serde_json::from_str(frame.to_text().unwrap()).unwrap()
+    };
+    assert_eq!(next(&mut ws).await["type"], "snapshot");
+    let pos = json!({"type": "pos", "lat": 1.5, "lon": 2.5, "ts": beacon::model::now_ms()});
+    ws.send(Message::text(pos.to_string())).await.unwrap();
+    let batch = next(&mut ws).await;
+    assert_eq!(batch["type"], "batch");
+    assert_eq!(batch["updates"][0]["id"], "tls-1");
+    assert_eq!(batch["updates"][0]["lat"], 1.5);
 
     // Plain HTTP on the TLS port gets no answer but a closed connection.
     let mut plain = TcpStream::connect(server.addr).await.unwrap();
