@@ -8,10 +8,11 @@
 //! - Publishing a fix updates the group's latest position and marks the device as changed.
 //!   Nothing is sent then. Once per tick, the ticker turns each changed group into one `batch`
 //!   holding the latest fix of every changed device (coalescing), encodes it once per codec in
-//!   use, and hands the same bytes to every subscriber's bounded queue.
-//! - A group that has been quiet for at least one tick is flushed at once instead of waiting for
-//!   the next tick, so a lone update sees no batching delay; a busy group is flushed once per
-//!   tick.
+//!   use, and hands the same bytes to every subscriber (see [`crate::outbox`]: written to the
+//!   socket at once where possible, else queued).
+//! - Ticks are per group: a busy group is flushed one tick after its previous flush, so groups
+//!   go out at different moments and the fan-out spreads over the tick. A group that has been
+//!   quiet for at least one tick is flushed at once, so a lone update sees no batching delay.
 //! - Queues are bounded. A full queue means the client is not reading: the batch is dropped for
 //!   it and the connection is flagged `lagged`; once it drains, the session sends a fresh
 //!   snapshot instead (position is state, so nothing of value is lost).
@@ -25,7 +26,8 @@
 //!   the same group still wait for the tick. Presence of devices whose socket is on another
 //!   instance lasts from the last time that instance vouched for them ([`Hub::remote_seen`]).
 
-use std::collections::{HashMap, HashSet};
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, Instant};
@@ -76,13 +78,13 @@ pub struct Hub {
     groups: DashMap<GroupId, Arc<Group>>,
     /// Open device sockets per device id: a device is online while this is above zero.
     sockets: DashMap<DeviceId, u32>,
-    /// Groups with changes waiting for the next tick.
-    dirty: Mutex<Vec<Arc<Group>>>,
-    /// Groups that were quiet and should be flushed without waiting for the tick.
-    urgent: Mutex<Vec<Arc<Group>>>,
+    /// Groups with changes, by when they are due to be flushed.
+    due: Mutex<DueQueue>,
     /// Groups with changes from other instances, fanned out without waiting for the tick.
     remote: Mutex<Vec<Arc<Group>>>,
-    urgent_notify: Notify,
+    /// Wakes the ticker: a group became due earlier than the ticker planned, or remote
+    /// changes arrived.
+    wake: Notify,
     next_outlet: AtomicU64,
     observers: RwLock<Vec<Arc<dyn HubObserver>>>,
     config: HubConfig,
@@ -109,7 +111,7 @@ struct GroupState {
     /// When another instance last confirmed a device online (ms), for devices whose socket is
     /// elsewhere: their presence lasts a stale window from the later of this and `rts`.
     seen: HashMap<DeviceId, i64>,
-    /// Whether the group sits in the hub's dirty list.
+    /// Whether the group sits in the hub's due queue.
     queued: bool,
     /// Whether the group sits in the hub's list of remote changes to fan out at once.
     remote_queued: bool,
@@ -140,10 +142,9 @@ impl Hub {
         Hub {
             groups: DashMap::new(),
             sockets: DashMap::new(),
-            dirty: Mutex::new(Vec::new()),
-            urgent: Mutex::new(Vec::new()),
+            due: Mutex::new(DueQueue::default()),
             remote: Mutex::new(Vec::new()),
-            urgent_notify: Notify::new(),
+            wake: Notify::new(),
             next_outlet: AtomicU64::new(1),
             observers: RwLock::new(Vec::new()),
             config,
@@ -221,20 +222,20 @@ impl Hub {
         Some(f(&mut state))
     }
 
-    /// Queues `group` for the next flush; a group quiet for a tick goes out at once.
+    /// Queues `group` to be flushed one tick after its previous flush, or at once when it has
+    /// been quiet for a tick.
     fn mark_dirty(&self, g: &Arc<Group>, state: &mut GroupState) {
         if state.queued {
             return;
         }
         state.queued = true;
-        let quiet = state
+        let now = Instant::now();
+        let at = state
             .last_flush
-            .is_none_or(|t| t.elapsed() >= self.config.tick());
-        if quiet {
-            lock_list(&self.urgent).push(g.clone());
-            self.urgent_notify.notify_one();
-        } else {
-            lock_list(&self.dirty).push(g.clone());
+            .map_or(now, |last| (last + self.config.tick()).max(now));
+        let earliest = lock_due(&self.due).push(at, g.clone());
+        if earliest {
+            self.wake.notify_one();
         }
     }
 
@@ -322,7 +323,7 @@ impl Hub {
         }
         state.remote_queued = true;
         lock_list(&self.remote).push(g.clone());
-        self.urgent_notify.notify_one();
+        self.wake.notify_one();
     }
 
     /// Records that other instances saw devices online at the given times (ms since the
@@ -476,32 +477,38 @@ impl Hub {
         .encode(codec)
     }
 
-    /// Flushes every dirty group once per tick, and quiet groups at once, until `shutdown`.
+    /// Flushes each group with changes when it is due, until `shutdown`.
     ///
-    /// A tick's groups are spread over the runtime's worker threads (each write is a system
-    /// call). When a tick's flush takes longer than the tick, the next one starts as soon as it
-    /// ends: under load, batches grow instead of queueing up behind each other.
+    /// Each group has its own tick: a busy group is flushed one tick after its previous flush,
+    /// a quiet one at once. Groups that got busy at different moments thus go out at
+    /// different moments, and the fan-out work spreads over the tick instead of coming all at
+    /// once. Groups due together are spread over the runtime's worker threads (each write is a
+    /// system call). When the ticker falls behind, a group is flushed as soon as it can be and
+    /// its next flush is a tick after that: under load, batches grow instead of queueing up.
     pub async fn run_ticker(self: Arc<Self>, shutdown: CancellationToken) {
-        let mut tick = tokio::time::interval(self.config.tick());
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let workers = tokio::runtime::Handle::current().metrics().num_workers();
         loop {
+            let next = lock_due(&self.due).next_at();
+            let sleep = async {
+                match next {
+                    Some(at) => tokio::time::sleep_until(at.into()).await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 _ = shutdown.cancelled() => return,
-                _ = tick.tick() => {
-                    let started = Instant::now();
-                    let mut groups = std::mem::take(&mut *lock_list(&self.dirty));
-                    groups.append(&mut lock_list(&self.urgent));
-                    self.flush_spread(groups, workers).await;
-                    self.flush_remote();
-                    self.metrics.tick_seconds.observe(started.elapsed().as_secs_f64());
-                }
-                _ = self.urgent_notify.notified() => {
-                    let urgent = std::mem::take(&mut *lock_list(&self.urgent));
-                    self.flush(&urgent);
-                    self.flush_remote();
-                }
+                () = sleep => {}
+                () = self.wake.notified() => {}
             }
+            let started = Instant::now();
+            let groups = lock_due(&self.due).take_until(started);
+            if !groups.is_empty() {
+                self.flush_spread(groups, workers).await;
+                self.metrics
+                    .tick_seconds
+                    .observe(started.elapsed().as_secs_f64());
+            }
+            self.flush_remote();
         }
     }
 
@@ -525,10 +532,8 @@ impl Hub {
     /// Flushes every group with pending changes now. The server calls it once at shutdown,
     /// after the ticker stopped, so observers see the last changes.
     pub fn flush_pending(&self) {
-        let groups = std::mem::take(&mut *lock_list(&self.dirty));
+        let groups = lock_due(&self.due).take_all();
         self.flush(&groups);
-        let urgent = std::mem::take(&mut *lock_list(&self.urgent));
-        self.flush(&urgent);
     }
 
     /// Builds, encodes and fans out one batch per group with changes.
@@ -747,4 +752,176 @@ impl Hub {
 
 fn lock_list(list: &Mutex<Vec<Arc<Group>>>) -> MutexGuard<'_, Vec<Arc<Group>>> {
     list.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn lock_due(due: &Mutex<DueQueue>) -> MutexGuard<'_, DueQueue> {
+    due.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Groups waiting to be flushed, earliest first.
+#[derive(Debug, Default)]
+struct DueQueue {
+    heap: BinaryHeap<Reverse<Due>>,
+    /// Breaks ties between groups due at the same instant: first queued, first flushed.
+    seq: u64,
+}
+
+#[derive(Debug)]
+struct Due {
+    at: Instant,
+    seq: u64,
+    group: Arc<Group>,
+}
+
+impl PartialEq for Due {
+    fn eq(&self, other: &Self) -> bool {
+        (self.at, self.seq) == (other.at, other.seq)
+    }
+}
+
+impl Eq for Due {}
+
+impl PartialOrd for Due {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Due {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        (self.at, self.seq).cmp(&(other.at, other.seq))
+    }
+}
+
+impl DueQueue {
+    /// Queues `group` for `at`; returns whether it is now the earliest.
+    fn push(&mut self, at: Instant, group: Arc<Group>) -> bool {
+        self.seq += 1;
+        let seq = self.seq;
+        self.heap.push(Reverse(Due { at, seq, group }));
+        self.heap
+            .peek()
+            .is_some_and(|Reverse(head)| head.seq == seq)
+    }
+
+    /// When the earliest group is due.
+    fn next_at(&self) -> Option<Instant> {
+        self.heap.peek().map(|Reverse(head)| head.at)
+    }
+
+    /// Takes every group due at or before `now`, earliest first.
+    fn take_until(&mut self, now: Instant) -> Vec<Arc<Group>> {
+        let mut groups = Vec::new();
+        while self.heap.peek().is_some_and(|Reverse(head)| head.at <= now) {
+            if let Some(Reverse(due)) = self.heap.pop() {
+                groups.push(due.group);
+            }
+        }
+        groups
+    }
+
+    /// Takes every queued group.
+    fn take_all(&mut self) -> Vec<Arc<Group>> {
+        std::mem::take(&mut self.heap)
+            .into_sorted_vec()
+            .into_iter()
+            .rev()
+            .map(|Reverse(due)| due.group)
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    fn group(name: &str) -> GroupId {
+        GroupId::parse(name).unwrap()
+    }
+
+    fn arc_group(name: &str) -> Arc<Group> {
+        Arc::new(Group {
+            id: group(name),
+            state: Mutex::new(GroupState::default()),
+        })
+    }
+
+    #[test]
+    fn the_due_queue_gives_groups_back_earliest_first() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let mut due = DueQueue::default();
+        assert!(due.push(t0 + ms(30), arc_group("c")));
+        assert!(!due.push(t0 + ms(50), arc_group("d")));
+        assert!(due.push(t0 + ms(10), arc_group("a")), "earlier: new head");
+        assert!(
+            !due.push(t0 + ms(10), arc_group("b")),
+            "same instant: after a"
+        );
+        assert_eq!(due.next_at(), Some(t0 + ms(10)));
+        let names = |groups: Vec<Arc<Group>>| -> Vec<String> {
+            groups.iter().map(|g| g.id.to_string()).collect()
+        };
+        assert_eq!(names(due.take_until(t0 + ms(30))), ["a", "b", "c"]);
+        assert_eq!(due.next_at(), Some(t0 + ms(50)));
+        assert!(due.take_until(t0 + ms(49)).is_empty());
+        due.push(t0 + ms(40), arc_group("e"));
+        assert_eq!(names(due.take_all()), ["e", "d"]);
+        assert_eq!(due.next_at(), None);
+    }
+
+    /// Waits for the next frame queued for `outbox` and returns when it came.
+    async fn next_frame(outbox: &Outbox) -> Instant {
+        tokio::time::timeout(Duration::from_secs(10), outbox.ready())
+            .await
+            .expect("a batch in time");
+        outbox.pop().expect("a queued frame");
+        Instant::now()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn each_group_keeps_its_own_tick() {
+        let mut config = Config::default().hub;
+        config.tick_ms = 400;
+        let tick = config.tick();
+        let hub = Arc::new(Hub::new(config, Arc::new(Metrics::new())));
+        let stop = CancellationToken::new();
+        let watch = |name: &str| {
+            let outlet = Outlet {
+                id: hub.next_outlet_id(),
+                codec: Codec::Json,
+                outbox: Arc::new(Outbox::new(8)),
+            };
+            hub.subscribe(&group(name), &outlet);
+            outlet.outbox
+        };
+        let (a, b) = (watch("a"), watch("b"));
+        tokio::spawn(hub.clone().run_ticker(stop.clone()));
+        let device = DeviceId::parse("d").unwrap();
+        let mut ts = now_ms();
+        let mut publish = |name: &str| {
+            ts += 1;
+            hub.publish(&device, &[group(name)], &Fix::new(1.0, 2.0, ts), ts);
+        };
+
+        // Both groups are quiet: a first fix goes out at once, a second waits a tick.
+        publish("a");
+        let a_first = next_frame(&a).await;
+        publish("a");
+        tokio::time::sleep(tick / 2).await;
+        publish("b");
+        let b_first = next_frame(&b).await;
+        publish("b");
+        let a_second = next_frame(&a).await;
+        let b_second = next_frame(&b).await;
+        assert!(a_second - a_first >= tick, "a busy group waits a tick");
+        // With one tick for all groups, b's second batch would have gone out with a's.
+        assert!(
+            b_second - b_first >= tick,
+            "b's tick counts from b's own flush ({:?} after it)",
+            b_second - b_first
+        );
+        stop.cancel();
+    }
 }
