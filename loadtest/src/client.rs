@@ -349,7 +349,9 @@ fn read_error_kind(e: &WsError) -> &'static str {
 }
 
 /// What a received frame meant to the session.
-enum Step {
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Step {
+    /// Nothing for the connection loop to do.
     Continue,
     /// All initial snapshots have arrived: a device may start sending.
     Ready,
@@ -357,8 +359,12 @@ enum Step {
     Closed(String),
 }
 
-/// Per-connection receive state.
-struct Session<'a> {
+/// Per-connection receive state: decodes every frame, updates the subscriber's view, counts,
+/// and records the latency of every new fix.
+///
+/// Public so that benches can feed it recorded frames; the connection loops are its only
+/// users in a run.
+pub struct Session<'a> {
     w: &'a WorkerShared,
     spec: &'a ClientSpec,
     /// What this subscriber holds; tells new fixes from repeated or older ones.
@@ -373,7 +379,8 @@ struct Session<'a> {
 }
 
 impl<'a> Session<'a> {
-    fn new(w: &'a WorkerShared, spec: &'a ClientSpec, view: &'a View) -> Session<'a> {
+    /// Fresh state for one connection of `spec`, keeping `view`.
+    pub fn new(w: &'a WorkerShared, spec: &'a ClientSpec, view: &'a View) -> Session<'a> {
         Session {
             w,
             spec,
@@ -386,7 +393,8 @@ impl<'a> Session<'a> {
         }
     }
 
-    fn on_message(&mut self, msg: &Message) -> Step {
+    /// Handles one received message.
+    pub fn on_message(&mut self, msg: &Message) -> Step {
         let c = &self.w.counters;
         let received_us = now_micros();
         if let Message::Close(frame) = msg {
