@@ -93,7 +93,8 @@ impl Config {
 #[derive(Clone, Debug, Args)]
 pub struct HubConfig {
     /// Batch interval in ms: fixes arriving within one tick are coalesced to the latest per
-    /// device and sent as one frame per group. Default 100. Range 5-10000.
+    /// device and sent as one frame per group; a busy group is sent at most once per tick, a
+    /// quiet one at once. Default 100. Range 5-10000.
     #[arg(long, env = "BEACON_TICK_MS", default_value_t = 100,
           value_parser = clap::value_parser!(u64).range(5..=10_000))]
     pub tick_ms: u64,
@@ -179,9 +180,10 @@ pub struct Limits {
     #[arg(long, env = "BEACON_MAX_FRAME_BYTES", default_value_t = 16 * 1024)]
     pub max_frame_bytes: usize,
 
-    /// Frames queued for one connection before the hub starts dropping batches for it (the
-    /// client then gets fresh snapshots once it reads again). Default 32. The frames are
-    /// shared with other subscribers, so the bound is on references, not copies.
+    /// Frames queued for one connection (batches its socket could not take at once) before
+    /// the hub starts dropping batches for it (the client then gets fresh snapshots once it
+    /// reads again). Default 32. The frames are shared with other subscribers, so the bound is
+    /// on references, not copies.
     #[arg(long, env = "BEACON_QUEUE_FRAMES", default_value_t = 32)]
     pub queue_frames: usize,
 
