@@ -330,6 +330,36 @@ fn idle_reports_memory_per_connection() {
     assert_eq!(r["latest_state"]["mismatches"], 0, "{why}");
 }
 
+/// A ceiling on what an idle connection costs the server, so that a change that makes every
+/// connection keep a buffer alive fails here rather than in the next benchmark. The server is
+/// the debug build: at 1,000 connections it measures about 10.3 KB per connection (the release
+/// build: 7.8 KB at 10,000, BENCHMARKS.md), and a leaked 8 KiB read buffer per connection
+/// takes it past 17 KB.
+#[test]
+fn an_idle_connection_stays_within_its_memory_budget() {
+    const BUDGET_BYTES: f64 = 14.0 * 1024.0;
+    let server = start_server_with(&["--tick-ms", "100", "--max-connections-per-ip", "0"]);
+    let (code, r, out) = loadtest(
+        &server,
+        &[
+            "--scenario",
+            "idle",
+            "--devices",
+            "1000",
+            "--duration",
+            "1s",
+        ],
+    );
+    let why = explain(&out);
+    assert_eq!(code, 0, "{why}");
+    assert_eq!(r["idle_memory"]["connections"], 1000, "{why}");
+    let per_connection = r["idle_memory"]["bytes_per_connection"].as_f64().unwrap();
+    assert!(
+        per_connection > 0.0 && per_connection <= BUDGET_BYTES,
+        "{per_connection:.0} bytes per idle connection, budget {BUDGET_BYTES:.0}\n{why}"
+    );
+}
+
 #[test]
 fn a_missed_slo_exits_with_1() {
     let server = start_server();
