@@ -26,8 +26,7 @@
 //!   the same group still wait for the tick. Presence of devices whose socket is on another
 //!   instance lasts from the last time that instance vouched for them ([`Hub::remote_seen`]).
 
-use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, Instant};
@@ -761,73 +760,42 @@ fn lock_due(due: &Mutex<DueQueue>) -> MutexGuard<'_, DueQueue> {
 /// Groups waiting to be flushed, earliest first.
 #[derive(Debug, Default)]
 struct DueQueue {
-    heap: BinaryHeap<Reverse<Due>>,
-    /// Breaks ties between groups due at the same instant: first queued, first flushed.
+    /// Keyed by when each group is due, then by a sequence number: of groups due at the same
+    /// instant, the first queued is flushed first.
+    groups: BTreeMap<(Instant, u64), Arc<Group>>,
     seq: u64,
-}
-
-#[derive(Debug)]
-struct Due {
-    at: Instant,
-    seq: u64,
-    group: Arc<Group>,
-}
-
-impl PartialEq for Due {
-    fn eq(&self, other: &Self) -> bool {
-        (self.at, self.seq) == (other.at, other.seq)
-    }
-}
-
-impl Eq for Due {}
-
-impl PartialOrd for Due {
-    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(other))
-    }
-}
-
-impl Ord for Due {
-    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        (self.at, self.seq).cmp(&(other.at, other.seq))
-    }
 }
 
 impl DueQueue {
     /// Queues `group` for `at`; returns whether it is now the earliest.
     fn push(&mut self, at: Instant, group: Arc<Group>) -> bool {
         self.seq += 1;
-        let seq = self.seq;
-        self.heap.push(Reverse(Due { at, seq, group }));
-        self.heap
-            .peek()
-            .is_some_and(|Reverse(head)| head.seq == seq)
+        let key = (at, self.seq);
+        self.groups.insert(key, group);
+        self.groups
+            .first_key_value()
+            .is_some_and(|(k, _)| *k == key)
     }
 
     /// When the earliest group is due.
     fn next_at(&self) -> Option<Instant> {
-        self.heap.peek().map(|Reverse(head)| head.at)
+        self.groups.first_key_value().map(|((at, _), _)| *at)
     }
 
     /// Takes every group due at or before `now`, earliest first.
     fn take_until(&mut self, now: Instant) -> Vec<Arc<Group>> {
         let mut groups = Vec::new();
-        while self.heap.peek().is_some_and(|Reverse(head)| head.at <= now) {
-            if let Some(Reverse(due)) = self.heap.pop() {
-                groups.push(due.group);
-            }
+        while let Some(entry) = self.groups.first_entry()
+            && entry.key().0 <= now
+        {
+            groups.push(entry.remove());
         }
         groups
     }
 
-    /// Takes every queued group.
+    /// Takes every queued group, earliest first.
     fn take_all(&mut self) -> Vec<Arc<Group>> {
-        std::mem::take(&mut self.heap)
-            .into_sorted_vec()
-            .into_iter()
-            .rev()
-            .map(|Reverse(due)| due.group)
-            .collect()
+        std::mem::take(&mut self.groups).into_values().collect()
     }
 }
 

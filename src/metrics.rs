@@ -119,7 +119,7 @@ impl Metrics {
         let tick_seconds = Histogram::new(exponential_buckets(0.000_05, 2.0, 16));
         registry.register(
             "tick_seconds",
-            "Time to build, encode and fan out one tick",
+            "Time the ticker takes to build, encode and fan out the groups due at one wake-up",
             tick_seconds.clone(),
         );
 

@@ -4,8 +4,8 @@
 //! Fanning a batch out by waking every subscriber's task costs a task wake-up, a poll of the
 //! session's `select!` and a copy into tungstenite's write buffer per frame, on top of the
 //! `send` itself. So on a plain TCP connection the hub writes the shared frame straight to the
-//! socket ([`Outbox::push`]): one non-blocking vectored `send` of the frame's header and its
-//! payload, from the ticker, without waking the session at all. This is allowed only while
+//! socket ([`Outbox::push`]): one non-blocking `send` of the whole frame, header included, from
+//! the ticker, without waking the session at all. This is allowed only while
 //! nothing else may be on its way to the socket (each batch is formatted once as a complete
 //! WebSocket frame, [`Prepared`], and shared by every subscriber):
 //!
