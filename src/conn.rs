@@ -73,9 +73,6 @@ impl AsyncRead for Conn {
                     let n = prefix.len().min(buf.remaining());
                     buf.put_slice(&prefix[..n]);
                     prefix.advance(n);
-                    if prefix.is_empty() {
-                        *prefix = Bytes::new();
-                    }
                     return Poll::Ready(Ok(()));
                 }
                 loop {
