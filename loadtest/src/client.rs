@@ -592,10 +592,22 @@ async fn close_gracefully(ws: &mut Ws) {
     .await;
 }
 
+/// Waits for the next phase change; gives the receiver back with the new phase
+/// ([`Phase::Closing`] once the sender is gone).
+async fn next_phase(
+    mut rx: tokio::sync::watch::Receiver<Phase>,
+) -> (tokio::sync::watch::Receiver<Phase>, Phase) {
+    let now = match rx.changed().await {
+        Ok(()) => *rx.borrow_and_update(),
+        Err(_) => Phase::Closing,
+    };
+    (rx, now)
+}
+
 /// Runs a long-lived device or viewer (idle, fleet and viewers scenarios): one connection,
 /// no reconnect, until the worker moves to [`Phase::Closing`].
 pub async fn run_steady(w: Arc<WorkerShared>, spec: ClientSpec) {
-    let mut phase = w.phase();
+    let phase = w.phase();
     let connected = connect_counted(&w, &spec).await;
     w.resolved_one();
     let Some(mut ws) = connected else { return };
@@ -611,19 +623,20 @@ pub async fn run_steady(w: Arc<WorkerShared>, spec: ClientSpec) {
     let mut closing = false;
     let mut ended_by: Option<String> = None;
 
+    // The phase watch and the fix timer live across turns of the loop: a frame arrives about
+    // every tick, and making and dropping both futures for each one shows in the harness's
+    // cost per frame.
+    let mut phase_change = Box::pin(next_phase(phase));
+    let mut fix_due = std::pin::pin!(sleep_until(Instant::now()));
     while !closing && ended_by.is_none() {
-        let next_at = fixes
-            .as_ref()
-            .map(|f| f.next_at)
-            .unwrap_or_else(Instant::now);
         tokio::select! {
-            changed = phase.changed() => {
-                let now = if changed.is_ok() { *phase.borrow_and_update() } else { Phase::Closing };
+            (rx, now) = &mut phase_change => {
                 if now != Phase::Running && sending {
                     sending = false;
                     w.stop_sending();
                 }
                 closing = now == Phase::Closing;
+                phase_change = Box::pin(next_phase(rx));
             }
             msg = ws.next() => match msg {
                 Some(Ok(m)) => match session.on_message(&m) {
@@ -631,6 +644,7 @@ pub async fn run_steady(w: Arc<WorkerShared>, spec: ClientSpec) {
                         ready = true;
                         if let Some(src) = fixes.as_mut() {
                             src.first_after_ready(one_fix_only);
+                            fix_due.as_mut().reset(src.next_at);
                         }
                     }
                     Step::Closed(code) => ended_by = Some(code),
@@ -639,9 +653,10 @@ pub async fn run_steady(w: Arc<WorkerShared>, spec: ClientSpec) {
                 Some(Err(e)) => ended_by = Some(read_error_kind(&e).to_string()),
                 None => ended_by = Some("eof".to_string()),
             },
-            _ = sleep_until(next_at), if sending && ready => {
+            () = &mut fix_due, if sending && ready => {
                 let Some(src) = fixes.as_mut() else { continue };
                 let Ok((msg, ts)) = src.next_message(spec.codec) else { continue };
+                fix_due.as_mut().reset(src.next_at);
                 if let Err(e) = ws.send(msg).await {
                     ended_by = Some(read_error_kind(&e).to_string());
                     continue;

@@ -84,8 +84,9 @@ pub struct Cli {
     #[arg(long, value_parser = clap::value_parser!(u8).range(1..=254))]
     pub source_addrs: Option<u8>,
 
-    /// Worker processes. Default: as many as the open-file limit requires (1 below ~19,800
-    /// connections).
+    /// Worker processes. Default: as many as the open-file limit requires (one per ~19,800
+    /// connections), and at least two per core for runs of 1,000 connections or more;
+    /// smaller runs stay in the parent process.
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=64))]
     pub workers: Option<u32>,
 

@@ -19,7 +19,7 @@ use tokio::time::{Instant, sleep_until, timeout};
 use crate::config::{CONNECTIONS_PER_SOURCE_ADDR, Cli, Plan, Scenario, new_run_id};
 use crate::control::{Command, Event};
 use crate::latest::CheckResult;
-use crate::limits::{raise_open_file_limit, workers_needed};
+use crate::limits::{default_workers, raise_open_file_limit, workers_needed};
 use crate::metrics::{Latencies, LatencySummary, Stats};
 use crate::procstat::{CpuMeter, read};
 use crate::report::{
@@ -53,7 +53,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<Report> {
     }
     let mut plan = Plan::build(&cli, targets, 1, new_run_id())?;
     let needed = workers_needed(u64::from(plan.connections()), limit);
-    plan.workers = cli.workers.unwrap_or(needed);
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
+    plan.workers = cli
+        .workers
+        .unwrap_or_else(|| default_workers(u64::from(plan.connections()), limit, cores));
     if plan.workers < needed {
         eprintln!(
             "beacon-loadtest: warning: {} connections over {} worker(s) is more than the {} sockets one \

@@ -49,6 +49,28 @@ pub fn workers_needed(connections: u64, limit: FileLimit) -> u32 {
     u32::try_from(connections.div_ceil(limit.socket_capacity()).max(1)).unwrap_or(u32::MAX)
 }
 
+/// Runs with at least this many connections are spread over [`WORKERS_PER_CORE`] worker
+/// processes per core by default.
+pub const SPREAD_FROM_CONNECTIONS: u64 = 1_000;
+
+/// Default worker processes per core for large runs. A worker is single-threaded, so it
+/// costs less per frame than threads that wake each other. Two per core, rather than one,
+/// because the harness usually shares the machine with the server under test: the scheduler
+/// shares CPU time out per thread, and a harness that gets too little of it measures its
+/// own backlog instead of the server (BENCHMARKS.md, "Fleet").
+pub const WORKERS_PER_CORE: u32 = 2;
+
+/// Default worker count: what the open-file limit requires, and for runs of
+/// [`SPREAD_FROM_CONNECTIONS`] or more, at least [`WORKERS_PER_CORE`] per core (`cores`).
+pub fn default_workers(connections: u64, limit: FileLimit, cores: u32) -> u32 {
+    let needed = workers_needed(connections, limit);
+    if connections >= SPREAD_FROM_CONNECTIONS {
+        needed.max(cores.saturating_mul(WORKERS_PER_CORE))
+    } else {
+        needed
+    }
+}
+
 /// Whether an I/O error is "too many open files" (per process or system-wide).
 pub fn is_open_file_limit(err: &io::Error) -> bool {
     matches!(err.raw_os_error(), Some(code) if code == nix::libc::EMFILE || code == nix::libc::ENFILE)
@@ -70,6 +92,20 @@ mod tests {
         assert_eq!(workers_needed(19_801, limit), 2);
         assert_eq!(workers_needed(50_000, limit), 3);
         assert_eq!(workers_needed(0, limit), 1);
+    }
+
+    #[test]
+    fn large_runs_take_two_workers_per_core() {
+        let limit = FileLimit {
+            soft: 20_000,
+            hard: 20_000,
+        };
+        let small = default_workers(999, limit, 2);
+        assert_eq!(small, 1, "small runs stay in-process");
+        assert_eq!(default_workers(1_000, limit, 2), 4);
+        assert_eq!(default_workers(10_000, limit, 1), 2);
+        let huge = default_workers(100_000, limit, 2);
+        assert_eq!(huge, 6, "the open-file limit asks for more");
     }
 
     #[test]

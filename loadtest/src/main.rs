@@ -18,13 +18,21 @@ fn main() -> ExitCode {
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
         )
         .init();
-    // Two runtime threads: the machine is shared with the server under test, and a worker
-    // spends its time in small reads and writes that do not need more.
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-    {
+    // A worker process runs on one thread: it spends its time in small reads and writes, and
+    // one single-threaded worker per core (the default for large runs) costs less per frame
+    // than threads that wake each other. The parent, which also runs small runs in-process,
+    // keeps two threads: the machine is shared with the server under test.
+    let runtime = if cli.worker {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+    };
+    let runtime = match runtime {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("beacon-loadtest: cannot start the async runtime: {e}");
