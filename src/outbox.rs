@@ -36,6 +36,7 @@ use std::task::{Context, Poll, ready};
 use bytes::{Buf, Bytes};
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
+use tokio_tungstenite::tungstenite::Utf8Bytes;
 use tokio_tungstenite::tungstenite::protocol::frame::FrameHeader;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
 
@@ -62,6 +63,9 @@ pub enum Push {
 
 /// A frame as it goes on the wire, header and payload in one buffer, built once and written
 /// to any number of sockets with one `send` each.
+///
+/// The payload seen through [`Prepared::frame`] (what the queue hands to tungstenite) is a
+/// slice of that same buffer, so a batch is held once in memory however many queues keep it.
 #[derive(Clone, Debug)]
 pub struct Prepared {
     frame: Frame,
@@ -87,11 +91,18 @@ impl Prepared {
         header
             .format(frame.len() as u64, &mut wire)
             .expect("formatting into a Vec cannot fail");
+        let header_len = wire.len();
         wire.extend_from_slice(frame.as_bytes());
-        Prepared {
-            frame,
-            wire: Bytes::from(wire),
-        }
+        let wire = Bytes::from(wire);
+        let payload = wire.slice(header_len..);
+        let frame = match frame {
+            // Checks UTF-8 again, once per batch: the price of not holding the text twice.
+            Frame::Text(text) => {
+                Utf8Bytes::try_from(payload).map_or(Frame::Text(text), Frame::Text)
+            }
+            Frame::Binary(_) => Frame::Binary(payload),
+        };
+        Prepared { frame, wire }
     }
 
     /// The frame's payload and message kind.
@@ -391,6 +402,22 @@ mod tests {
         assert_eq!(huge.wire()[..10], [0x82, 127, 0, 0, 0, 0, 0, 1, 0x11, 0x70]);
         assert_eq!(huge.wire().len(), 70_010);
         assert!(huge.wire()[10..].iter().all(|b| *b == 9));
+    }
+
+    #[test]
+    fn the_payload_is_held_once() {
+        for (p, header) in [
+            (Prepared::new(frame("hello")), 2),
+            (Prepared::new(Frame::Binary(Bytes::from(vec![5u8; 300]))), 4),
+        ] {
+            assert_eq!(p.frame().as_bytes(), &p.wire()[header..]);
+            assert_eq!(
+                p.frame().as_bytes().as_ptr(),
+                p.wire()[header..].as_ptr(),
+                "the payload must be a slice of the wire buffer, not a copy"
+            );
+        }
+        assert_eq!(Prepared::new(frame("hello")).frame(), &frame("hello"));
     }
 
     #[tokio::test]
