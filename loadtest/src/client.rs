@@ -553,9 +553,10 @@ impl FixSource {
         let ts = now_ms().max(self.last_ts + 1);
         self.last_ts = ts;
         self.seq += 1;
-        let msg = encode_pos(codec, &self.vehicle.fix(), ts, self.seq)?;
-        // Keep the schedule, but never burst to catch up after a stall.
+        // Keep the schedule, but never burst to catch up after a stall. Moved on before
+        // encoding, so that a fix that cannot be encoded does not come due again at once.
         self.next_at = (self.next_at + self.period).max(now);
+        let msg = encode_pos(codec, &self.vehicle.fix(), ts, self.seq)?;
         Ok((msg, ts))
     }
 }
@@ -655,8 +656,9 @@ pub async fn run_steady(w: Arc<WorkerShared>, spec: ClientSpec) {
             },
             () = &mut fix_due, if sending && ready => {
                 let Some(src) = fixes.as_mut() else { continue };
-                let Ok((msg, ts)) = src.next_message(spec.codec) else { continue };
+                let next = src.next_message(spec.codec);
                 fix_due.as_mut().reset(src.next_at);
+                let Ok((msg, ts)) = next else { continue };
                 if let Err(e) = ws.send(msg).await {
                     ended_by = Some(read_error_kind(&e).to_string());
                     continue;

@@ -19,7 +19,7 @@ fn main() -> ExitCode {
         )
         .init();
     // A worker process runs on one thread: it spends its time in small reads and writes, and
-    // one single-threaded worker per core (the default for large runs) costs less per frame
+    // single-threaded workers (two per core by default for large runs) cost less per frame
     // than threads that wake each other. The parent, which also runs small runs in-process,
     // keeps two threads: the machine is shared with the server under test.
     let runtime = if cli.worker {
