@@ -366,7 +366,6 @@ impl Outbox {
 mod tests {
     use super::*;
     use tokio::io::AsyncReadExt;
-    use tokio_tungstenite::tungstenite::Utf8Bytes;
 
     fn frame(s: &'static str) -> Frame {
         Frame::Text(Utf8Bytes::from_static(s))

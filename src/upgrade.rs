@@ -7,12 +7,12 @@
 //! connection. It also lets the session share a plain TCP socket with the hub, which writes
 //! batches to it directly ([`crate::conn`]).
 
+use std::sync::Arc;
+
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use std::sync::Arc;
-
 use hyper::upgrade::OnUpgrade;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;

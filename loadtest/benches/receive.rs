@@ -11,7 +11,7 @@ use std::hint::black_box;
 use std::sync::Arc;
 use std::time::Instant;
 
-use beacon_loadtest::client::{ClientSpec, Session, Step};
+use beacon_loadtest::client::{ClientSpec, Session, Step, device_id, group_id};
 use beacon_loadtest::clock::now_ms;
 use beacon_loadtest::config::{Cli, Codec, Plan, Target};
 use beacon_loadtest::latest::View;
@@ -75,6 +75,7 @@ fn plan(codec: &str) -> Plan {
 fn frames(plan: &Plan, codec: Codec) -> Vec<Message> {
     let start = now_ms();
     let groups = plan.groups;
+    let group = group_id(&plan.run_id, 0);
     (0..FRAMES)
         .map(|k| {
             let updates = (0..PER_FRAME)
@@ -83,7 +84,7 @@ fn frames(plan: &Plan, codec: Codec) -> Vec<Message> {
                     let device = (n % GROUP_SIZE) * groups;
                     let ts = start + u64::from(n);
                     Record {
-                        id: format!("{}-d{device}", plan.run_id),
+                        id: device_id(&plan.run_id, device),
                         lat: 52.520_000_4 + f64::from(n % 97) * 1.3e-5,
                         lon: 13.405_012_3 - f64::from(n % 89) * 1.1e-5,
                         ts,
@@ -97,7 +98,7 @@ fn frames(plan: &Plan, codec: Codec) -> Vec<Message> {
                 .collect();
             let batch = Batch {
                 kind: "batch",
-                group: "lt1-g0",
+                group: &group,
                 updates,
                 offline: Vec::new(),
             };
