@@ -1,7 +1,6 @@
 // The viewer's WebSocket: connect, parse JSON frames, ping for RTT, and reconnect with
 // exponential backoff and jitter. It knows nothing about the map; it reports through callbacks.
-
-import { backoffDelay, clockOffset } from './state.js';
+// No DOM: the WebSocket class is a parameter, so `node --test web/test/` drives it with a fake.
 
 export const SUBPROTOCOL = 'beacon.v1.json';
 export const PING_INTERVAL_MS = 15000;
@@ -10,6 +9,26 @@ const FIRST_PING_DELAY_MS = 1500;
 export const SILENCE_LIMIT_MS = 40000;
 /** A connection that stayed up this long resets the backoff to its first step. */
 const STABLE_MS = 10000;
+
+/**
+ * Delay before reconnect attempt number `attempt` (0 for the first retry): exponential growth
+ * from `baseMs`, capped at `maxMs`, with "equal jitter" so that a server restart does not see
+ * every browser come back in the same millisecond. The result lies in
+ * [min(maxMs, baseMs * 2^attempt) / 2, min(maxMs, baseMs * 2^attempt)].
+ */
+export function backoffDelay(attempt, { baseMs = 500, maxMs = 30000, random = Math.random } = {}) {
+  const n = Math.max(0, Math.floor(Number.isFinite(attempt) ? attempt : 0));
+  const ceiling = Math.min(maxMs, baseMs * 2 ** Math.min(n, 30));
+  return ceiling / 2 + random() * (ceiling / 2);
+}
+
+/**
+ * Server clock minus local clock, from a ping sent at local `sentAt`, answered at local
+ * `receivedAt` with the server's `serverTime` (assumes a symmetric path).
+ */
+export function clockOffset(sentAt, receivedAt, serverTime) {
+  return serverTime - (sentAt + receivedAt) / 2;
+}
 
 /**
  * @typedef {'connecting' | 'live' | 'reconnecting' | 'stopped'} LinkState

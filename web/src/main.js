@@ -8,24 +8,13 @@ import 'leaflet/dist/leaflet.css';
 import './style.css';
 
 import { Link } from './connection.js';
+import { formatAge, speedKmh } from './format.js';
+import { deviceBounds, fromMercator } from './geometry.js';
+import { createInbox, inboxClear, inboxDrain, inboxPush } from './inbox.js';
+import { countOnline, createState, glidePosition, lastSeen, retainGroups } from './model.js';
 import { DevicePanel } from './panel.js';
 import { parseParams, socketUrl } from './params.js';
 import { DeviceLayer } from './render.js';
-import {
-  countOnline,
-  createInbox,
-  createState,
-  deviceBounds,
-  formatAge,
-  fromMercator,
-  glidePosition,
-  inboxClear,
-  inboxDrain,
-  inboxPush,
-  lastSeen,
-  retainGroups,
-  speedKmh,
-} from './state.js';
 
 const PANEL_REFRESH_MS = 500;
 const TOKEN_KEY = 'beacon.access_token';

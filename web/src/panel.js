@@ -2,14 +2,8 @@
 // followed one. Only the rows in view exist in the DOM (a pool of ~20 nodes reused while
 // scrolling), and the list is refreshed on a timer, not on every update.
 
-import {
-  countOnline,
-  filterDevices,
-  formatAge,
-  lastSeen,
-  sortDevices,
-  speedKmh,
-} from './state.js';
+import { formatAge, speedKmh } from './format.js';
+import { countOnline, filterDevices, lastSeen, sortDevices } from './model.js';
 
 /** Row height in pixels; must match `.row` in style.css. */
 export const ROW_HEIGHT = 52;

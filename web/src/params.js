@@ -1,13 +1,18 @@
 // Page settings from the URL, and the WebSocket URL built from them. No DOM: the caller passes
 // the query string and the page's location parts, so this is testable in Node.
 
-import { isValidId } from './state.js';
-
 /** Tile template used when `?tiles=` is absent. */
 export const DEFAULT_TILES = 'https://tile.openstreetmap.org/{z}/{x}/{y}.png';
 export const DEFAULT_ATTRIBUTION =
   '&copy; <a href="https://www.openstreetmap.org/copyright">OpenStreetMap</a> contributors';
 export const DEFAULT_GROUPS = ['demo'];
+
+const ID_RE = /^[A-Za-z0-9._:@-]{1,64}$/;
+
+/** Whether `s` is a valid device or group id (protocol.md, "Words"). */
+export function isValidId(s) {
+  return typeof s === 'string' && ID_RE.test(s);
+}
 
 /** A random viewer id such as `viewer-k3f9`. */
 export function randomViewerId(random = Math.random) {

@@ -4,7 +4,8 @@
 // is a handful of batched paths, whatever the count.
 
 import * as L from 'leaflet/dist/leaflet-src.esm.js';
-import { fromMercator, glidePosition, toMercator } from './state.js';
+import { fromMercator, toMercator } from './geometry.js';
+import { glidePosition } from './model.js';
 
 const TILE = 256;
 const COLORS = {

@@ -1,9 +1,17 @@
-// Unit tests of the viewer socket (web/src/connection.js) with a fake WebSocket and fake timers.
+// Unit tests of the viewer socket (web/src/connection.js) with a fake WebSocket and fake timers,
+// and of its timing: reconnect delays and the server clock offset.
 
 import assert from 'node:assert/strict';
 import { afterEach, beforeEach, describe, it, mock } from 'node:test';
 
-import { Link, PING_INTERVAL_MS, SILENCE_LIMIT_MS, SUBPROTOCOL } from '../src/connection.js';
+import {
+  Link,
+  PING_INTERVAL_MS,
+  SILENCE_LIMIT_MS,
+  SUBPROTOCOL,
+  backoffDelay,
+  clockOffset,
+} from '../src/connection.js';
 
 class FakeSocket {
   static all = [];
@@ -194,5 +202,42 @@ describe('Link', () => {
     ws.onmessage({ data: new ArrayBuffer(4) });
     assert.equal(messages.length, 0);
     link.stop();
+  });
+});
+
+describe('backoff', () => {
+  it('stays within [ceiling/2, ceiling] and grows exponentially to the cap', () => {
+    const opts = { baseMs: 500, maxMs: 30000 };
+    for (let attempt = 0; attempt < 20; attempt += 1) {
+      const ceiling = Math.min(30000, 500 * 2 ** attempt);
+      const lo = backoffDelay(attempt, { ...opts, random: () => 0 });
+      const hi = backoffDelay(attempt, { ...opts, random: () => 0.999999 });
+      assert.equal(lo, ceiling / 2, `attempt ${attempt} low`);
+      assert.ok(hi <= ceiling && hi > ceiling * 0.99, `attempt ${attempt} high ${hi}`);
+      for (let k = 0; k < 50; k += 1) {
+        const d = backoffDelay(attempt, opts);
+        assert.ok(d >= ceiling / 2 && d <= ceiling, `attempt ${attempt}: ${d}`);
+      }
+    }
+    assert.equal(backoffDelay(0, { random: () => 0 }), 250);
+    assert.equal(backoffDelay(3, { random: () => 0 }), 2000);
+    assert.equal(backoffDelay(1000, { random: () => 1 }), 30000);
+  });
+
+  it('jitters: delays of one attempt are not all equal', () => {
+    const seen = new Set();
+    for (let k = 0; k < 20; k += 1) seen.add(backoffDelay(4));
+    assert.ok(seen.size > 1);
+  });
+
+  it('treats bad attempts as the first', () => {
+    assert.equal(backoffDelay(-3, { random: () => 0 }), 250);
+    assert.equal(backoffDelay(NaN, { random: () => 0 }), 250);
+  });
+});
+
+describe('server clock', () => {
+  it('estimates the server clock offset from a ping', () => {
+    assert.equal(clockOffset(1000, 1100, 5050), 4000);
   });
 });

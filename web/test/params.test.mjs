@@ -3,7 +3,7 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 
-import { DEFAULT_TILES, parseParams, randomViewerId, socketUrl } from '../src/params.js';
+import { DEFAULT_TILES, isValidId, parseParams, randomViewerId, socketUrl } from '../src/params.js';
 
 describe('parseParams', () => {
   it('defaults: group demo, a random viewer id, OpenStreetMap tiles, no token', () => {
@@ -56,5 +56,15 @@ describe('socketUrl', () => {
   it('with a token: the token added, wss on https', () => {
     const url = socketUrl({ protocol: 'https:', host: 'map.example' }, { groups: ['g'], id: 'v', token: 'a.b-c_d' });
     assert.equal(url, 'wss://map.example/v1/ws?role=viewer&id=v&groups=g&access_token=a.b-c_d');
+  });
+});
+
+describe('isValidId', () => {
+  it('validates ids like the protocol', () => {
+    assert.ok(isValidId('bus-17'));
+    assert.ok(isValidId('a.b_c:d@e-1'));
+    assert.ok(!isValidId(''));
+    assert.ok(!isValidId('has space'));
+    assert.ok(!isValidId('x'.repeat(65)));
   });
 });

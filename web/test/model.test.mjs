@@ -1,34 +1,23 @@
-// Unit tests of the page's pure state (web/src/state.js). Run: node --test web/test/
+// Unit tests of the state model (web/src/model.js). Run: node --test web/test/
 
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 
+import { toMercator } from '../src/geometry.js';
 import {
   DEFAULT_TRAIL_LENGTH,
   GLIDE_MAX_MS,
   applyBatch,
   applySnapshot,
-  backoffDelay,
-  clockOffset,
   countOnline,
-  createInbox,
   createState,
-  deviceBounds,
   filterDevices,
-  formatAge,
-  fromMercator,
   glidePosition,
-  inboxClear,
-  inboxDrain,
-  inboxPush,
   isGliding,
-  isValidId,
   lastSeen,
   retainGroups,
   sortDevices,
-  speedKmh,
-  toMercator,
-} from '../src/state.js';
+} from '../src/model.js';
 
 const T = 1_763_780_000_000;
 
@@ -218,69 +207,6 @@ describe('resync after reconnect', () => {
   });
 });
 
-describe('inbox: batches coalesced until the next frame', () => {
-  it('keeps the latest fix per device across batches and applies them once', () => {
-    const inbox = createInbox();
-    for (let i = 0; i < 100; i += 1) {
-      inboxPush(inbox, { type: 'batch', group: 'g', updates: [rec('a', i * 0.001, 0, T + i * 100), rec(`d${i % 5}`, 1, i * 0.001, T + i * 100)], offline: [] });
-    }
-    assert.equal(inbox.entries.length, 1, 'one merged batch per group');
-    assert.equal(inbox.entries[0].updates.size, 6, 'one update per device');
-    const s = createState();
-    assert.equal(inboxDrain(inbox, s, 0), 100);
-    assert.equal(s.devices.get('a').lat, 0.099);
-    assert.equal(s.updates, 6);
-    assert.equal(inbox.entries.length, 0);
-    assert.equal(inboxDrain(inbox, s, 1), 0, 'nothing left');
-  });
-
-  it('does not let an older fix in a later batch win', () => {
-    const inbox = createInbox();
-    inboxPush(inbox, { type: 'batch', group: 'g', updates: [rec('a', 2, 2, T + 2000)], offline: [] });
-    inboxPush(inbox, { type: 'batch', group: 'g', updates: [rec('a', 1, 1, T + 1000)], offline: [] });
-    const s = createState();
-    inboxDrain(inbox, s, 0);
-    assert.equal(s.devices.get('a').lat, 2);
-  });
-
-  it('orders offline and fixes like the messages did', () => {
-    const inbox = createInbox();
-    const s = createState();
-    // Fix, then offline: offline.
-    inboxPush(inbox, { type: 'batch', group: 'g', updates: [rec('a', 1, 1, T), rec('b', 1, 1, T)], offline: [] });
-    inboxPush(inbox, { type: 'batch', group: 'g', updates: [], offline: ['a', 'b'] });
-    // b comes back with a new fix: online.
-    inboxPush(inbox, { type: 'batch', group: 'g', updates: [rec('b', 1.5, 1, T + 5000)], offline: [] });
-    inboxDrain(inbox, s, 0);
-    assert.equal(s.devices.get('a').online, false);
-    assert.equal(s.devices.get('b').online, true);
-    assert.equal(s.devices.get('b').lat, 1.5);
-  });
-
-  it('a snapshot supersedes what was waiting for its group only', () => {
-    const inbox = createInbox();
-    inboxPush(inbox, { type: 'batch', group: 'g', updates: [rec('gone', 1, 1, T)], offline: [] });
-    inboxPush(inbox, { type: 'batch', group: 'other', updates: [rec('x', 1, 1, T)], offline: [] });
-    inboxPush(inbox, { type: 'snapshot', group: 'g', devices: [rec('a', 1, 1, T)] });
-    inboxPush(inbox, { type: 'batch', group: 'g', updates: [rec('a', 2, 2, T + 1000)], offline: [] });
-    assert.deepEqual(inbox.entries.map((e) => `${e.group}:${e.kind}`), ['other:batch', 'g:snapshot', 'g:batch']);
-    const s = createState();
-    inboxDrain(inbox, s, 0);
-    assert.deepEqual(ids(s), ['a', 'x']);
-    assert.equal(s.devices.get('a').lat, 2, 'the batch after the snapshot applies on top of it');
-  });
-
-  it('ignores other message types and can be cleared', () => {
-    const inbox = createInbox();
-    assert.equal(inboxPush(inbox, { type: 'pong', id: 1 }), false);
-    assert.equal(inboxPush(inbox, null), false);
-    inboxPush(inbox, { type: 'snapshot', group: 'g', devices: [] });
-    inboxClear(inbox);
-    assert.equal(inbox.entries.length, 0);
-    assert.equal(inbox.messages, 0);
-  });
-});
-
 describe('trail', () => {
   it('is bounded to the trail length, newest last', () => {
     const s = createState();
@@ -390,86 +316,5 @@ describe('panel: filter and sort', () => {
 
   it('counts online and offline', () => {
     assert.deepEqual(countOnline(devs), { online: 2, offline: 2, total: 4 });
-  });
-});
-
-describe('formatting', () => {
-  it('formats ages', () => {
-    assert.equal(formatAge(0), 'now');
-    assert.equal(formatAge(1499), 'now');
-    assert.equal(formatAge(12_000), '12 s');
-    assert.equal(formatAge(59_400), '59 s');
-    assert.equal(formatAge(60_000), '1 min');
-    assert.equal(formatAge(59 * 60_000), '59 min');
-    assert.equal(formatAge(3 * 3_600_000), '3 h');
-    assert.equal(formatAge(3 * 86_400_000), '3 d');
-    assert.equal(formatAge(NaN), '–');
-  });
-
-  it('converts speed to km/h', () => {
-    assert.equal(speedKmh(10), 36);
-    assert.equal(speedKmh(8.3), 30);
-    assert.equal(speedKmh(0), 0);
-    assert.equal(speedKmh(undefined), undefined);
-  });
-});
-
-describe('backoff', () => {
-  it('stays within [ceiling/2, ceiling] and grows exponentially to the cap', () => {
-    const opts = { baseMs: 500, maxMs: 30000 };
-    for (let attempt = 0; attempt < 20; attempt += 1) {
-      const ceiling = Math.min(30000, 500 * 2 ** attempt);
-      const lo = backoffDelay(attempt, { ...opts, random: () => 0 });
-      const hi = backoffDelay(attempt, { ...opts, random: () => 0.999999 });
-      assert.equal(lo, ceiling / 2, `attempt ${attempt} low`);
-      assert.ok(hi <= ceiling && hi > ceiling * 0.99, `attempt ${attempt} high ${hi}`);
-      for (let k = 0; k < 50; k += 1) {
-        const d = backoffDelay(attempt, opts);
-        assert.ok(d >= ceiling / 2 && d <= ceiling, `attempt ${attempt}: ${d}`);
-      }
-    }
-    assert.equal(backoffDelay(0, { random: () => 0 }), 250);
-    assert.equal(backoffDelay(3, { random: () => 0 }), 2000);
-    assert.equal(backoffDelay(1000, { random: () => 1 }), 30000);
-  });
-
-  it('jitters: delays of one attempt are not all equal', () => {
-    const seen = new Set();
-    for (let k = 0; k < 20; k += 1) seen.add(backoffDelay(4));
-    assert.ok(seen.size > 1);
-  });
-
-  it('treats bad attempts as the first', () => {
-    assert.equal(backoffDelay(-3, { random: () => 0 }), 250);
-    assert.equal(backoffDelay(NaN, { random: () => 0 }), 250);
-  });
-});
-
-describe('geometry and misc', () => {
-  it('mercator round-trips and puts (0, 0) in the middle', () => {
-    assert.deepEqual(toMercator(0, 0), { x: 0.5, y: 0.5 });
-    for (const [lat, lon] of [[52.52, 13.405], [-33.9, 151.2], [0, -179.9], [85, 180]]) {
-      const m = toMercator(lat, lon);
-      const back = fromMercator(m.x, m.y);
-      assert.ok(Math.abs(back.lat - lat) < 1e-9 && Math.abs(back.lon - lon) < 1e-9);
-    }
-    assert.ok(toMercator(60, 0).y < toMercator(10, 0).y, 'north is up');
-  });
-
-  it('computes device bounds', () => {
-    assert.equal(deviceBounds([]), null);
-    assert.deepEqual(deviceBounds([{ lat: 1, lon: 5 }, { lat: -2, lon: 7 }]), { south: -2, west: 5, north: 1, east: 7 });
-  });
-
-  it('estimates the server clock offset from a ping', () => {
-    assert.equal(clockOffset(1000, 1100, 5050), 4000);
-  });
-
-  it('validates ids like the protocol', () => {
-    assert.ok(isValidId('bus-17'));
-    assert.ok(isValidId('a.b_c:d@e-1'));
-    assert.ok(!isValidId(''));
-    assert.ok(!isValidId('has space'));
-    assert.ok(!isValidId('x'.repeat(65)));
   });
 });

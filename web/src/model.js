@@ -1,12 +1,15 @@
-// Pure state of the live map: which devices exist, where they are, where they were, and the
-// small computations the view needs (glide, search, sort, ages, reconnect delays).
+// The state model of the live map: which devices exist, where they are, where they were and
+// where they are drawn while gliding between fixes; what snapshots, batches and offline notices
+// do to them; and the search, sort and counts the panel shows.
 //
-// No DOM, no map library, no network: every function here takes plain data and returns plain
-// data, so `node --test web/test/` exercises it directly.
+// Pure: no DOM, no map library, no network; every function here takes plain data and returns
+// plain data, so `node --test web/test/` exercises it directly.
 //
 // Coordinates are kept twice: as received (lat/lon, for the panel) and in normalised Web
 // Mercator (x and y in [0, 1], for drawing), so the renderer projects 5,000 devices per frame
 // with one multiply and one subtract each.
+
+import { toMercator } from './geometry.js';
 
 /** Number of past fixes kept per device for its trail. */
 export const DEFAULT_TRAIL_LENGTH = 20;
@@ -23,25 +26,6 @@ export const GLIDE_MAX_DISTANCE = 5000 / 40075016.686;
 
 /** Optional fields of a position record (protocol.md, "Position record"). */
 export const OPTIONAL_FIELDS = ['acc', 'alt', 'spd', 'hdg', 'batt'];
-
-const MAX_MERCATOR_LAT = 85.0511287798;
-
-/** Latitude and longitude to normalised Web Mercator, both in [0, 1], y growing southwards. */
-export function toMercator(lat, lon) {
-  const clamped = Math.max(-MAX_MERCATOR_LAT, Math.min(MAX_MERCATOR_LAT, lat));
-  const sin = Math.sin((clamped * Math.PI) / 180);
-  return {
-    x: (lon + 180) / 360,
-    y: 0.5 - Math.log((1 + sin) / (1 - sin)) / (4 * Math.PI),
-  };
-}
-
-/** Inverse of {@link toMercator}. */
-export function fromMercator(x, y) {
-  const lon = x * 360 - 180;
-  const lat = (Math.atan(Math.sinh(Math.PI * (1 - 2 * y))) * 180) / Math.PI;
-  return { lat, lon };
-}
 
 /** A fresh, empty state. */
 export function createState({ trailLength = DEFAULT_TRAIL_LENGTH } = {}) {
@@ -81,7 +65,11 @@ export function isValidRecord(rec) {
   );
 }
 
-function recordTs(rec, now) {
+/**
+ * The time of a record's fix: its `ts`, or `now` when it has none. Exported for the inbox,
+ * which compares fixes the same way the state does.
+ */
+export function recordTime(rec, now) {
   return isFiniteNumber(rec.ts) ? rec.ts : now;
 }
 
@@ -120,7 +108,7 @@ function newDevice(id) {
  * battery once a minute still shows it between reports).
  */
 function applyFix(state, dev, rec, now, fresh) {
-  const ts = recordTs(rec, now);
+  const ts = recordTime(rec, now);
   const { x, y } = toMercator(rec.lat, rec.lon);
   if (fresh) {
     dev.fx = x;
@@ -179,7 +167,7 @@ export function applyRecord(state, group, rec, now) {
     state.shape += 1;
   }
   dev.groups.add(group);
-  const ts = recordTs(rec, now);
+  const ts = recordTime(rec, now);
   if (!fresh && ts < dev.ts) return false;
   applyFix(state, dev, rec, now, fresh);
   setOnline(state, dev, rec.online !== false);
@@ -200,7 +188,7 @@ export function applySnapshot(state, msg, now) {
     if (!isValidRecord(rec)) continue;
     listed.add(rec.id);
     const dev = state.devices.get(rec.id);
-    const older = dev !== undefined && recordTs(rec, now) < dev.ts;
+    const older = dev !== undefined && recordTime(rec, now) < dev.ts;
     if (older) {
       // Keep the newer position we hold, but the snapshot is the authority on membership and
       // liveness.
@@ -236,71 +224,6 @@ export function applyBatch(state, msg, now) {
       state.version += 1;
     }
   }
-}
-
-/**
- * Messages waiting for the next animation frame, coalesced so that the wait costs memory in
- * proportion to the devices, not to the messages: per group, at most a `snapshot` followed by
- * one merged `batch` (latest fix per device, offline ids). A `snapshot` supersedes whatever was
- * waiting for its group. Applying the inbox gives the same state as applying every message in
- * order, except for trail points that were overtaken within the same frame.
- */
-export function createInbox() {
-  return { entries: [], messages: 0 };
-}
-
-/** Queues a `snapshot` or `batch`; returns false (and queues nothing) for other types. */
-export function inboxPush(inbox, msg) {
-  if (msg === null || typeof msg !== 'object') return false;
-  if (msg.type === 'snapshot') {
-    inbox.entries = inbox.entries.filter((e) => e.group !== msg.group);
-    inbox.entries.push({ kind: 'snapshot', group: msg.group, msg });
-  } else if (msg.type === 'batch') {
-    let entry = null;
-    for (let i = inbox.entries.length - 1; i >= 0; i -= 1) {
-      if (inbox.entries[i].group === msg.group) {
-        entry = inbox.entries[i];
-        break;
-      }
-    }
-    if (entry === null || entry.kind !== 'batch') {
-      entry = { kind: 'batch', group: msg.group, updates: new Map(), offline: new Set() };
-      inbox.entries.push(entry);
-    }
-    for (const rec of Array.isArray(msg.updates) ? msg.updates : []) {
-      if (!isValidRecord(rec)) continue;
-      const held = entry.updates.get(rec.id);
-      if (held === undefined || !(recordTs(rec, 0) < recordTs(held, 0))) entry.updates.set(rec.id, rec);
-      // A fix after an offline notice means the device is back.
-      entry.offline.delete(rec.id);
-    }
-    for (const id of Array.isArray(msg.offline) ? msg.offline : []) entry.offline.add(id);
-  } else {
-    return false;
-  }
-  inbox.messages += 1;
-  return true;
-}
-
-/** Applies everything queued to `state`; returns how many messages that covered. */
-export function inboxDrain(inbox, state, now) {
-  for (const e of inbox.entries) {
-    if (e.kind === 'snapshot') {
-      applySnapshot(state, e.msg, now);
-    } else {
-      applyBatch(state, { group: e.group, updates: [...e.updates.values()], offline: [...e.offline] }, now);
-    }
-  }
-  const n = inbox.messages;
-  inbox.entries = [];
-  inbox.messages = 0;
-  return n;
-}
-
-/** Drops whatever is queued (a new connection starts over with fresh snapshots). */
-export function inboxClear(inbox) {
-  inbox.entries = [];
-  inbox.messages = 0;
 }
 
 /** Forgets every device that belongs to none of `groups` (after a `welcome` or an `unsub`). */
@@ -381,65 +304,4 @@ export function countOnline(devices) {
     if (dev.online) online += 1;
   }
   return { online, offline: total - online, total };
-}
-
-/** A short age for the panel: `now`, `12 s`, `4 min`, `3 h`, `2 d`. */
-export function formatAge(ms) {
-  if (!Number.isFinite(ms)) return '–';
-  if (ms < 1500) return 'now';
-  const s = Math.round(ms / 1000);
-  if (s < 60) return `${s} s`;
-  const min = Math.floor(s / 60);
-  if (min < 60) return `${min} min`;
-  const h = Math.floor(min / 60);
-  if (h < 48) return `${h} h`;
-  return `${Math.floor(h / 24)} d`;
-}
-
-/** Metres per second to whole kilometres per hour, or `undefined` when unknown. */
-export function speedKmh(spd) {
-  return isFiniteNumber(spd) ? Math.round(spd * 3.6) : undefined;
-}
-
-/**
- * Delay before reconnect attempt number `attempt` (0 for the first retry): exponential growth
- * from `baseMs`, capped at `maxMs`, with "equal jitter" so that a server restart does not see
- * every browser come back in the same millisecond. The result lies in
- * [min(maxMs, baseMs * 2^attempt) / 2, min(maxMs, baseMs * 2^attempt)].
- */
-export function backoffDelay(attempt, { baseMs = 500, maxMs = 30000, random = Math.random } = {}) {
-  const n = Math.max(0, Math.floor(Number.isFinite(attempt) ? attempt : 0));
-  const ceiling = Math.min(maxMs, baseMs * 2 ** Math.min(n, 30));
-  return ceiling / 2 + random() * (ceiling / 2);
-}
-
-/**
- * Server clock minus local clock, from a ping sent at local `sentAt`, answered at local
- * `receivedAt` with the server's `serverTime` (assumes a symmetric path).
- */
-export function clockOffset(sentAt, receivedAt, serverTime) {
-  return serverTime - (sentAt + receivedAt) / 2;
-}
-
-/** Bounds of a set of devices, or null when there are none. */
-export function deviceBounds(devices) {
-  let south = Infinity;
-  let west = Infinity;
-  let north = -Infinity;
-  let east = -Infinity;
-  for (const dev of devices) {
-    south = Math.min(south, dev.lat);
-    north = Math.max(north, dev.lat);
-    west = Math.min(west, dev.lon);
-    east = Math.max(east, dev.lon);
-  }
-  if (south === Infinity) return null;
-  return { south, west, north, east };
-}
-
-const ID_RE = /^[A-Za-z0-9._:@-]{1,64}$/;
-
-/** Whether `s` is a valid device or group id (protocol.md, "Words"). */
-export function isValidId(s) {
-  return typeof s === 'string' && ID_RE.test(s);
 }
