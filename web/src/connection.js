@@ -31,6 +31,23 @@ export function clockOffset(sentAt, receivedAt, serverTime) {
 }
 
 /**
+ * The server's clock as this page sees it: local time plus an offset learnt from the `welcome`
+ * and refined by every `pong`. Ages are computed on it, so a device is not shown as "in 3 min"
+ * because this computer's clock is off.
+ */
+export class ServerClock {
+  constructor() {
+    /** Server clock minus local clock, in milliseconds. */
+    this.offset = 0;
+  }
+
+  /** The server's time now, in milliseconds since the epoch. */
+  now() {
+    return Date.now() + this.offset;
+  }
+}
+
+/**
  * @typedef {'connecting' | 'live' | 'reconnecting' | 'stopped'} LinkState
  *
  * Callbacks:
