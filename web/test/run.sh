@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Builds and tests the map page: unit tests of the state module, then the browser end-to-end
-# check against the real server. Works on a fresh machine with Node.js 20 and npm:
+# Builds and tests the map page: unit tests of the pure modules and the socket, then the
+# browser end-to-end check against the real server. Works on a fresh machine with Node.js 20
+# and npm:
 #   - installs Chromium from Debian when /usr/bin/chromium is missing;
 #   - runs `npm ci` in web/ when node_modules is missing;
 #   - builds the server with cargo unless BEACON_BIN names a binary to test.
