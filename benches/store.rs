@@ -11,9 +11,10 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use beacon::config::StoreConfig;
 use beacon::metrics::Metrics;
 use beacon::model::{DeviceId, Fix, GroupId, Position};
-use beacon::store::{Store, StoreConfig};
+use beacon::store::Store;
 use criterion::{Criterion, Throughput, criterion_main};
 
 const DEVICES: usize = 1000;

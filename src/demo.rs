@@ -202,25 +202,6 @@ pub async fn run(hub: Arc<Hub>, count: usize, center: (f64, f64), shutdown: Canc
     }
 }
 
-/// Parses `lat,lon`.
-pub fn parse_center(s: &str) -> Result<(f64, f64), String> {
-    let (lat, lon) = s
-        .split_once(',')
-        .ok_or_else(|| format!("expected lat,lon, got {s:?}"))?;
-    let lat: f64 = lat
-        .trim()
-        .parse()
-        .map_err(|_| format!("bad latitude {lat:?}"))?;
-    let lon: f64 = lon
-        .trim()
-        .parse()
-        .map_err(|_| format!("bad longitude {lon:?}"))?;
-    if !(-85.0..=85.0).contains(&lat) || !(-180.0..=180.0).contains(&lon) {
-        return Err("centre out of range (lat within ±85, lon within ±180)".into());
-    }
-    Ok((lat, lon))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -255,8 +236,5 @@ mod tests {
         let v = Vehicle::new(0, &mut rng);
         let fix = v.fix((52.52, 13.405), 1);
         assert!((fix.lat - 52.52).abs() < 0.05 && (fix.lon - 13.405).abs() < 0.1);
-        assert!(parse_center("52.52, 13.405").is_ok());
-        assert!(parse_center("95,0").is_err());
-        assert!(parse_center("x").is_err());
     }
 }

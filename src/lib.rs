@@ -35,10 +35,13 @@
 //! Library modules return `thiserror` enums or protocol [`protocol::Refusal`]s; `anyhow` is used
 //! only in the binary.
 
+pub mod admit;
+pub mod app;
 pub mod auth;
 pub mod config;
 pub mod conn;
 pub mod demo;
+pub mod error;
 pub mod http;
 pub mod hub;
 pub mod ingest;

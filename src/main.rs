@@ -48,7 +48,7 @@ struct TokenArgs {
     #[arg(long, value_delimiter = ',', required = true)]
     groups: Vec<String>,
     /// `device` (publish and watch) or `viewer` (watch only). Default `device`.
-    #[arg(long, default_value = "device", value_parser = beacon::auth::parse_role)]
+    #[arg(long, default_value = "device")]
     role: Role,
     /// Lifetime: seconds, or a number followed by s, m, h or d. Default 24h.
     #[arg(long, default_value = "24h", value_parser = parse_ttl)]

@@ -110,6 +110,15 @@ impl Role {
     }
 }
 
+impl std::str::FromStr for Role {
+    type Err = String;
+
+    /// The protocol's name for a role, with an error that says what is allowed (for flags).
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Role::parse(s).ok_or_else(|| format!("role must be device or viewer, not {s:?}"))
+    }
+}
+
 /// Who a client is and what it may use, as established at connect time.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Identity {

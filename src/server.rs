@@ -1,83 +1,26 @@
-//! Wiring: shared state, the router, the WebSocket upgrade, and graceful shutdown.
+//! Wiring: [`serve`] starts the components, mounts the routes behind the origin guard, CORS
+//! and the request timeout, and shuts everything down gracefully.
 
 use std::future::Future;
 use std::io;
-use std::net::SocketAddr;
-use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::{ConnectInfo, Query, State};
-use axum::http::{HeaderMap, StatusCode, header};
-use axum::response::{IntoResponse, Response};
+use axum::extract::{Request, State};
+use axum::http::StatusCode;
+use axum::http::header::{HOST, ORIGIN};
+use axum::middleware::{self, Next};
+use axum::response::Response;
 use axum::routing::get;
-use axum::{Extension, middleware};
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
-use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
-use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
-use crate::auth::{Authenticator, IdentityQuery};
-use crate::config::Config;
-use crate::hub::Hub;
-use crate::limits::{IpConnections, client_ip};
-use crate::metrics::Metrics;
-use crate::protocol::Codec;
+use crate::app::AppState;
+use crate::auth::origin::host_is_local_name;
+use crate::config::{AuthMode, Config};
+use crate::error::error_response;
 use crate::relay::Relay;
-use crate::store::Store;
-use crate::upgrade::{Handshake, NotAnUpgrade};
-use crate::{http, session, web};
-
-/// Largest amount a connection's write buffer may hold before writes fail. A flush writes at
-/// most [`session::MAX_FRAMES_PER_FLUSH`] frames, each a batch or snapshot of one group, so
-/// this only needs to hold the largest snapshot a group can produce.
-pub const MAX_WRITE_BUFFER_BYTES: usize = 64 * 1024 * 1024;
-
-/// State shared by every handler and session. Cheap to clone.
-#[derive(Clone, Debug)]
-pub struct AppState {
-    /// The running configuration.
-    pub config: Arc<Config>,
-    /// Latest positions and fan-out.
-    pub hub: Arc<Hub>,
-    /// Exported metrics.
-    pub metrics: Arc<Metrics>,
-    /// Identity of requests.
-    pub auth: Authenticator,
-    /// One permit per open WebSocket: the connection limit.
-    pub connections: Arc<Semaphore>,
-    /// Open WebSockets per client address: the per-address limit.
-    pub per_ip: Arc<IpConnections>,
-    /// Cancelled when the server starts shutting down.
-    pub shutdown: CancellationToken,
-    /// Tracks sessions so shutdown can wait for them.
-    pub sessions: TaskTracker,
-    /// The durable store, with `--data-dir`.
-    pub store: Option<Arc<Store>>,
-    /// The Redis relay, with `--redis-url` (set by [`serve`]).
-    pub relay: Option<Arc<Relay>>,
-}
-
-impl AppState {
-    /// Builds the state for `config`.
-    pub fn new(config: Config) -> Self {
-        let metrics = Arc::new(Metrics::new());
-        let hub = Arc::new(Hub::new(config.hub.clone(), metrics.clone()));
-        AppState {
-            auth: Authenticator::new(config.auth.clone(), Some(metrics.clone())),
-            connections: Arc::new(Semaphore::new(config.limits.max_connections)),
-            per_ip: Arc::new(IpConnections::new(config.limits.max_connections_per_ip)),
-            config: Arc::new(config),
-            hub,
-            metrics,
-            shutdown: CancellationToken::new(),
-            sessions: TaskTracker::new(),
-            store: None,
-            relay: None,
-        }
-    }
-}
+use crate::{admit, http, web};
 
 /// Runs the server on an already-bound `listener` until `shutdown` completes, then closes every
 /// socket with 1001 and waits up to the grace period for sessions to end.
@@ -181,133 +124,43 @@ pub fn router(state: AppState) -> Router {
         state.config.limits.request_timeout(),
     );
     Router::new()
-        .route("/v1/ws", get(upgrade))
+        .route("/v1/ws", get(admit::upgrade))
         .merge(http::routes(&state))
         .merge(crate::ingest::routes(&state))
         .merge(crate::track::routes())
         .merge(web::routes())
         .layer(state.auth.origins().cors())
-        .layer(middleware::from_fn_with_state(
-            state.clone(),
-            crate::auth::origin::guard,
-        ))
+        .layer(middleware::from_fn_with_state(state.clone(), origin_guard))
         .layer(timeout)
         .with_state(state)
 }
 
-/// `GET /v1/ws`: checks identity, codec and capacity, then upgrades. (The origin was checked
-/// by [`crate::auth::origin::guard`].)
-async fn upgrade(
-    State(state): State<AppState>,
-    peer: Option<Extension<ConnectInfo<SocketAddr>>>,
-    headers: HeaderMap,
-    query: Result<Query<IdentityQuery>, axum::extract::rejection::QueryRejection>,
-    handshake: Result<Handshake, NotAnUpgrade>,
-) -> Response {
-    let refuse = |status: StatusCode, kind: &str, message: String| {
-        state.metrics.refused_bad_request.inc();
-        http::error_response(status, kind, message)
-    };
-    let Ok(Query(query)) = query else {
-        return refuse(
-            StatusCode::BAD_REQUEST,
-            "bad_request",
-            "malformed query string".into(),
-        );
-    };
-    let identity = match state.auth.identify(&headers, &query).await {
-        Ok(identity) => identity,
-        Err(e) => {
-            match e.status() {
-                StatusCode::UNAUTHORIZED => state.metrics.security.refused_unauthorized.inc(),
-                StatusCode::FORBIDDEN => state.metrics.security.refused_forbidden.inc(),
-                _ => state.metrics.refused_bad_request.inc(),
-            };
-            return e.into_response();
-        }
-    };
-    let handshake = match handshake {
-        Ok(handshake) => handshake,
-        Err(e) => {
-            state.metrics.refused_bad_request.inc();
-            return e.into_response();
-        }
-    };
-    // The client lists subprotocols in order of preference; the first one we speak wins.
-    let offered: Vec<&str> = headers
-        .get_all(header::SEC_WEBSOCKET_PROTOCOL)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(str::trim)
-        .filter(|p| !p.is_empty())
-        .collect();
-    let codec = if offered.is_empty() {
-        Codec::Json
-    } else {
-        match offered.iter().find_map(|p| Codec::from_protocol(p)) {
-            Some(codec) => codec,
-            None => {
-                return refuse(
-                    StatusCode::BAD_REQUEST,
-                    "bad_request",
-                    "unsupported subprotocol: offer beacon.v1.json or beacon.v1.msgpack".into(),
-                );
-            }
-        }
-    };
-    let offered = !offered.is_empty();
-    let ip = client_ip(
-        peer.map(|Extension(ConnectInfo(addr))| addr),
-        &headers,
-        state.config.auth.trust_proxy,
-    );
-    let Some(ip_permit) = state.per_ip.try_acquire(ip) else {
-        state.metrics.security.refused_per_ip.inc();
-        debug!(
-            ?ip,
-            "refusing an upgrade: the address holds its maximum of connections"
-        );
-        return http::error_response(
-            StatusCode::TOO_MANY_REQUESTS,
-            "too_many_connections",
-            "this address holds its maximum of connections (--max-connections-per-ip)".into(),
-        );
-    };
-    let Ok(permit) = state.connections.clone().try_acquire_owned() else {
-        state.metrics.refused_full.inc();
-        return http::error_response(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "full",
-            "the server holds its maximum number of connections".into(),
-        );
-    };
-    if state.shutdown.is_cancelled() {
-        return http::error_response(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "shutting_down",
-            "the server is shutting down".into(),
+/// Middleware: refuses a request whose `Origin` the policy does not allow (403), and with
+/// `--auth none` one whose `Host` is a DNS name (see the module doc).
+async fn origin_guard(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let config = state.auth.config();
+    let open = config.mode == AuthMode::None && !config.insecure;
+    if open && !host_is_local_name(request.headers()) {
+        state.metrics.security.auth_refused("origin").inc();
+        debug!(host = ?request.headers().get(HOST), "refused a request naming a DNS host");
+        return error_response(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "with --auth none, reach the server as localhost or by IP address".into(),
         );
     }
-    let limits = &state.config.limits;
-    let config = WebSocketConfig::default()
-        .read_buffer_size(limits.read_buffer_bytes)
-        .write_buffer_size(limits.write_buffer_bytes)
-        .max_write_buffer_size(MAX_WRITE_BUFFER_BYTES)
-        .max_message_size(Some(limits.max_frame_bytes))
-        .max_frame_size(Some(limits.max_frame_bytes));
-    let protocol = offered.then(|| codec.protocol());
-    let sessions = state.sessions.clone();
-    let queue_frames = limits.queue_frames;
-    let (response, run) = handshake.accept(
-        protocol,
-        config,
-        queue_frames,
-        move |socket, outbox| async move {
-            session::run(socket, outbox, state, identity, codec, permit).await;
-            drop(ip_permit);
-        },
+    if state.auth.origins().allows(request.headers()) {
+        return next.run(request).await;
+    }
+    state.metrics.security.auth_refused("origin").inc();
+    debug!(
+        origin = ?request.headers().get(ORIGIN),
+        path = request.uri().path(),
+        "refused a request from a foreign origin"
     );
-    sessions.spawn(run);
-    response
+    error_response(
+        StatusCode::FORBIDDEN,
+        "forbidden",
+        "this origin is not allowed (see --allowed-origins)".into(),
+    )
 }

@@ -31,6 +31,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
 use tokio_tungstenite::tungstenite::{self, Message, Utf8Bytes};
 use tracing::{debug, info};
 
+use crate::app::AppState;
 use crate::hub::{Hub, Outlet};
 use crate::limits::TokenBucket;
 use crate::model::{GroupId, Identity, Role, now_ms};
@@ -38,7 +39,6 @@ use crate::outbox::Outbox;
 use crate::protocol::{
     self, ClientMessage, Codec, ErrorCode, Frame, Refusal, ServerMessage, encode_refusal,
 };
-use crate::server::AppState;
 use crate::upgrade::Socket;
 
 /// Most queued frames written before one flush.

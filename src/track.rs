@@ -24,12 +24,12 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tracing::error;
 
+use crate::app::AppState;
 use crate::auth::{AuthError, IdentityQuery};
 use crate::config::AuthMode;
-use crate::http::error_response;
+use crate::error::error_response;
 use crate::isotime;
 use crate::model::DeviceId;
-use crate::server::AppState;
 use crate::store::{Track, TrackPoint, TrackQuery};
 
 /// Points returned when the request names no `limit`.

@@ -38,7 +38,7 @@ pub struct NotAnUpgrade(&'static str);
 
 impl IntoResponse for NotAnUpgrade {
     fn into_response(self) -> Response {
-        crate::http::error_response(StatusCode::BAD_REQUEST, "bad_request", self.0.into())
+        crate::error::error_response(StatusCode::BAD_REQUEST, "bad_request", self.0.into())
     }
 }
 

@@ -10,7 +10,7 @@ use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use rust_embed::RustEmbed;
 
-use crate::server::AppState;
+use crate::app::AppState;
 
 #[derive(RustEmbed)]
 #[folder = "web/dist"]

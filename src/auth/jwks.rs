@@ -25,8 +25,21 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use super::jwt::{ASYMMETRIC, TokenError};
+use super::claims::clip;
+use super::token_error::TokenError;
 use crate::config::AuthConfig;
+
+/// Asymmetric algorithms a key of the key set may be used with.
+pub const ASYMMETRIC: [Algorithm; 8] = [
+    Algorithm::RS256,
+    Algorithm::RS384,
+    Algorithm::RS512,
+    Algorithm::PS256,
+    Algorithm::PS384,
+    Algorithm::PS512,
+    Algorithm::ES256,
+    Algorithm::ES384,
+];
 
 /// Largest key-set document read, in bytes.
 pub const MAX_JWKS_BYTES: usize = 256 * 1024;
@@ -203,10 +216,7 @@ impl Jwks {
             let due = last.is_none_or(|at| at.elapsed() >= self.min_refresh);
             if due {
                 *last = Some(Instant::now());
-                debug!(
-                    kid = super::clip(kid),
-                    "unknown kid: re-reading the key set"
-                );
+                debug!(kid = clip(kid), "unknown kid: re-reading the key set");
                 if let Err(error) = self.load().await {
                     warn!(%error, "re-reading the key set failed; keeping the keys held");
                 }
@@ -223,7 +233,7 @@ impl Jwks {
         }
         keys.get(kid)
             .cloned()
-            .ok_or_else(|| TokenError::UnknownKid(super::clip(kid).to_owned()))
+            .ok_or_else(|| TokenError::UnknownKid(clip(kid).to_owned()))
     }
 
     /// Re-reads the set every refresh period until `shutdown`.

@@ -13,134 +13,21 @@
 //! on `exp` and `nbf`, and the identity expires at `exp` plus that leeway. The id claim
 //! (default `sub`) and the groups must pass the protocol's id rules.
 
-use std::borrow::Cow;
 use std::fmt;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde_json::{Map, Value};
 
-use super::jwks::Jwks;
-use super::{AuthError, MAX_TOKEN_BYTES, SetupError, clip, group_list};
+use super::claims::{MAX_TOKEN_BYTES, clip, group_list};
+use super::error::{AuthError, SetupError};
+use super::jwks::{ASYMMETRIC, Jwks};
+use super::token_error::TokenError;
 use crate::config::AuthConfig;
 use crate::model::{DeviceId, Identity, Role};
 
 /// Shortest HS256 secret accepted, in bytes (the size of the hash, as RFC 7518 asks).
 pub const MIN_SECRET_BYTES: usize = 32;
-
-/// Asymmetric algorithms a key of the key set may be used with.
-pub const ASYMMETRIC: [Algorithm; 8] = [
-    Algorithm::RS256,
-    Algorithm::RS384,
-    Algorithm::RS512,
-    Algorithm::PS256,
-    Algorithm::PS384,
-    Algorithm::PS512,
-    Algorithm::ES256,
-    Algorithm::ES384,
-];
-
-/// Why a token was refused. Every variant is an HTTP 401; [`TokenError::reason`] names it
-/// for metrics.
-#[derive(Debug, thiserror::Error)]
-pub enum TokenError {
-    /// No token in the request.
-    #[error("a token is required: Authorization: Bearer <jwt>, or ?access_token=<jwt>")]
-    Missing,
-    /// Not a well-formed JWT.
-    #[error("malformed token: {0}")]
-    Malformed(&'static str),
-    /// An algorithm the server does not accept for this token.
-    #[error("token algorithm refused: {0}")]
-    Algorithm(Cow<'static, str>),
-    /// The `kid` is not in the key set, even after re-reading it.
-    #[error("unknown signing key (kid {0:?})")]
-    UnknownKid(String),
-    /// No key set could be loaded.
-    #[error("signing keys are not available")]
-    NoKeys,
-    /// The signature does not match.
-    #[error("bad token signature")]
-    BadSignature,
-    /// Past `exp` (plus leeway).
-    #[error("token expired")]
-    Expired,
-    /// Before `nbf` (less leeway).
-    #[error("token not valid yet")]
-    NotYetValid,
-    /// `iss` is missing or not the configured issuer.
-    #[error("wrong token issuer")]
-    Issuer,
-    /// `aud` is missing or does not include the configured audience.
-    #[error("wrong token audience")]
-    Audience,
-    /// A claim Beacon needs is missing or malformed.
-    #[error("token claims: {0}")]
-    Claims(String),
-}
-
-impl TokenError {
-    /// Every reason, in a fixed order (metric labels).
-    pub const REASONS: [&'static str; 11] = [
-        "missing",
-        "malformed",
-        "algorithm",
-        "unknown_kid",
-        "no_keys",
-        "bad_signature",
-        "expired",
-        "not_yet_valid",
-        "issuer",
-        "audience",
-        "claims",
-    ];
-
-    /// A short name for the refusal.
-    pub fn reason(&self) -> &'static str {
-        match self {
-            TokenError::Missing => "missing",
-            TokenError::Malformed(_) => "malformed",
-            TokenError::Algorithm(_) => "algorithm",
-            TokenError::UnknownKid(_) => "unknown_kid",
-            TokenError::NoKeys => "no_keys",
-            TokenError::BadSignature => "bad_signature",
-            TokenError::Expired => "expired",
-            TokenError::NotYetValid => "not_yet_valid",
-            TokenError::Issuer => "issuer",
-            TokenError::Audience => "audience",
-            TokenError::Claims(_) => "claims",
-        }
-    }
-
-    fn from_jwt(error: &jsonwebtoken::errors::Error) -> Self {
-        match error.kind() {
-            ErrorKind::InvalidSignature => TokenError::BadSignature,
-            ErrorKind::ExpiredSignature => TokenError::Expired,
-            ErrorKind::ImmatureSignature => TokenError::NotYetValid,
-            ErrorKind::InvalidIssuer => TokenError::Issuer,
-            ErrorKind::InvalidAudience => TokenError::Audience,
-            ErrorKind::MissingRequiredClaim(claim) => match claim.as_str() {
-                "iss" => TokenError::Issuer,
-                "aud" => TokenError::Audience,
-                other => TokenError::Claims(format!("{} is required", clip(other))),
-            },
-            ErrorKind::InvalidClaimFormat(claim) => {
-                TokenError::Claims(format!("{} is malformed", clip(claim)))
-            }
-            ErrorKind::InvalidAlgorithm | ErrorKind::UnsupportedAlgorithm => {
-                TokenError::Algorithm("it does not match the key".into())
-            }
-            ErrorKind::InvalidToken => TokenError::Malformed("not three base64url parts"),
-            ErrorKind::Base64(_) => TokenError::Malformed("bad base64url"),
-            ErrorKind::Json(_) => TokenError::Malformed("bad JSON"),
-            ErrorKind::Utf8(_) => TokenError::Malformed("bad UTF-8"),
-            // Key problems (a key of the set the crypto backend cannot use) and anything
-            // newer than this match: the token cannot be verified.
-            _ => TokenError::BadSignature,
-        }
-    }
-}
 
 /// Names of the claims Beacon reads, from the configuration.
 #[derive(Clone, Debug)]

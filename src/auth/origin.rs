@@ -21,17 +21,11 @@
 
 use std::time::Duration;
 
-use axum::extract::{Request, State};
 use axum::http::header::{AUTHORIZATION, CONTENT_TYPE, HOST, ORIGIN};
-use axum::http::{HeaderMap, HeaderValue, Method, StatusCode};
-use axum::middleware::Next;
-use axum::response::Response;
+use axum::http::{HeaderMap, HeaderValue, Method};
 use tower_http::cors::{AllowOrigin, CorsLayer};
-use tracing::debug;
 
-use super::SetupError;
-use crate::config::AuthMode;
-use crate::server::AppState;
+use super::error::SetupError;
 
 /// How long a browser may cache a CORS preflight answer.
 pub const CORS_MAX_AGE: Duration = Duration::from_secs(600);
@@ -165,36 +159,6 @@ pub fn host_is_local_name(headers: &HeaderMap) -> bool {
     name.eq_ignore_ascii_case("localhost")
         || name.to_ascii_lowercase().ends_with(".localhost")
         || name.parse::<std::net::IpAddr>().is_ok()
-}
-
-/// Middleware: refuses a request whose `Origin` the policy does not allow (403), and with
-/// `--auth none` one whose `Host` is a DNS name (see the module doc).
-pub async fn guard(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    let config = state.auth.config();
-    let open = config.mode == AuthMode::None && !config.insecure;
-    if open && !host_is_local_name(request.headers()) {
-        state.metrics.security.auth_refused("origin").inc();
-        debug!(host = ?request.headers().get(HOST), "refused a request naming a DNS host");
-        return crate::http::error_response(
-            StatusCode::FORBIDDEN,
-            "forbidden",
-            "with --auth none, reach the server as localhost or by IP address".into(),
-        );
-    }
-    if state.auth.origins().allows(request.headers()) {
-        return next.run(request).await;
-    }
-    state.metrics.security.auth_refused("origin").inc();
-    debug!(
-        origin = ?request.headers().get(ORIGIN),
-        path = request.uri().path(),
-        "refused a request from a foreign origin"
-    );
-    crate::http::error_response(
-        StatusCode::FORBIDDEN,
-        "forbidden",
-        "this origin is not allowed (see --allowed-origins)".into(),
-    )
 }
 
 #[cfg(test)]

@@ -20,14 +20,14 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value};
 
-use super::{
-    Credentials, IngestError, Params, epoch_to_ms, identify_device, json_number, known, publish,
-    validate,
+use super::common::{
+    self, Credentials, IngestError, Params, epoch_to_ms, identify_device, json_number, known,
+    publish, validate,
 };
+use crate::app::AppState;
 use crate::isotime;
 use crate::model::{Fix, now_ms};
 use crate::protocol::RawMessage;
-use crate::server::AppState;
 
 /// Metres per second in one knot (1852 m per hour).
 pub const KNOTS_TO_MPS: f64 = 1852.0 / 3600.0;
@@ -101,8 +101,8 @@ fn legacy(params: &Params, now: i64) -> Result<Report, IngestError> {
         let (la, lo) = location
             .split_once(',')
             .ok_or_else(|| IngestError::BadRequest("location must be \"lat,lon\"".into()))?;
-        lat = Some(super::parse_number("location", la)?);
-        lon = Some(super::parse_number("location", lo)?);
+        lat = Some(common::parse_number("location", la)?);
+        lon = Some(common::parse_number("location", lo)?);
     }
     let ts = params.get("timestamp").map(parse_timestamp).transpose()?;
     let (heading_key, heading) = match params.number("bearing")? {
@@ -303,7 +303,7 @@ async fn ingest(
     };
     let identity = match identify_device(state, headers, &report.device, credentials).await {
         Ok(identity) => identity,
-        Err(e) => return super::refused(&e),
+        Err(e) => return common::refused(&e),
     };
     publish(state, &identity, &report.fixes, now);
     StatusCode::OK.into_response()

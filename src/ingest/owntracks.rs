@@ -22,10 +22,12 @@ use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
-use super::{Credentials, IngestError, Params, basic_auth, identify_device, json_number, known};
+use super::common::{
+    self, Credentials, IngestError, Params, basic_auth, identify_device, json_number, known,
+};
+use crate::app::AppState;
 use crate::model::{DeviceId, Fix, MAX_ID_LEN, Position, now_ms};
 use crate::protocol::RawMessage;
-use crate::server::AppState;
 
 /// Most `location` messages in one answer. A group larger than this shows its most recently
 /// reported devices; the bound keeps the answer (and the app's contact list) a sane size.
@@ -75,7 +77,7 @@ pub fn parse(body: &[u8], now: i64) -> Result<Payload, IngestError> {
         batt: known(json_number(obj, "batt", "batt")?),
         ..RawMessage::default()
     };
-    let fix = super::validate(&raw, now, &[("ts", "tst"), ("spd", "vel"), ("hdg", "cog")])?;
+    let fix = common::validate(&raw, now, &[("ts", "tst"), ("spd", "vel"), ("hdg", "cog")])?;
     let topic = obj.get("topic").and_then(Value::as_str).map(str::to_owned);
     Ok(Payload::Location { fix, topic })
 }
@@ -274,9 +276,9 @@ pub(crate) async fn handle(
     };
     let identity = match identify_device(&state, &headers, id.as_str(), credentials).await {
         Ok(identity) => identity,
-        Err(e) => return super::refused(&e),
+        Err(e) => return common::refused(&e),
     };
-    super::publish(&state, &identity, std::slice::from_ref(&fix), now);
+    common::publish(&state, &identity, std::slice::from_ref(&fix), now);
     let positions = identity
         .groups
         .iter()

@@ -7,23 +7,23 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
 
-use crate::auth::TokenError;
-
 type Labels = Vec<(&'static str, &'static str)>;
 
-/// Reasons of `beacon_auth_refused_total`: token reasons, then route-level ones.
-const AUTH_REASONS: [&str; 15] = [
-    TokenError::REASONS[0],
-    TokenError::REASONS[1],
-    TokenError::REASONS[2],
-    TokenError::REASONS[3],
-    TokenError::REASONS[4],
-    TokenError::REASONS[5],
-    TokenError::REASONS[6],
-    TokenError::REASONS[7],
-    TokenError::REASONS[8],
-    TokenError::REASONS[9],
-    TokenError::REASONS[10],
+/// Reasons of `beacon_auth_refused_total`: why a token was refused, then route-level
+/// refusals. Every reason the auth checks give must be here (their tests check it); any other
+/// counts as `unauthorized`.
+pub const AUTH_REASONS: [&str; 15] = [
+    "missing",
+    "malformed",
+    "algorithm",
+    "unknown_kid",
+    "no_keys",
+    "bad_signature",
+    "expired",
+    "not_yet_valid",
+    "issuer",
+    "audience",
+    "claims",
     "bad_request",
     "unauthorized",
     "forbidden",
@@ -92,7 +92,7 @@ impl SecurityMetrics {
         }
     }
 
-    /// The refusal counter for `reason` (an [`crate::auth::AuthError::reason`] or `origin`);
+    /// The refusal counter for `reason` (one of [`AUTH_REASONS`]);
     /// unknown reasons count as `unauthorized`.
     pub fn auth_refused(&self, reason: &str) -> &Counter {
         let index = AUTH_REASONS

@@ -31,7 +31,6 @@ mod inbound;
 mod keys;
 mod link;
 mod local;
-mod metrics;
 mod task;
 
 use std::collections::{HashMap, HashSet};
@@ -43,7 +42,6 @@ use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
 pub use codec::CodecError;
-pub use metrics::RelayMetrics;
 
 use crate::config::Config;
 use crate::hub::{Hub, HubObserver};

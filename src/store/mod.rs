@@ -44,16 +44,11 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Instant;
 
-use clap::Args;
-use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
-use prometheus_client::registry::Registry;
 use rusqlite::{Connection, OpenFlags, params};
 use tokio::sync::Semaphore;
 use tracing::{error, info};
 
-use crate::config::Config;
+use crate::config::{Config, StoreConfig};
 use crate::hub::{Hub, HubObserver};
 use crate::metrics::Metrics;
 use crate::model::{DeviceId, Fix, GroupId, Position, now_ms};
@@ -66,62 +61,6 @@ pub const READERS: usize = 4;
 
 /// How long a connection waits for a lock held by another before failing, in ms.
 const BUSY_TIMEOUT_MS: u64 = 5_000;
-
-/// Settings of the durable store (used only with `--data-dir`).
-#[derive(Clone, Debug, Args)]
-pub struct StoreConfig {
-    /// Days of track history kept, by fix time; older points are deleted, and so are last-known
-    /// positions received longer ago. Default 30. Range 1-36500.
-    #[arg(long, env = "BEACON_HISTORY_RETENTION_DAYS", default_value_t = 30,
-          value_parser = clap::value_parser!(u32).range(1..=36_500))]
-    pub history_retention_days: u32,
-
-    /// Seconds that must separate two stored points of a device; a fix sooner after the last
-    /// stored one is not added to the history (it still updates the last-known position).
-    /// Default 5. 0 stores every fix the hub flushes (at most one per device per tick).
-    #[arg(long, env = "BEACON_HISTORY_MIN_INTERVAL_SECS", default_value_t = 5)]
-    pub history_min_interval_secs: u64,
-
-    /// Metres a device must have moved since its last stored point for a new point to be
-    /// stored, on top of the interval rule (both must hold). Default 0 (off). Useful to keep a
-    /// parked device from filling its history with the same place.
-    #[arg(long, env = "BEACON_HISTORY_MIN_DISTANCE_M", default_value_t = 0.0,
-          value_parser = non_negative)]
-    pub history_min_distance_m: f64,
-
-    /// Most history points kept per device; beyond it the oldest are deleted at each prune.
-    /// Default 50000 (a week of one point every 12 s). Range 1-10000000.
-    #[arg(long, env = "BEACON_HISTORY_MAX_POINTS", default_value_t = 50_000,
-          value_parser = clap::value_parser!(u32).range(1..=10_000_000))]
-    pub history_max_points: u32,
-
-    /// Seconds between two prunes of the history (retention and max points). Default 300.
-    /// Range 1-86400.
-    #[arg(long, env = "BEACON_HISTORY_PRUNE_SECS", default_value_t = 300,
-          value_parser = clap::value_parser!(u64).range(1..=86_400))]
-    pub history_prune_secs: u64,
-
-    /// Positions waiting for the writer before new ones are dropped (and counted in
-    /// `beacon_store_dropped_total`). Default 65536 (about 10 MB). It absorbs disk stalls of a
-    /// few seconds at high ingest rates without ever slowing the hub down.
-    #[arg(long, env = "BEACON_STORE_QUEUE_POSITIONS", default_value_t = 65_536,
-          value_parser = clap::value_parser!(u64).range(1..=16_777_216))]
-    pub store_queue_positions: u64,
-}
-
-fn non_negative(text: &str) -> Result<f64, String> {
-    match text.parse::<f64>() {
-        Ok(v) if v.is_finite() && v >= 0.0 => Ok(v),
-        _ => Err(format!("expected a number >= 0, not {text:?}")),
-    }
-}
-
-impl StoreConfig {
-    /// The retention window in ms.
-    pub fn retention_ms(&self) -> i64 {
-        i64::from(self.history_retention_days) * 86_400_000
-    }
-}
 
 /// Why the store failed.
 #[derive(Debug, thiserror::Error)]
@@ -138,69 +77,6 @@ pub enum StoreError {
     /// The store is shutting down.
     #[error("the store is closed")]
     Closed,
-}
-
-/// Metrics of the store, registered with the server's others.
-#[derive(Clone, Debug)]
-pub struct StoreMetrics {
-    /// Positions written (last-known upserts, one per device and group).
-    pub written: Counter,
-    /// History points added.
-    pub track_points: Counter,
-    /// Positions dropped because the queue was full or the store closed.
-    pub dropped: Counter,
-    /// Failed transactions.
-    pub errors: Counter,
-    /// Positions waiting for the writer.
-    pub queued: Gauge,
-    /// Time to write one batch, in seconds.
-    pub batch_seconds: Histogram,
-}
-
-impl StoreMetrics {
-    /// Registers the store's metrics in `registry` (`beacon_store_*`).
-    pub fn register(registry: &mut Registry) -> Self {
-        let metrics = StoreMetrics {
-            written: Counter::default(),
-            track_points: Counter::default(),
-            dropped: Counter::default(),
-            errors: Counter::default(),
-            queued: Gauge::default(),
-            batch_seconds: Histogram::new(exponential_buckets(0.000_1, 2.0, 16)),
-        };
-        let store = registry.sub_registry_with_prefix("store");
-        store.register(
-            "positions_written",
-            "Positions written to the store (one per device and group)",
-            metrics.written.clone(),
-        );
-        store.register(
-            "track_points",
-            "Points added to the track history",
-            metrics.track_points.clone(),
-        );
-        store.register(
-            "dropped",
-            "Positions dropped because the store queue was full",
-            metrics.dropped.clone(),
-        );
-        store.register(
-            "errors",
-            "Store transactions that failed",
-            metrics.errors.clone(),
-        );
-        store.register(
-            "queued_positions",
-            "Positions waiting for the store writer",
-            metrics.queued.clone(),
-        );
-        store.register(
-            "batch_seconds",
-            "Time to write one batch to the store",
-            metrics.batch_seconds.clone(),
-        );
-        metrics
-    }
 }
 
 /// One position waiting to be written.

@@ -14,8 +14,13 @@ use prometheus_client::registry::Registry;
 use crate::model::Role;
 use crate::protocol::ErrorCode;
 
+mod relay;
 mod security;
-pub use security::SecurityMetrics;
+mod store;
+
+pub use relay::RelayMetrics;
+pub use security::{AUTH_REASONS, SecurityMetrics};
+pub use store::StoreMetrics;
 
 type Labels = Vec<(&'static str, &'static str)>;
 
@@ -65,9 +70,9 @@ pub struct Metrics {
     /// Refusals by reason and policy closes.
     pub security: SecurityMetrics,
     /// The durable store's figures (`beacon_store_*`).
-    pub store: crate::store::StoreMetrics,
+    pub store: StoreMetrics,
     /// The Redis relay's metrics.
-    pub relay: crate::relay::RelayMetrics,
+    pub relay: RelayMetrics,
 }
 
 impl Default for Metrics {
@@ -174,8 +179,8 @@ impl Metrics {
             ),
             tick_seconds,
             security: SecurityMetrics::new(&mut registry, &refused),
-            store: crate::store::StoreMetrics::register(&mut registry),
-            relay: crate::relay::RelayMetrics::register(&mut registry),
+            store: StoreMetrics::register(&mut registry),
+            relay: RelayMetrics::register(&mut registry),
             registry,
         }
     }

@@ -1,4 +1,4 @@
-//! Metrics of the Redis relay, registered in the server's registry by [`crate::metrics`].
+//! Metrics of the Redis relay (`beacon_relay_*`), registered with the server's others.
 
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;

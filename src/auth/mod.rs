@@ -16,15 +16,17 @@
 //! Browser origins are checked by [`origin`], here too because they answer "may this page act
 //! for the user?".
 
+mod claims;
+mod error;
 pub mod jwks;
 pub mod jwt;
 pub mod origin;
+mod token_error;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use axum::http::{HeaderMap, StatusCode, header};
-use axum::response::{IntoResponse, Response};
+use axum::http::{HeaderMap, header};
 use base64::Engine;
 use serde::Deserialize;
 use tracing::debug;
@@ -33,15 +35,10 @@ use crate::config::{AuthConfig, AuthMode};
 use crate::metrics::Metrics;
 use crate::model::{DeviceId, GroupId, Identity, Role};
 
-pub use jwt::TokenError;
-
-/// Most groups one identity may name. Each group costs a subscription and a snapshot at
-/// connect, so the bound keeps a connect cheap.
-pub const MAX_GROUPS: usize = 64;
-
-/// Longest token accepted, in bytes. Real tokens are well under 2 KiB; the bound keeps a
-/// refusal cheap (no base64 or JSON work on megabytes).
-pub const MAX_TOKEN_BYTES: usize = 8 * 1024;
+pub use claims::{MAX_GROUPS, MAX_TOKEN_BYTES};
+use claims::{clip, group_list};
+pub use error::{AuthError, SetupError};
+pub use token_error::TokenError;
 
 /// Identity fields a client may put in the query string.
 #[derive(Debug, Default, Deserialize)]
@@ -54,77 +51,6 @@ pub struct IdentityQuery {
     pub role: Option<String>,
     /// A token, for browsers that cannot set headers.
     pub access_token: Option<String>,
-}
-
-/// Why a client was refused before it got in.
-#[derive(Debug, thiserror::Error)]
-pub enum AuthError {
-    /// The query is malformed (HTTP 400).
-    #[error("{0}")]
-    BadRequest(String),
-    /// Missing or bad credentials (HTTP 401).
-    #[error("{0}")]
-    Unauthorized(String),
-    /// The identity may not do this (HTTP 403).
-    #[error("{0}")]
-    Forbidden(String),
-    /// The token was missing or failed a check (HTTP 401).
-    #[error(transparent)]
-    Token(#[from] TokenError),
-}
-
-impl AuthError {
-    /// The HTTP status for this refusal.
-    pub fn status(&self) -> StatusCode {
-        match self {
-            AuthError::BadRequest(_) => StatusCode::BAD_REQUEST,
-            AuthError::Unauthorized(_) | AuthError::Token(_) => StatusCode::UNAUTHORIZED,
-            AuthError::Forbidden(_) => StatusCode::FORBIDDEN,
-        }
-    }
-
-    /// A short machine-readable name for the refusal (the `error` field of the JSON body).
-    pub fn kind(&self) -> &'static str {
-        match self {
-            AuthError::BadRequest(_) => "bad_request",
-            AuthError::Unauthorized(_) | AuthError::Token(_) => "unauthorized",
-            AuthError::Forbidden(_) => "forbidden",
-        }
-    }
-
-    /// The finer reason, for metrics and logs (`expired`, `bad_signature`, ...).
-    pub fn reason(&self) -> &'static str {
-        match self {
-            AuthError::Token(e) => e.reason(),
-            other => other.kind(),
-        }
-    }
-}
-
-impl IntoResponse for AuthError {
-    /// The JSON refusal body every route uses; a 401 also carries `WWW-Authenticate`.
-    fn into_response(self) -> Response {
-        let status = self.status();
-        let mut response = crate::http::error_response(status, self.kind(), self.to_string());
-        if status == StatusCode::UNAUTHORIZED {
-            response.headers_mut().insert(
-                header::WWW_AUTHENTICATE,
-                header::HeaderValue::from_static("Bearer"),
-            );
-        }
-        response
-    }
-}
-
-/// Why the server cannot start with its authentication settings.
-#[derive(Debug, thiserror::Error)]
-pub enum SetupError {
-    /// A setting is missing, malformed or unsafe.
-    #[error("{0}")]
-    Config(String),
-    /// The key set could not be loaded.
-    #[error("loading the JSON Web Key Set: {0}")]
-    Jwks(#[from] jwks::JwksError),
 }
 
 /// Turns request credentials into an [`Identity`]. Cheap to clone.
@@ -281,11 +207,6 @@ pub fn check_listen(config: &AuthConfig, addr: SocketAddr) -> Result<(), SetupEr
     Ok(())
 }
 
-/// Parses a role name for the command line.
-pub fn parse_role(s: &str) -> Result<Role, String> {
-    Role::parse(s).ok_or_else(|| format!("role must be device or viewer, not {s:?}"))
-}
-
 /// The token of a request: `Authorization: Bearer`, then the password of `Authorization:
 /// Basic`, then `?access_token=`.
 pub fn token_from<'a>(
@@ -348,36 +269,10 @@ pub fn parse_groups(list: &str) -> Result<Vec<GroupId>, AuthError> {
         .map_err(AuthError::BadRequest)
 }
 
-/// Validates group ids (duplicates removed, order kept): at least one, at most
-/// [`MAX_GROUPS`], each passing the id rules.
-pub(crate) fn group_list<'a>(names: impl Iterator<Item = &'a str>) -> Result<Vec<GroupId>, String> {
-    let mut groups: Vec<GroupId> = Vec::new();
-    for name in names {
-        let group = GroupId::parse(name).map_err(|why| format!("group {:?} {why}", clip(name)))?;
-        if !groups.contains(&group) {
-            if groups.len() == MAX_GROUPS {
-                return Err(format!("at most {MAX_GROUPS} groups per identity"));
-            }
-            groups.push(group);
-        }
-    }
-    if groups.is_empty() {
-        return Err("groups must name at least one group".into());
-    }
-    Ok(groups)
-}
-
-/// At most 64 characters of `s`, for echoing client input in messages.
-pub(crate) fn clip(s: &str) -> &str {
-    match s.char_indices().nth(64) {
-        Some((i, _)) => &s[..i],
-        None => s,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use axum::http::StatusCode;
 
     fn query(id: Option<&str>, groups: Option<&str>, role: Option<&str>) -> IdentityQuery {
         IdentityQuery {
