@@ -14,6 +14,7 @@ use clap::{Parser, ValueEnum};
 use serde::{Deserialize, Serialize};
 
 use crate::slo::Slo;
+use crate::units::parse_duration;
 
 /// `beacon-loadtest`: drives a running Beacon server with simulated devices and viewers and
 /// reports connections, throughput, end-to-end latency, state convergence and server cost.
@@ -459,34 +460,6 @@ fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
-/// Parses `30s`, `500ms`, `250us`, `2m`, `1h`, `1.5s`; a bare number is seconds.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let text = text.trim();
-    let split = text
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let value: f64 = number
-        .parse()
-        .map_err(|_| format!("`{text}` is not a duration (examples: 30s, 500ms, 2m)"))?;
-    let seconds = match unit.trim() {
-        "" | "s" | "sec" => value,
-        "ms" => value / 1e3,
-        "us" | "µs" => value / 1e6,
-        "m" | "min" => value * 60.0,
-        "h" => value * 3600.0,
-        other => {
-            return Err(format!(
-                "unknown duration unit `{other}` in `{text}` (use us, ms, s, m, h)"
-            ));
-        }
-    };
-    if !(0.0..=7.0 * 86_400.0).contains(&seconds) {
-        return Err(format!("duration `{text}` is out of range"));
-    }
-    Ok(Duration::from_secs_f64(seconds))
-}
-
 /// Parses `lat,lon`.
 pub fn parse_center(text: &str) -> Result<Center, String> {
     let (lat, lon) = text
@@ -517,19 +490,6 @@ pub fn plan_from_json(text: &str) -> anyhow::Result<Plan> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn durations_parse_with_units() {
-        assert_eq!(parse_duration("30s").unwrap(), Duration::from_secs(30));
-        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
-        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
-        assert_eq!(parse_duration("1.5s").unwrap(), Duration::from_millis(1500));
-        assert_eq!(parse_duration("7").unwrap(), Duration::from_secs(7));
-        assert_eq!(parse_duration("250us").unwrap(), Duration::from_micros(250));
-        assert!(parse_duration("fast").is_err());
-        assert!(parse_duration("3 fortnights").is_err());
-        assert!(parse_duration("").is_err());
-    }
 
     #[test]
     fn centre_parses() {

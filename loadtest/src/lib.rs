@@ -32,5 +32,6 @@ pub mod procstat;
 pub mod report;
 pub mod slo;
 pub mod target;
+pub mod units;
 pub mod wire;
 pub mod worker;

@@ -5,7 +5,7 @@
 
 use serde::Serialize;
 
-use crate::config::parse_duration;
+use crate::units::parse_duration;
 
 /// A figure an objective can bound.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
