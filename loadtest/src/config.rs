@@ -189,7 +189,7 @@ pub enum CodecChoice {
 }
 
 impl CodecChoice {
-    /// The codec of the client whose turn (see [`crate::client::ClientSpec`]) is `turn`.
+    /// The codec of the client whose turn (see [`crate::spec::ClientSpec`]) is `turn`.
     pub fn for_client(self, turn: u32) -> Codec {
         match self {
             CodecChoice::Json => Codec::Json,
