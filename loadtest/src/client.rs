@@ -56,7 +56,7 @@ async fn next_phase(
 
 /// Runs a long-lived device or viewer (idle, fleet and viewers scenarios): one connection,
 /// no reconnect, until the worker moves to [`Phase::Closing`].
-pub async fn run_steady(w: Arc<WorkerShared>, spec: ClientSpec) {
+pub(crate) async fn run_steady(w: Arc<WorkerShared>, spec: ClientSpec) {
     let phase = w.phase();
     let connected = connect_counted(&w, &spec).await;
     w.resolved_one();
@@ -142,7 +142,7 @@ pub async fn run_steady(w: Arc<WorkerShared>, spec: ClientSpec) {
 
 /// Runs a storm client: connect, wait for the snapshot, send a few fixes, close, pause,
 /// again, until the worker leaves [`Phase::Running`].
-pub async fn run_storm(w: Arc<WorkerShared>, spec: ClientSpec) {
+pub(crate) async fn run_storm(w: Arc<WorkerShared>, spec: ClientSpec) {
     let phase = w.phase();
     let mut fixes = FixSource::new(&w.plan, spec.number);
     let mut rng = SmallRng::seed_from_u64(w.plan.seed ^ u64::from(spec.index));

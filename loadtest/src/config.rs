@@ -166,7 +166,7 @@ pub enum Scenario {
 
 impl Scenario {
     /// Lower-case name, as on the command line.
-    pub fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             Scenario::Idle => "idle",
             Scenario::Fleet => "fleet",
@@ -190,7 +190,7 @@ pub enum CodecChoice {
 
 impl CodecChoice {
     /// The codec of the client whose turn (see [`crate::spec::ClientSpec`]) is `turn`.
-    pub fn for_client(self, turn: u32) -> Codec {
+    pub(crate) fn for_client(self, turn: u32) -> Codec {
         match self {
             CodecChoice::Json => Codec::Json,
             CodecChoice::Msgpack => Codec::Msgpack,
@@ -200,7 +200,7 @@ impl CodecChoice {
     }
 
     /// Lower-case name, as on the command line.
-    pub fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             CodecChoice::Json => "json",
             CodecChoice::Msgpack => "msgpack",
@@ -220,7 +220,7 @@ pub enum Codec {
 
 impl Codec {
     /// The `Sec-WebSocket-Protocol` value that selects this codec.
-    pub fn subprotocol(self) -> &'static str {
+    pub(crate) fn subprotocol(self) -> &'static str {
         match self {
             Codec::Json => "beacon.v1.json",
             Codec::Msgpack => "beacon.v1.msgpack",
@@ -343,13 +343,13 @@ fn defaults(scenario: Scenario) -> Defaults {
 
 /// Connections one source address can carry to one target before its ephemeral ports
 /// (32768-60999) run short; the default `--source-addrs` keeps below it.
-pub const CONNECTIONS_PER_SOURCE_ADDR: u32 = 25_000;
+pub(crate) const CONNECTIONS_PER_SOURCE_ADDR: u32 = 25_000;
 
 impl Plan {
     /// Fills in scenario defaults and checks the combination makes sense.
     ///
-    /// `targets` are already resolved (see [`crate::target`]); `workers` comes from
-    /// [`crate::limits::workers_needed`] unless the user set it.
+    /// `targets` are already resolved (see `target`); `workers` comes from
+    /// `limits::workers_needed` unless the user set it.
     pub fn build(
         cli: &Cli,
         targets: Vec<Target>,
@@ -434,25 +434,20 @@ impl Plan {
     }
 
     /// Total sockets the run holds at once (devices, viewers and stalled viewers).
-    pub fn connections(&self) -> u32 {
+    pub(crate) fn connections(&self) -> u32 {
         self.devices + self.viewers + self.stalled
     }
 
     /// The measured clients: devices plus viewers, without the stalled viewers.
-    pub fn clients(&self) -> u32 {
+    pub(crate) fn clients(&self) -> u32 {
         self.devices + self.viewers
     }
 
     /// The device number of client `index`, if that client is a device.
-    pub fn device_of(&self, index: u32) -> Option<u32> {
+    pub(crate) fn device_of(&self, index: u32) -> Option<u32> {
         index
             .checked_sub(self.viewers)
             .filter(|&d| d < self.devices)
-    }
-
-    /// Planned ramp-up time over all workers.
-    pub fn ramp_time(&self) -> Duration {
-        Duration::from_secs_f64(f64::from(self.connections()) / self.ramp_per_s)
     }
 }
 
@@ -461,7 +456,7 @@ fn millis(d: Duration) -> u64 {
 }
 
 /// Parses `lat,lon`.
-pub fn parse_center(text: &str) -> Result<Center, String> {
+pub(crate) fn parse_center(text: &str) -> Result<Center, String> {
     let (lat, lon) = text
         .split_once(',')
         .ok_or_else(|| format!("`{text}` is not `lat,lon`"))?;
@@ -477,14 +472,9 @@ pub fn parse_center(text: &str) -> Result<Center, String> {
 }
 
 /// A fresh run id: 6 hex digits from the clock and the process id.
-pub fn new_run_id() -> String {
+pub(crate) fn new_run_id() -> String {
     let mix = crate::clock::now_micros() ^ (u64::from(std::process::id()) << 20);
     format!("lt{:06x}", mix & 0xff_ffff)
-}
-
-/// Reads a plan back from JSON (worker processes).
-pub fn plan_from_json(text: &str) -> anyhow::Result<Plan> {
-    serde_json::from_str(text).context("worker received a malformed plan")
 }
 
 #[cfg(test)]

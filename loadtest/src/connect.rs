@@ -25,21 +25,21 @@ use crate::limits::{current_soft_limit, is_open_file_limit};
 use crate::spec::{ClientSpec, Role};
 
 /// A client WebSocket over a plain TCP stream.
-pub type Ws = WebSocketStream<TcpStream>;
+pub(crate) type Ws = WebSocketStream<TcpStream>;
 
 /// Read buffer per connection: tungstenite allocates it eagerly, 128 KiB by default.
-pub const READ_BUFFER_BYTES: usize = 4 * 1024;
+pub(crate) const READ_BUFFER_BYTES: usize = 4 * 1024;
 
 /// How long a closing handshake may take before the socket is simply dropped.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Kernel receive buffer asked for on a stalled viewer's socket (`SO_RCVBUF`; Linux doubles
 /// it). Small, so that the server's writes block soon after the client stops reading.
-pub const STALLED_RECV_BUFFER_BYTES: u32 = 4 * 1024;
+pub(crate) const STALLED_RECV_BUFFER_BYTES: u32 = 4 * 1024;
 
 /// Why a connection attempt failed.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConnectFailure {
+pub(crate) struct ConnectFailure {
     /// Short reason used as a report key: `refused`, `timeout`, `http_503`, `open_file_limit`, …
     pub reason: String,
     /// Human-readable detail.
@@ -105,7 +105,7 @@ impl ConnectFailure {
 }
 
 /// The tungstenite settings of every client connection.
-pub fn ws_config() -> WebSocketConfig {
+pub(crate) fn ws_config() -> WebSocketConfig {
     WebSocketConfig::default()
         .read_buffer_size(READ_BUFFER_BYTES)
         // Frames are small and flushed one by one; nothing to gain from write coalescing.
@@ -117,7 +117,7 @@ pub fn ws_config() -> WebSocketConfig {
 }
 
 /// Opens one WebSocket connection for `spec`.
-pub async fn connect(plan: &Plan, spec: &ClientSpec) -> Result<Ws, ConnectFailure> {
+pub(crate) async fn connect(plan: &Plan, spec: &ClientSpec) -> Result<Ws, ConnectFailure> {
     let target = plan
         .targets
         .get(spec.target)

@@ -1,5 +1,5 @@
 //! The final report: what a run measured, serialized as JSON for machines. The table for
-//! people is rendered from it in [`crate::table`].
+//! people is rendered from it in `table`.
 
 use std::collections::BTreeMap;
 

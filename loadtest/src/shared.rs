@@ -1,5 +1,5 @@
 //! The state every connection task of one worker shares ([`WorkerShared`]): the plan, the
-//! counters and latency histograms, the phase the tasks follow ([`Phase`]), each device's last
+//! counters and latency histograms, the phase the tasks follow (`Phase`), each device's last
 //! sent fix time, and every subscriber's view for the latest-state check.
 //!
 //! It sits below both the client loops, which write to it, and the worker, which creates it,
@@ -19,7 +19,7 @@ use crate::metrics::{Counters, Latencies, Sample};
 
 /// What every connection task of a worker is doing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Phase {
+pub(crate) enum Phase {
     /// Connecting and sending.
     Running,
     /// Devices have stopped sending; connections stay open and keep reading.
@@ -32,15 +32,15 @@ pub enum Phase {
 #[derive(Debug)]
 pub struct WorkerShared {
     /// The run plan.
-    pub plan: Arc<Plan>,
+    pub(crate) plan: Arc<Plan>,
     /// How devices map to groups.
     pub layout: Layout,
     /// `{run_id}-d`: the id prefix of this run's devices.
-    pub device_prefix: String,
+    pub(crate) device_prefix: String,
     /// Counters.
     pub counters: Counters,
     /// Largest `tick_ms` any welcome announced.
-    pub tick_ms: AtomicU64,
+    pub(crate) tick_ms: AtomicU64,
     latency: Mutex<Latencies>,
     phase_tx: watch::Sender<Phase>,
     /// Last sent fix time offset per device (only this worker's devices are written).
@@ -82,7 +82,7 @@ impl WorkerShared {
     }
 
     /// A receiver of phase changes (the current phase counts as seen).
-    pub fn phase(&self) -> watch::Receiver<Phase> {
+    pub(crate) fn phase(&self) -> watch::Receiver<Phase> {
         self.phase_tx.subscribe()
     }
 
@@ -92,7 +92,7 @@ impl WorkerShared {
     }
 
     /// Records the latencies of the deliveries of one frame.
-    pub fn record_latencies(&self, samples: &[Sample]) {
+    pub(crate) fn record_latencies(&self, samples: &[Sample]) {
         let mut h = self.latency.lock().unwrap_or_else(|p| p.into_inner());
         for s in samples {
             h.record(s);
@@ -108,7 +108,7 @@ impl WorkerShared {
     }
 
     /// Registers a device that is about to send; `false` if sending has already stopped.
-    pub fn start_sending(&self) -> bool {
+    pub(crate) fn start_sending(&self) -> bool {
         if *self.phase_tx.borrow() != Phase::Running {
             return false;
         }
@@ -117,13 +117,13 @@ impl WorkerShared {
     }
 
     /// A device has sent its last fix.
-    pub fn stop_sending(&self) {
+    pub(crate) fn stop_sending(&self) {
         self.sending.fetch_sub(1, Ordering::SeqCst);
         self.sending_changed.notify_waiters();
     }
 
     /// Notes the fix time of a device's latest fix.
-    pub fn set_last_sent(&self, device: u32, ts_ms: u64) {
+    pub(crate) fn set_last_sent(&self, device: u32, ts_ms: u64) {
         let offset = ts_ms
             .saturating_sub(self.plan.base_ms)
             .clamp(1, u64::from(EXCLUDED - 1));
@@ -133,20 +133,20 @@ impl WorkerShared {
     }
 
     /// Leaves a device out of the latest-state check.
-    pub fn exclude_device(&self, device: u32) {
+    pub(crate) fn exclude_device(&self, device: u32) {
         if let Some(slot) = self.last_sent.get(device as usize) {
             slot.store(EXCLUDED, Ordering::Relaxed);
         }
     }
 
     /// A client's first connection attempt has finished.
-    pub fn resolved_one(&self) {
+    pub(crate) fn resolved_one(&self) {
         self.resolved.fetch_add(1, Ordering::SeqCst);
         self.resolved_changed.notify_waiters();
     }
 
     /// Adds a subscriber's view to the latest-state check.
-    pub fn register_view(&self, view: Arc<View>) {
+    pub(crate) fn register_view(&self, view: Arc<View>) {
         self.views
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -154,7 +154,7 @@ impl WorkerShared {
     }
 
     /// Prints the first open-file-limit failure plainly; later ones are only counted.
-    pub fn warn_once(&self, failure: &ConnectFailure) {
+    pub(crate) fn warn_once(&self, failure: &ConnectFailure) {
         if failure.reason == "open_file_limit"
             && !self.warned_open_files.swap(true, Ordering::Relaxed)
         {

@@ -21,7 +21,7 @@ pub enum Role {
 
 impl Role {
     /// The `role` query value.
-    pub fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             Role::Device => "device",
             Role::Viewer | Role::Stalled => "viewer",
@@ -67,7 +67,7 @@ pub fn group_id(run_id: &str, g: u32) -> String {
 }
 
 /// Device number from a record id of this run (`None` for anybody else's device).
-pub fn parse_device(prefix: &str, id: &str, devices: u32) -> Option<u32> {
+pub(crate) fn parse_device(prefix: &str, id: &str, devices: u32) -> Option<u32> {
     let d: u32 = id.strip_prefix(prefix)?.parse().ok()?;
     (d < devices).then_some(d)
 }
@@ -116,7 +116,7 @@ impl ClientSpec {
     }
 
     /// Full WebSocket URL with the identity query.
-    pub fn url(&self, plan: &Plan) -> String {
+    pub(crate) fn url(&self, plan: &Plan) -> String {
         let base = plan
             .targets
             .get(self.target)
@@ -137,7 +137,7 @@ impl ClientSpec {
 }
 
 /// Percent-encodes everything but RFC 3986 unreserved characters.
-pub fn percent_encode(text: &str) -> String {
+pub(crate) fn percent_encode(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     for b in text.bytes() {
         if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {

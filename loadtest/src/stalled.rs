@@ -66,7 +66,7 @@ enum StallStart {
 /// bounded time, to learn whether the server closed it (close frame, end of stream or reset)
 /// or it is still open, and closes it if so. Everything is counted in
 /// [`crate::metrics::StalledStats`] only.
-pub async fn run_stalled(w: Arc<WorkerShared>, spec: ClientSpec) {
+pub(crate) async fn run_stalled(w: Arc<WorkerShared>, spec: ClientSpec) {
     let mut phase = w.phase();
     w.counters.stalled().attempted += 1;
     let connected = connect(&w.plan, &spec).await;

@@ -5,7 +5,7 @@
 //! [`WorkerShared`]: counters, the latency histogram, the phase they follow, each device's
 //! last sent fix time and every subscriber's view for the latest-state check.
 //!
-//! [`run`] speaks [`Command`]/[`Event`] over channels; [`run_child`] bridges those channels
+//! `run` speaks `Command`/`Event` over channels; [`run_child`] bridges those channels
 //! to stdin/stdout so the same code runs as a separate process when one process cannot hold
 //! all the sockets.
 
@@ -28,12 +28,12 @@ use crate::spec::{ClientSpec, Role};
 use crate::stalled::run_stalled;
 
 /// Client indices of worker `index` of `workers`, in connect order.
-pub fn share(total: u32, workers: u32, index: u32) -> impl Iterator<Item = u32> {
+pub(crate) fn share(total: u32, workers: u32, index: u32) -> impl Iterator<Item = u32> {
     (index..total).step_by(workers.max(1) as usize)
 }
 
 /// Runs one worker until the parent's `Expected` (or `Abort`) has been handled.
-pub async fn run(
+pub(crate) async fn run(
     plan: Arc<Plan>,
     index: u32,
     mut commands: mpsc::Receiver<Command>,
