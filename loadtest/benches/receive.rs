@@ -11,11 +11,12 @@ use std::hint::black_box;
 use std::sync::Arc;
 use std::time::Instant;
 
-use beacon_loadtest::client::{ClientSpec, Session, Step, device_id, group_id};
 use beacon_loadtest::clock::now_ms;
 use beacon_loadtest::config::{Cli, Codec, Plan, Target};
 use beacon_loadtest::latest::View;
-use beacon_loadtest::worker::WorkerShared;
+use beacon_loadtest::session::{Session, Step};
+use beacon_loadtest::shared::WorkerShared;
+use beacon_loadtest::spec::{ClientSpec, device_id, group_id};
 use bytes::Bytes;
 use clap::Parser;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};

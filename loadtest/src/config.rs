@@ -14,6 +14,7 @@ use clap::{Parser, ValueEnum};
 use serde::{Deserialize, Serialize};
 
 use crate::slo::Slo;
+use crate::units::parse_duration;
 
 /// `beacon-loadtest`: drives a running Beacon server with simulated devices and viewers and
 /// reports connections, throughput, end-to-end latency, state convergence and server cost.
@@ -165,7 +166,7 @@ pub enum Scenario {
 
 impl Scenario {
     /// Lower-case name, as on the command line.
-    pub fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             Scenario::Idle => "idle",
             Scenario::Fleet => "fleet",
@@ -188,8 +189,8 @@ pub enum CodecChoice {
 }
 
 impl CodecChoice {
-    /// The codec of the client whose turn (see [`crate::client::ClientSpec`]) is `turn`.
-    pub fn for_client(self, turn: u32) -> Codec {
+    /// The codec of the client whose turn (see [`crate::spec::ClientSpec`]) is `turn`.
+    pub(crate) fn for_client(self, turn: u32) -> Codec {
         match self {
             CodecChoice::Json => Codec::Json,
             CodecChoice::Msgpack => Codec::Msgpack,
@@ -199,7 +200,7 @@ impl CodecChoice {
     }
 
     /// Lower-case name, as on the command line.
-    pub fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             CodecChoice::Json => "json",
             CodecChoice::Msgpack => "msgpack",
@@ -219,7 +220,7 @@ pub enum Codec {
 
 impl Codec {
     /// The `Sec-WebSocket-Protocol` value that selects this codec.
-    pub fn subprotocol(self) -> &'static str {
+    pub(crate) fn subprotocol(self) -> &'static str {
         match self {
             Codec::Json => "beacon.v1.json",
             Codec::Msgpack => "beacon.v1.msgpack",
@@ -342,13 +343,13 @@ fn defaults(scenario: Scenario) -> Defaults {
 
 /// Connections one source address can carry to one target before its ephemeral ports
 /// (32768-60999) run short; the default `--source-addrs` keeps below it.
-pub const CONNECTIONS_PER_SOURCE_ADDR: u32 = 25_000;
+pub(crate) const CONNECTIONS_PER_SOURCE_ADDR: u32 = 25_000;
 
 impl Plan {
     /// Fills in scenario defaults and checks the combination makes sense.
     ///
-    /// `targets` are already resolved (see [`crate::target`]); `workers` comes from
-    /// [`crate::limits::workers_needed`] unless the user set it.
+    /// `targets` are already resolved (see `target`); `workers` comes from
+    /// `limits::workers_needed` unless the user set it.
     pub fn build(
         cli: &Cli,
         targets: Vec<Target>,
@@ -433,25 +434,20 @@ impl Plan {
     }
 
     /// Total sockets the run holds at once (devices, viewers and stalled viewers).
-    pub fn connections(&self) -> u32 {
+    pub(crate) fn connections(&self) -> u32 {
         self.devices + self.viewers + self.stalled
     }
 
     /// The measured clients: devices plus viewers, without the stalled viewers.
-    pub fn clients(&self) -> u32 {
+    pub(crate) fn clients(&self) -> u32 {
         self.devices + self.viewers
     }
 
     /// The device number of client `index`, if that client is a device.
-    pub fn device_of(&self, index: u32) -> Option<u32> {
+    pub(crate) fn device_of(&self, index: u32) -> Option<u32> {
         index
             .checked_sub(self.viewers)
             .filter(|&d| d < self.devices)
-    }
-
-    /// Planned ramp-up time over all workers.
-    pub fn ramp_time(&self) -> Duration {
-        Duration::from_secs_f64(f64::from(self.connections()) / self.ramp_per_s)
     }
 }
 
@@ -459,36 +455,8 @@ fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
-/// Parses `30s`, `500ms`, `250us`, `2m`, `1h`, `1.5s`; a bare number is seconds.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let text = text.trim();
-    let split = text
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let value: f64 = number
-        .parse()
-        .map_err(|_| format!("`{text}` is not a duration (examples: 30s, 500ms, 2m)"))?;
-    let seconds = match unit.trim() {
-        "" | "s" | "sec" => value,
-        "ms" => value / 1e3,
-        "us" | "µs" => value / 1e6,
-        "m" | "min" => value * 60.0,
-        "h" => value * 3600.0,
-        other => {
-            return Err(format!(
-                "unknown duration unit `{other}` in `{text}` (use us, ms, s, m, h)"
-            ));
-        }
-    };
-    if !(0.0..=7.0 * 86_400.0).contains(&seconds) {
-        return Err(format!("duration `{text}` is out of range"));
-    }
-    Ok(Duration::from_secs_f64(seconds))
-}
-
 /// Parses `lat,lon`.
-pub fn parse_center(text: &str) -> Result<Center, String> {
+pub(crate) fn parse_center(text: &str) -> Result<Center, String> {
     let (lat, lon) = text
         .split_once(',')
         .ok_or_else(|| format!("`{text}` is not `lat,lon`"))?;
@@ -504,32 +472,14 @@ pub fn parse_center(text: &str) -> Result<Center, String> {
 }
 
 /// A fresh run id: 6 hex digits from the clock and the process id.
-pub fn new_run_id() -> String {
+pub(crate) fn new_run_id() -> String {
     let mix = crate::clock::now_micros() ^ (u64::from(std::process::id()) << 20);
     format!("lt{:06x}", mix & 0xff_ffff)
-}
-
-/// Reads a plan back from JSON (worker processes).
-pub fn plan_from_json(text: &str) -> anyhow::Result<Plan> {
-    serde_json::from_str(text).context("worker received a malformed plan")
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn durations_parse_with_units() {
-        assert_eq!(parse_duration("30s").unwrap(), Duration::from_secs(30));
-        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
-        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
-        assert_eq!(parse_duration("1.5s").unwrap(), Duration::from_millis(1500));
-        assert_eq!(parse_duration("7").unwrap(), Duration::from_secs(7));
-        assert_eq!(parse_duration("250us").unwrap(), Duration::from_micros(250));
-        assert!(parse_duration("fast").is_err());
-        assert!(parse_duration("3 fortnights").is_err());
-        assert!(parse_duration("").is_err());
-    }
 
     #[test]
     fn centre_parses() {

@@ -28,7 +28,7 @@ use crate::metrics::{EncodedLatencies, Stats};
 /// Parent → worker.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "cmd", rename_all = "snake_case")]
-pub enum Command {
+pub(crate) enum Command {
     /// First line to a child process: what to run and which share is its own.
     Init {
         /// The run plan.
@@ -53,7 +53,7 @@ pub enum Command {
 /// Worker → parent.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
-pub enum Event {
+pub(crate) enum Event {
     /// The worker is set up and waits for [`Command::Start`].
     Ready {
         /// Its process id (for sampling its own CPU and memory).

@@ -11,22 +11,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::process::Child;
-use tokio::sync::mpsc;
 use tokio::time::{Instant, sleep_until, timeout};
 
 use crate::config::{CONNECTIONS_PER_SOURCE_ADDR, Cli, Plan, Scenario, new_run_id};
 use crate::control::{Command, Event};
-use crate::latest::CheckResult;
+use crate::launch::{Incoming, Workers, spawn_workers};
 use crate::limits::{default_workers, raise_open_file_limit, workers_needed};
 use crate::metrics::{Latencies, LatencySummary, Stats};
-use crate::procstat::{CpuMeter, read};
-use crate::report::{
-    Connections, Errors, IdleMemory, LatestState, Machine, ProcFigures, Report, ReportConfig,
-    Stalled, Timing, Traffic,
-};
-use crate::slo::{Figures, LatencyFigures};
+use crate::procstat::read;
+use crate::report::Report;
+use crate::sampling::ProcSet;
+use crate::summary::{Final, Gathered, Mark, Marks, build_report, rate};
 
 /// How long workers get to start up.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -93,189 +88,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<Report> {
     Ok(report)
 }
 
-/// Something that arrived from a worker.
-enum Incoming {
-    Event(usize, Box<Event>),
-    Gone(usize, String),
-}
-
-/// The running workers.
-struct Workers {
-    commands: Vec<mpsc::Sender<Command>>,
-    children: Vec<Child>,
-    rx: mpsc::Receiver<Incoming>,
-}
-
-async fn spawn_workers(plan: &Arc<Plan>) -> anyhow::Result<Workers> {
-    let (tx, rx) = mpsc::channel(256);
-    let mut commands = Vec::new();
-    let mut children = Vec::new();
-    if plan.workers <= 1 {
-        let (cmd_tx, cmd_rx) = mpsc::channel(16);
-        let (ev_tx, mut ev_rx) = mpsc::channel(64);
-        let plan = plan.clone();
-        let done_tx = tx.clone();
-        tokio::spawn(async move {
-            if let Err(e) = crate::worker::run(plan, 0, cmd_rx, ev_tx).await {
-                let _ = done_tx.send(Incoming::Gone(0, format!("{e:#}"))).await;
-            }
-        });
-        tokio::spawn(async move {
-            while let Some(ev) = ev_rx.recv().await {
-                if tx.send(Incoming::Event(0, Box::new(ev))).await.is_err() {
-                    return;
-                }
-            }
-            let _ = tx.send(Incoming::Gone(0, "worker stopped".into())).await;
-        });
-        commands.push(cmd_tx);
-        return Ok(Workers {
-            commands,
-            children,
-            rx,
-        });
-    }
-
-    let exe = std::env::current_exe()
-        .context("locating the beacon-loadtest binary for worker processes")?;
-    for index in 0..plan.workers {
-        let i = index as usize;
-        let mut child = tokio::process::Command::new(&exe)
-            .arg("--worker")
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::inherit())
-            .kill_on_drop(true)
-            .spawn()
-            .with_context(|| format!("starting worker process {index}"))?;
-        let mut stdin = child.stdin.take().context("worker stdin")?;
-        let stdout = child.stdout.take().context("worker stdout")?;
-        let (cmd_tx, mut cmd_rx) = mpsc::channel::<Command>(16);
-        cmd_tx
-            .send(Command::Init {
-                plan: Box::new((**plan).clone()),
-                index,
-            })
-            .await
-            .map_err(|_| anyhow::anyhow!("worker {index} channel closed"))?;
-        tokio::spawn(async move {
-            while let Some(cmd) = cmd_rx.recv().await {
-                let Ok(mut line) = serde_json::to_vec(&cmd) else {
-                    continue;
-                };
-                line.push(b'\n');
-                if stdin.write_all(&line).await.is_err() || stdin.flush().await.is_err() {
-                    return;
-                }
-            }
-        });
-        let tx = tx.clone();
-        tokio::spawn(async move {
-            let mut lines = BufReader::new(stdout).lines();
-            loop {
-                match lines.next_line().await {
-                    Ok(Some(line)) => match serde_json::from_str::<Event>(&line) {
-                        Ok(ev) => {
-                            if tx.send(Incoming::Event(i, Box::new(ev))).await.is_err() {
-                                return;
-                            }
-                        }
-                        Err(e) => {
-                            eprintln!("beacon-loadtest: worker {i} wrote an unreadable line: {e}")
-                        }
-                    },
-                    _ => {
-                        let _ = tx
-                            .send(Incoming::Gone(i, format!("worker process {i} exited")))
-                            .await;
-                        return;
-                    }
-                }
-            }
-        });
-        commands.push(cmd_tx);
-        children.push(child);
-    }
-    Ok(Workers {
-        commands,
-        children,
-        rx,
-    })
-}
-
-/// A set of processes sampled together.
-struct ProcSet {
-    meters: Vec<(u32, CpuMeter)>,
-    figures: ProcFigures,
-    cpu_sum: f64,
-    cpu_samples: u64,
-    last_cpu: Option<f64>,
-}
-
-impl ProcSet {
-    fn new(pids: &[u32]) -> ProcSet {
-        let mut set = ProcSet {
-            meters: Vec::new(),
-            figures: ProcFigures::default(),
-            cpu_sum: 0.0,
-            cpu_samples: 0,
-            last_cpu: None,
-        };
-        for &pid in pids {
-            set.add(pid);
-        }
-        set
-    }
-
-    fn add(&mut self, pid: u32) {
-        if !self.figures.pids.contains(&pid) {
-            self.figures.pids.push(pid);
-            self.meters.push((pid, CpuMeter::new()));
-        }
-    }
-
-    /// Samples every process; returns the summed RSS (None if none could be read).
-    fn sample(&mut self, since_start_s: f64) -> Option<u64> {
-        let now = std::time::Instant::now();
-        let (mut rss, mut cpu, mut any_cpu, mut any) = (0u64, 0.0, false, false);
-        for (pid, meter) in &mut self.meters {
-            match read(*pid) {
-                Ok(r) => {
-                    any = true;
-                    rss += r.rss_bytes;
-                    if let Some(pct) = meter.update(now, r.cpu_ticks) {
-                        cpu += pct;
-                        any_cpu = true;
-                    }
-                }
-                Err(_) => self.figures.exited = true,
-            }
-        }
-        if !any {
-            return None;
-        }
-        self.figures.rss_peak_bytes = self.figures.rss_peak_bytes.max(rss);
-        self.figures.rss_last_bytes = rss;
-        self.last_cpu = any_cpu.then_some(cpu);
-        if any_cpu {
-            self.cpu_sum += cpu;
-            self.cpu_samples += 1;
-            self.figures.cpu_peak_pct = self.figures.cpu_peak_pct.max(cpu);
-            self.figures.cpu_avg_pct = self.cpu_sum / self.cpu_samples as f64;
-        }
-        self.figures.samples.push((
-            round2(since_start_s),
-            rss,
-            round2(if any_cpu { cpu } else { 0.0 }),
-        ));
-        Some(rss)
-    }
-}
-
-fn round2(v: f64) -> f64 {
-    (v * 100.0).round() / 100.0
-}
-
 /// A worker's latest cumulative figures.
 struct Snap {
     at_ms: u64,
@@ -283,39 +95,10 @@ struct Snap {
     hist: Latencies,
 }
 
-/// Counters of one worker and when it read them (ms since epoch).
-type Mark = (u64, Stats);
-
-/// One [`Mark`] per worker (`None` until it has reported).
-type Marks = Vec<Option<Mark>>;
-
 impl Snap {
     fn mark(&self) -> Mark {
         (self.at_ms, self.stats.clone())
     }
-}
-
-/// Sum over workers of each one's rate between two of its readings; `None` when no worker
-/// has two distinct readings.
-fn rate(from: &[Option<Mark>], to: &[Option<Mark>], pick: fn(&Stats) -> u64) -> Option<f64> {
-    let mut total = None;
-    for (a, b) in from.iter().zip(to) {
-        if let (Some((t0, s0)), Some((t1, s1))) = (a, b)
-            && t1 > t0
-        {
-            let per_s = pick(s1).saturating_sub(pick(s0)) as f64 / ((t1 - t0) as f64 / 1e3);
-            total = Some(total.unwrap_or(0.0) + per_s);
-        }
-    }
-    total
-}
-
-/// A worker's final figures.
-struct Final {
-    check: Option<CheckResult>,
-    settle_ms: u64,
-    tick_ms: Option<u64>,
-    excluded_devices: u64,
 }
 
 /// The parent's state during a run.
@@ -638,162 +421,23 @@ impl Run {
         if let Some(s) = &mut self.server {
             s.sample(t);
         }
-        self.build_report(outcome.err(), cli)
-    }
-
-    fn build_report(&self, aborted: Option<String>, cli: &Cli) -> Report {
-        let plan = &self.plan;
         let (stats, hist) = self.totals();
-        let latency = LatencySummary::of(&hist.end_to_end);
-        let mut check = CheckResult::default();
-        let mut checked = plan.scenario != Scenario::Storm && aborted.is_none();
-        let (mut settle_ms, mut tick_ms, mut excluded) = (0, None, 0);
-        for f in self.finals.iter().flatten() {
-            match &f.check {
-                Some(c) => check.merge(c),
-                None => checked = false,
-            }
-            settle_ms = settle_ms.max(f.settle_ms);
-            tick_ms = tick_ms.max(f.tick_ms);
-            excluded = excluded.max(f.excluded_devices);
-        }
-        let mismatches = check.mismatches();
-        let loss = if check.pairs > 0 {
-            mismatches as f64 / check.pairs as f64
-        } else {
-            0.0
-        };
-        // Steady-phase rates from each worker's own readings; over the whole load phase when
-        // the steady phase was too short to hold two readings.
-        let steady_rate = |pick: fn(&Stats) -> u64| -> f64 {
-            self.steady
-                .as_ref()
-                .and_then(|(from, to)| rate(from, to, pick))
-                .unwrap_or_else(|| pick(&stats) as f64 / self.load_s.max(1e-3))
-        };
-        let idle_memory = match (plan.scenario, self.rss_before, self.idle_after) {
-            (Scenario::Idle, Some(before), Some((after, conns))) if conns > 0 => Some(IdleMemory {
-                rss_before_bytes: before,
-                rss_after_bytes: after,
-                connections: conns,
-                bytes_per_connection: (after as f64 - before as f64) / conns as f64,
-            }),
-            _ => None,
-        };
-        let figures = Figures {
-            latency_ms: latency.map(|l| LatencyFigures {
-                p50: l.p50_ms,
-                p90: l.p90_ms,
-                p99: l.p99_ms,
-                p999: l.p999_ms,
-                max: l.max_ms,
-                mean: l.mean_ms,
-            }),
-            loss: checked.then_some(loss),
-            errors: stats.errors,
-            failed: stats.failed,
-            resyncs: stats.resyncs,
-            disconnects: stats.disconnects,
-        };
-        let slo = cli
-            .slo
-            .as_ref()
-            .map(|s| s.evaluate(&figures))
-            .unwrap_or_default();
-        let slo_pass = slo.iter().all(|v| v.pass);
-        Report {
-            version: 1,
-            completed: aborted.is_none(),
-            aborted_reason: aborted,
-            config: ReportConfig {
-                scenario: plan.scenario.name().into(),
-                codec: plan.codec.name().into(),
-                run_id: plan.run_id.clone(),
-                urls: plan.targets.iter().map(|t| t.url.clone()).collect(),
-                devices: plan.devices,
-                viewers: plan.viewers,
-                groups: plan.groups,
-                rate_hz: plan.rate_hz,
-                ramp_per_s: plan.ramp_per_s,
-                duration_s: plan.duration_ms as f64 / 1e3,
-                workers: plan.workers,
-                source_addrs: plan.source_addrs,
-                server_tick_ms: tick_ms,
-            },
-            timing: Timing {
-                ramp_s: round2(self.ramp_s),
-                load_s: round2(self.load_s),
-                total_s: round2(self.created.elapsed().as_secs_f64()),
-                settle_ms,
-            },
-            connections: Connections {
-                attempted: stats.attempted,
-                established: stats.established,
-                failed: stats.failed,
-                failed_by_reason: stats.maps.failed_by_reason.clone(),
-                open_at_stop: self.open_at_stop,
-                disconnects: stats.disconnects,
-                close_codes: stats.maps.close_codes.clone(),
-                // Storm: sustained reconnect rate; otherwise how fast the ramp went.
-                connects_per_s: round2(if plan.scenario == Scenario::Storm {
-                    stats.established as f64 / self.load_s.max(1e-3)
-                } else {
-                    stats.established as f64 / self.ramp_s.max(1e-3)
-                }),
-                storm_cycles: stats.storm_cycles,
-            },
-            traffic: Traffic {
-                fixes_sent: stats.fixes_sent,
-                fixes_per_s: round2(steady_rate(|s| s.fixes_sent)),
-                updates_received: stats.updates_received,
-                updates_per_s: round2(steady_rate(|s| s.updates_received)),
-                frames_received: stats.frames_received,
-                bytes_received: stats.bytes_received,
-                snapshots: stats.snapshots,
-                resyncs: stats.resyncs,
-                out_of_order: stats.out_of_order,
-                repeated: stats.repeated,
-                offline_notices: stats.offline_notices,
-                malformed_frames: stats.malformed_frames,
-                wrong_frame_kind: stats.wrong_frame_kind,
-            },
-            errors: Errors {
-                total: stats.errors,
-                by_code: stats.maps.errors_by_code.clone(),
-            },
-            latency_ms: latency,
-            ingest_ms: LatencySummary::of(&hist.ingest),
-            fanout_ms: LatencySummary::of(&hist.fanout),
-            latest_state: LatestState {
-                checked,
-                result: check,
-                mismatches,
-                loss,
-                excluded_devices: excluded,
-            },
-            stalled: Stalled {
-                requested: plan.stalled,
-                stall_after_s: plan.stall_after_ms as f64 / 1e3,
-                connected: stats.stalled.connected,
-                failed: stats.stalled.failed(),
-                failed_by_reason: stats.stalled.failed_by_reason.clone(),
-                stopped_reading: stats.stalled.stopped_reading,
-                closed_by_server: stats.stalled.closed_by_server.clone(),
-                still_open: stats.stalled.still_open,
-                bytes_drained: stats.stalled.bytes_drained,
-            },
+        let gathered = Gathered {
+            plan: &self.plan,
+            stats,
+            hist,
+            finals: &self.finals,
+            steady: self.steady.as_ref(),
+            created: self.created,
+            ramp_s: self.ramp_s,
+            load_s: self.load_s,
+            rss_before: self.rss_before,
+            idle_after: self.idle_after,
+            open_at_stop: self.open_at_stop,
             server: self.server.as_ref().map(|s| s.figures.clone()),
             harness: self.harness.figures.clone(),
-            machine: Machine {
-                cpus: std::thread::available_parallelism()
-                    .map(|n| n.get())
-                    .unwrap_or(1),
-                load_start: self.load_start,
-                load_end: crate::procstat::load_average(),
-            },
-            idle_memory,
-            slo,
-            slo_pass,
-        }
+            load_start: self.load_start,
+        };
+        build_report(&gathered, outcome.err(), cli.slo.as_ref())
     }
 }

@@ -14,30 +14,30 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use serde::{Deserialize, Serialize};
 
 /// Marks a device left out of the check (its connection dropped before sending stopped).
-pub const EXCLUDED: u32 = u32::MAX;
+pub(crate) const EXCLUDED: u32 = u32::MAX;
 
 /// How devices are dealt over groups.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Layout {
     /// Number of devices.
-    pub devices: u32,
+    pub(crate) devices: u32,
     /// Number of groups.
-    pub groups: u32,
+    pub(crate) groups: u32,
 }
 
 impl Layout {
     /// Group of device `d`.
-    pub fn group_of(&self, d: u32) -> u32 {
+    pub(crate) fn group_of(&self, d: u32) -> u32 {
         d % self.groups
     }
 
     /// Position of device `d` inside its group.
-    pub fn slot_of(&self, d: u32) -> u32 {
+    pub(crate) fn slot_of(&self, d: u32) -> u32 {
         d / self.groups
     }
 
     /// Number of devices in group `g`.
-    pub fn group_len(&self, g: u32) -> u32 {
+    pub(crate) fn group_len(&self, g: u32) -> u32 {
         if g >= self.groups || g >= self.devices {
             return 0;
         }
@@ -45,7 +45,7 @@ impl Layout {
     }
 
     /// Device at `slot` of group `g`.
-    pub fn device_at(&self, g: u32, slot: u32) -> u32 {
+    pub(crate) fn device_at(&self, g: u32, slot: u32) -> u32 {
         slot * self.groups + g
     }
 }
@@ -54,7 +54,7 @@ impl Layout {
 #[derive(Debug)]
 pub struct View {
     /// The group watched.
-    pub group: u32,
+    pub(crate) group: u32,
     /// Latest fix time offset held per slot (0 = none).
     slots: Mutex<Vec<u32>>,
     /// Cleared when the connection ends; closed subscribers are not checked.
@@ -74,7 +74,7 @@ impl View {
     /// Applies received records `(slot, ts offset)` as a plain client would (the last one
     /// received wins) and tells, per record, how it compares with what was held:
     /// `Greater` a newer fix, `Equal` the same fix again, `Less` an older one.
-    pub fn apply(&self, records: &[(u32, u32)], compared: &mut Vec<std::cmp::Ordering>) {
+    pub(crate) fn apply(&self, records: &[(u32, u32)], compared: &mut Vec<std::cmp::Ordering>) {
         compared.clear();
         let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
         for &(slot, ts) in records {
@@ -89,12 +89,12 @@ impl View {
     }
 
     /// Marks the subscriber's connection as ended.
-    pub fn close(&self) {
+    pub(crate) fn close(&self) {
         self.open.store(false, Ordering::Relaxed);
     }
 
     /// Whether the connection is still open.
-    pub fn is_open(&self) -> bool {
+    pub(crate) fn is_open(&self) -> bool {
         self.open.load(Ordering::Relaxed)
     }
 }
@@ -116,12 +116,12 @@ pub struct CheckResult {
 
 impl CheckResult {
     /// Pairs that do not match.
-    pub fn mismatches(&self) -> u64 {
+    pub(crate) fn mismatches(&self) -> u64 {
         self.missing + self.stale + self.ahead
     }
 
     /// Adds another worker's result.
-    pub fn merge(&mut self, o: &CheckResult) {
+    pub(crate) fn merge(&mut self, o: &CheckResult) {
         self.subscribers += o.subscribers;
         self.pairs += o.pairs;
         self.missing += o.missing;
@@ -132,7 +132,11 @@ impl CheckResult {
 
 /// Compares every open view against the devices' last sent fix times (`expected[d]`;
 /// `0` = never sent, [`EXCLUDED`] = dropped, both skipped).
-pub fn check(layout: &Layout, views: &[std::sync::Arc<View>], expected: &[u32]) -> CheckResult {
+pub(crate) fn check(
+    layout: &Layout,
+    views: &[std::sync::Arc<View>],
+    expected: &[u32],
+) -> CheckResult {
     let mut r = CheckResult::default();
     for view in views.iter().filter(|v| v.is_open()) {
         r.subscribers += 1;

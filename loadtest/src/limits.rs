@@ -9,11 +9,11 @@ use std::io;
 use nix::sys::resource::{Resource, getrlimit, setrlimit};
 
 /// Descriptors kept free for the runtime, pipes, /proc reads and the report file.
-pub const RESERVED_FDS: u64 = 200;
+pub(crate) const RESERVED_FDS: u64 = 200;
 
 /// The open-file limit after raising it: (soft, hard).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct FileLimit {
+pub(crate) struct FileLimit {
     /// Soft limit in force now.
     pub soft: u64,
     /// Hard ceiling.
@@ -22,13 +22,13 @@ pub struct FileLimit {
 
 impl FileLimit {
     /// Sockets one process can hold with this limit.
-    pub fn socket_capacity(&self) -> u64 {
+    pub(crate) fn socket_capacity(&self) -> u64 {
         self.soft.saturating_sub(RESERVED_FDS).max(1)
     }
 }
 
 /// Raises the soft `RLIMIT_NOFILE` to the hard limit and returns what is in force.
-pub fn raise_open_file_limit() -> io::Result<FileLimit> {
+pub(crate) fn raise_open_file_limit() -> io::Result<FileLimit> {
     let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).map_err(io::Error::from)?;
     if soft < hard {
         setrlimit(Resource::RLIMIT_NOFILE, hard, hard).map_err(io::Error::from)?;
@@ -38,31 +38,31 @@ pub fn raise_open_file_limit() -> io::Result<FileLimit> {
 }
 
 /// The soft limit now in force (for error messages).
-pub fn current_soft_limit() -> u64 {
+pub(crate) fn current_soft_limit() -> u64 {
     getrlimit(Resource::RLIMIT_NOFILE)
         .map(|(soft, _)| soft)
         .unwrap_or(0)
 }
 
 /// Workers needed so that no process holds more sockets than it can.
-pub fn workers_needed(connections: u64, limit: FileLimit) -> u32 {
+pub(crate) fn workers_needed(connections: u64, limit: FileLimit) -> u32 {
     u32::try_from(connections.div_ceil(limit.socket_capacity()).max(1)).unwrap_or(u32::MAX)
 }
 
 /// Runs with at least this many connections are spread over [`WORKERS_PER_CORE`] worker
 /// processes per core by default.
-pub const SPREAD_FROM_CONNECTIONS: u64 = 1_000;
+pub(crate) const SPREAD_FROM_CONNECTIONS: u64 = 1_000;
 
 /// Default worker processes per core for large runs. A worker is single-threaded, so it
 /// costs less per frame than threads that wake each other. Two per core, rather than one,
 /// because the harness usually shares the machine with the server under test: the scheduler
 /// shares CPU time out per thread, and a harness that gets too little of it measures its
 /// own backlog instead of the server (BENCHMARKS.md, "Fleet").
-pub const WORKERS_PER_CORE: u32 = 2;
+pub(crate) const WORKERS_PER_CORE: u32 = 2;
 
 /// Default worker count: what the open-file limit requires, and for runs of
 /// [`SPREAD_FROM_CONNECTIONS`] or more, at least [`WORKERS_PER_CORE`] per core (`cores`).
-pub fn default_workers(connections: u64, limit: FileLimit, cores: u32) -> u32 {
+pub(crate) fn default_workers(connections: u64, limit: FileLimit, cores: u32) -> u32 {
     let needed = workers_needed(connections, limit);
     if connections >= SPREAD_FROM_CONNECTIONS {
         needed.max(cores.saturating_mul(WORKERS_PER_CORE))
@@ -72,7 +72,7 @@ pub fn default_workers(connections: u64, limit: FileLimit, cores: u32) -> u32 {
 }
 
 /// Whether an I/O error is "too many open files" (per process or system-wide).
-pub fn is_open_file_limit(err: &io::Error) -> bool {
+pub(crate) fn is_open_file_limit(err: &io::Error) -> bool {
     matches!(err.raw_os_error(), Some(code) if code == nix::libc::EMFILE || code == nix::libc::ENFILE)
 }
 

@@ -19,16 +19,16 @@ use serde::{Deserialize, Serialize};
 
 /// Largest latency the histograms track: 10 minutes, in microseconds. Larger values are
 /// clamped to it.
-pub const MAX_LATENCY_US: u64 = 600_000_000;
+pub(crate) const MAX_LATENCY_US: u64 = 600_000_000;
 
 /// A latency histogram in microseconds with 3 significant digits.
-pub fn new_histogram() -> Histogram<u64> {
+pub(crate) fn new_histogram() -> Histogram<u64> {
     // Cannot fail: the bounds are constants that satisfy 1 <= low, 2 * low <= high, sigfig <= 5.
     Histogram::new_with_bounds(1, MAX_LATENCY_US, 3).expect("constant histogram bounds are valid")
 }
 
 /// Serializes a histogram for a JSON line (V2 encoding, base64).
-pub fn encode_histogram(h: &Histogram<u64>) -> anyhow::Result<String> {
+pub(crate) fn encode_histogram(h: &Histogram<u64>) -> anyhow::Result<String> {
     let mut buf = Vec::new();
     V2Serializer::new()
         .serialize(h, &mut buf)
@@ -37,7 +37,7 @@ pub fn encode_histogram(h: &Histogram<u64>) -> anyhow::Result<String> {
 }
 
 /// Reads back a histogram written by [`encode_histogram`].
-pub fn decode_histogram(text: &str) -> anyhow::Result<Histogram<u64>> {
+pub(crate) fn decode_histogram(text: &str) -> anyhow::Result<Histogram<u64>> {
     let bytes = BASE64.decode(text).context("histogram is not base64")?;
     let h: Histogram<u64> = Deserializer::new()
         .deserialize(&mut bytes.as_slice())
@@ -46,14 +46,17 @@ pub fn decode_histogram(text: &str) -> anyhow::Result<Histogram<u64>> {
 }
 
 /// Adds `other` into `into` (both from [`new_histogram`]).
-pub fn merge_histogram(into: &mut Histogram<u64>, other: &Histogram<u64>) -> anyhow::Result<()> {
+pub(crate) fn merge_histogram(
+    into: &mut Histogram<u64>,
+    other: &Histogram<u64>,
+) -> anyhow::Result<()> {
     into.add(other)
         .map_err(|e| anyhow::anyhow!("merging histograms: {e:?}"))
 }
 
 /// One delivery's latencies in microseconds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Sample {
+pub(crate) struct Sample {
     /// Device send (`ts`) to subscriber receive.
     pub end_to_end_us: u64,
     /// Device send to server receive (`rts − ts`) and server receive to subscriber receive,
@@ -63,7 +66,7 @@ pub struct Sample {
 
 /// The latency histograms of a worker, in microseconds.
 #[derive(Debug, Clone)]
-pub struct Latencies {
+pub(crate) struct Latencies {
     /// Device send to subscriber receive.
     pub end_to_end: Histogram<u64>,
     /// Device send to server receive (`rts − ts`): reading and ingest on the server.
@@ -84,7 +87,7 @@ impl Default for Latencies {
 
 impl Latencies {
     /// Records one delivery (values above [`MAX_LATENCY_US`] are clamped).
-    pub fn record(&mut self, s: &Sample) {
+    pub(crate) fn record(&mut self, s: &Sample) {
         self.end_to_end
             .saturating_record(s.end_to_end_us.min(MAX_LATENCY_US));
         if let Some((ingest, fanout)) = s.split_us {
@@ -94,14 +97,14 @@ impl Latencies {
     }
 
     /// Adds another worker's histograms.
-    pub fn merge(&mut self, o: &Latencies) -> anyhow::Result<()> {
+    pub(crate) fn merge(&mut self, o: &Latencies) -> anyhow::Result<()> {
         merge_histogram(&mut self.end_to_end, &o.end_to_end)?;
         merge_histogram(&mut self.ingest, &o.ingest)?;
         merge_histogram(&mut self.fanout, &o.fanout)
     }
 
     /// Serializes all three for a JSON line.
-    pub fn encode(&self) -> anyhow::Result<EncodedLatencies> {
+    pub(crate) fn encode(&self) -> anyhow::Result<EncodedLatencies> {
         Ok(EncodedLatencies {
             end_to_end: encode_histogram(&self.end_to_end)?,
             ingest: encode_histogram(&self.ingest)?,
@@ -112,7 +115,7 @@ impl Latencies {
 
 /// [`Latencies`] as carried between processes (see [`encode_histogram`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct EncodedLatencies {
+pub(crate) struct EncodedLatencies {
     /// Device send to subscriber receive.
     pub end_to_end: String,
     /// Device send to server receive.
@@ -123,7 +126,7 @@ pub struct EncodedLatencies {
 
 impl EncodedLatencies {
     /// Reads the histograms back.
-    pub fn decode(&self) -> anyhow::Result<Latencies> {
+    pub(crate) fn decode(&self) -> anyhow::Result<Latencies> {
         Ok(Latencies {
             end_to_end: decode_histogram(&self.end_to_end)?,
             ingest: decode_histogram(&self.ingest)?,
@@ -155,7 +158,7 @@ pub struct LatencySummary {
 
 impl LatencySummary {
     /// Summarises a histogram in microseconds; `None` when it is empty.
-    pub fn of(h: &Histogram<u64>) -> Option<LatencySummary> {
+    pub(crate) fn of(h: &Histogram<u64>) -> Option<LatencySummary> {
         if h.is_empty() {
             return None;
         }
@@ -245,7 +248,7 @@ pub struct StalledStats {
 
 impl StalledStats {
     /// Adds another worker's figures.
-    pub fn merge(&mut self, o: &StalledStats) {
+    pub(crate) fn merge(&mut self, o: &StalledStats) {
         self.attempted += o.attempted;
         self.connected += o.connected;
         self.stopped_reading += o.stopped_reading;
@@ -280,30 +283,30 @@ pub struct Maps {
 }
 
 /// Adds one to a counter.
-pub fn bump(c: &AtomicU64) {
+pub(crate) fn bump(c: &AtomicU64) {
     c.fetch_add(1, Ordering::Relaxed);
 }
 
 /// Adds `n` to a counter.
-pub fn add(c: &AtomicU64, n: u64) {
+pub(crate) fn add(c: &AtomicU64, n: u64) {
     c.fetch_add(n, Ordering::Relaxed);
 }
 
 impl Counters {
     /// Counts a failed connection attempt.
-    pub fn connect_failed(&self, reason: &str) {
+    pub(crate) fn connect_failed(&self, reason: &str) {
         bump(&self.failed);
         self.count_key(|m| &mut m.failed_by_reason, reason);
     }
 
     /// Counts an `error` frame.
-    pub fn error_frame(&self, code: &str) {
+    pub(crate) fn error_frame(&self, code: &str) {
         bump(&self.errors);
         self.count_key(|m| &mut m.errors_by_code, code);
     }
 
     /// Counts a connection the server ended (close code or `reset`/`eof`).
-    pub fn closed_by_server(&self, how: &str) {
+    pub(crate) fn closed_by_server(&self, how: &str) {
         bump(&self.disconnects);
         self.count_key(|m| &mut m.close_codes, how);
     }
@@ -348,7 +351,7 @@ impl Counters {
     }
 
     /// The stalled viewers' figures, for update.
-    pub fn stalled(&self) -> std::sync::MutexGuard<'_, StalledStats> {
+    pub(crate) fn stalled(&self) -> std::sync::MutexGuard<'_, StalledStats> {
         self.stalled.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
@@ -381,7 +384,7 @@ pub struct Stats {
 
 impl Stats {
     /// Adds another worker's figures.
-    pub fn merge(&mut self, o: &Stats) {
+    pub(crate) fn merge(&mut self, o: &Stats) {
         self.attempted += o.attempted;
         self.established += o.established;
         self.failed += o.failed;

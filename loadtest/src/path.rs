@@ -19,7 +19,7 @@ const METRES_PER_DEGREE: f64 = 111_320.0;
 
 /// The street grid.
 #[derive(Debug, Clone, Copy)]
-pub struct Grid {
+pub(crate) struct Grid {
     /// Grid centre (intersection 0,0).
     pub center: Center,
     /// Distance between parallel streets, in metres.
@@ -30,7 +30,7 @@ pub struct Grid {
 
 impl Grid {
     /// A city-sized grid: 120 m blocks, 3.6 km from the centre to the edge.
-    pub fn city(center: Center) -> Grid {
+    pub(crate) fn city(center: Center) -> Grid {
         Grid {
             center,
             block_m: 120.0,
@@ -39,7 +39,7 @@ impl Grid {
     }
 
     /// Converts metres east/north of the centre into latitude and longitude.
-    pub fn to_lat_lon(&self, east_m: f64, north_m: f64) -> (f64, f64) {
+    pub(crate) fn to_lat_lon(self, east_m: f64, north_m: f64) -> (f64, f64) {
         let lat = self.center.lat + north_m / METRES_PER_DEGREE;
         let lon =
             self.center.lon + east_m / (METRES_PER_DEGREE * self.center.lat.to_radians().cos());
@@ -53,7 +53,7 @@ impl Grid {
 
 /// A direction of travel along the grid.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Dir {
+pub(crate) enum Dir {
     /// North, heading 0°.
     North,
     /// East, heading 90°.
@@ -68,7 +68,7 @@ impl Dir {
     const ALL: [Dir; 4] = [Dir::North, Dir::East, Dir::South, Dir::West];
 
     /// Unit step in intersections (east, north).
-    pub fn step(self) -> (i32, i32) {
+    pub(crate) fn step(self) -> (i32, i32) {
         match self {
             Dir::North => (0, 1),
             Dir::East => (1, 0),
@@ -78,7 +78,7 @@ impl Dir {
     }
 
     /// Compass heading in degrees.
-    pub fn heading(self) -> f64 {
+    pub(crate) fn heading(self) -> f64 {
         match self {
             Dir::North => 0.0,
             Dir::East => 90.0,
@@ -107,7 +107,7 @@ impl Dir {
 
 /// One reported fix.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Fix {
+pub(crate) struct Fix {
     /// Latitude in degrees.
     pub lat: f64,
     /// Longitude in degrees.
@@ -122,7 +122,7 @@ pub struct Fix {
 
 /// A car on the grid.
 #[derive(Debug, Clone)]
-pub struct Vehicle {
+pub(crate) struct Vehicle {
     grid: Grid,
     /// Intersection last passed.
     ix: i32,
@@ -138,11 +138,11 @@ pub struct Vehicle {
 }
 
 /// Slowest and fastest speeds a vehicle drives at, m/s (about 7 and 58 km/h).
-pub const SPEED_RANGE: (f64, f64) = (2.0, 16.0);
+pub(crate) const SPEED_RANGE: (f64, f64) = (2.0, 16.0);
 
 impl Vehicle {
     /// A vehicle at a random point of the grid; the same seed gives the same path.
-    pub fn new(grid: Grid, seed: u64) -> Vehicle {
+    pub(crate) fn new(grid: Grid, seed: u64) -> Vehicle {
         let mut rng = SmallRng::seed_from_u64(seed);
         let n = grid.half_blocks;
         let ix = rng.random_range(-n..=n);
@@ -165,7 +165,7 @@ impl Vehicle {
     }
 
     /// Drives for `dt_s` seconds, turning at intersections on the way.
-    pub fn advance(&mut self, dt_s: f64) {
+    pub(crate) fn advance(&mut self, dt_s: f64) {
         let mut remaining = (self.speed * dt_s.max(0.0)).max(0.0);
         // Bounded: one iteration per intersection passed (a handful even for long gaps).
         for _ in 0..10_000 {
@@ -207,7 +207,7 @@ impl Vehicle {
     }
 
     /// Position in metres east and north of the centre.
-    pub fn position_m(&self) -> (f64, f64) {
+    pub(crate) fn position_m(&self) -> (f64, f64) {
         let (dx, dy) = self.dir.step();
         let b = self.grid.block_m;
         (
@@ -217,7 +217,7 @@ impl Vehicle {
     }
 
     /// The fix a GPS receiver in this car would report now.
-    pub fn fix(&self) -> Fix {
+    pub(crate) fn fix(&self) -> Fix {
         let (east, north) = self.position_m();
         let (lat, lon) = self.grid.to_lat_lon(east, north);
         Fix {

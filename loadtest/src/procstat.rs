@@ -10,7 +10,7 @@ use anyhow::Context;
 
 /// One reading of one process.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ProcReading {
+pub(crate) struct ProcReading {
     /// Resident set size in bytes.
     pub rss_bytes: u64,
     /// User plus system CPU time, in clock ticks.
@@ -18,7 +18,7 @@ pub struct ProcReading {
 }
 
 /// Reads RSS and CPU time of a process.
-pub fn read(pid: u32) -> anyhow::Result<ProcReading> {
+pub(crate) fn read(pid: u32) -> anyhow::Result<ProcReading> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
         .with_context(|| format!("process {pid} is not running (no /proc/{pid}/status)"))?;
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
@@ -31,7 +31,7 @@ pub fn read(pid: u32) -> anyhow::Result<ProcReading> {
 }
 
 /// `VmRSS:    1234 kB` → bytes.
-pub fn parse_vm_rss(status: &str) -> Option<u64> {
+pub(crate) fn parse_vm_rss(status: &str) -> Option<u64> {
     let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
     let mut parts = line["VmRSS:".len()..].split_whitespace();
     let value: u64 = parts.next()?.parse().ok()?;
@@ -45,7 +45,7 @@ pub fn parse_vm_rss(status: &str) -> Option<u64> {
 
 /// Fields 14 and 15 (utime, stime) of `/proc/PID/stat`. The command name (field 2) may hold
 /// spaces and parentheses, so fields are counted from the last `)`.
-pub fn parse_cpu_ticks(stat: &str) -> Option<u64> {
+pub(crate) fn parse_cpu_ticks(stat: &str) -> Option<u64> {
     let rest = &stat[stat.rfind(')')? + 1..];
     let mut fields = rest.split_whitespace();
     // After ")": state is field 3, so utime (14) is the 12th field here and stime the 13th.
@@ -56,17 +56,17 @@ pub fn parse_cpu_ticks(stat: &str) -> Option<u64> {
 
 /// The 1-minute load average from /proc/loadavg (runnable processes, averaged): a load test
 /// on a machine whose load exceeds its cores measures the contention as much as the server.
-pub fn load_average() -> Option<f64> {
+pub(crate) fn load_average() -> Option<f64> {
     parse_loadavg(&std::fs::read_to_string("/proc/loadavg").ok()?)
 }
 
 /// First field of /proc/loadavg.
-pub fn parse_loadavg(text: &str) -> Option<f64> {
+pub(crate) fn parse_loadavg(text: &str) -> Option<f64> {
     text.split_whitespace().next()?.parse().ok()
 }
 
 /// Clock ticks per second (`sysconf(_SC_CLK_TCK)`, 100 on Linux in practice).
-pub fn clock_ticks_per_second() -> u64 {
+pub(crate) fn clock_ticks_per_second() -> u64 {
     nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
         .ok()
         .flatten()
@@ -77,14 +77,14 @@ pub fn clock_ticks_per_second() -> u64 {
 
 /// Turns successive CPU-tick readings into a percentage of one core.
 #[derive(Debug)]
-pub struct CpuMeter {
+pub(crate) struct CpuMeter {
     ticks_per_second: f64,
     last: Option<(Instant, u64)>,
 }
 
 impl CpuMeter {
     /// A meter with no reading yet.
-    pub fn new() -> CpuMeter {
+    pub(crate) fn new() -> CpuMeter {
         CpuMeter {
             ticks_per_second: clock_ticks_per_second() as f64,
             last: None,
@@ -92,7 +92,7 @@ impl CpuMeter {
     }
 
     /// Feeds a reading taken at `at`; returns the CPU% since the previous one.
-    pub fn update(&mut self, at: Instant, ticks: u64) -> Option<f64> {
+    pub(crate) fn update(&mut self, at: Instant, ticks: u64) -> Option<f64> {
         let pct = self.last.and_then(|(t0, ticks0)| {
             let wall = at.duration_since(t0).as_secs_f64();
             (wall > 0.0)

@@ -5,7 +5,7 @@
 
 use serde::Serialize;
 
-use crate::config::parse_duration;
+use crate::units::parse_duration;
 
 /// A figure an objective can bound.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -96,7 +96,7 @@ pub struct Slo {
 
 /// The figures of a finished run that objectives are checked against.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct Figures {
+pub(crate) struct Figures {
     /// Latency percentiles and mean in milliseconds; `None` when nothing was measured.
     pub latency_ms: Option<LatencyFigures>,
     /// Latest-state loss fraction; `None` when the check did not run.
@@ -113,7 +113,7 @@ pub struct Figures {
 
 /// Latency figures in milliseconds.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct LatencyFigures {
+pub(crate) struct LatencyFigures {
     /// Median.
     pub p50: f64,
     /// 90th percentile.
@@ -143,7 +143,7 @@ pub struct Verdict {
 
 impl Slo {
     /// Parses `p99=250ms,loss=0,errors=0`.
-    pub fn parse(text: &str) -> Result<Slo, String> {
+    pub(crate) fn parse(text: &str) -> Result<Slo, String> {
         let mut objectives = Vec::new();
         for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
             let (name, value) = part
@@ -173,7 +173,7 @@ impl Slo {
     }
 
     /// Checks every objective against the figures.
-    pub fn evaluate(&self, figures: &Figures) -> Vec<Verdict> {
+    pub(crate) fn evaluate(&self, figures: &Figures) -> Vec<Verdict> {
         self.objectives
             .iter()
             .map(|o| {

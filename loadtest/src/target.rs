@@ -12,11 +12,11 @@ use tokio_tungstenite::tungstenite::http::Uri;
 use crate::config::Target;
 
 /// The WebSocket path appended to a base URL.
-pub const WS_PATH: &str = "/v1/ws";
+pub(crate) const WS_PATH: &str = "/v1/ws";
 
 /// A base URL split into what the harness needs.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ParsedUrl {
+pub(crate) struct ParsedUrl {
     /// `ws://host:port/.../v1/ws`, without query.
     pub ws_url: String,
     /// Host name or address literal, without IPv6 brackets.
@@ -27,7 +27,7 @@ pub struct ParsedUrl {
 
 /// Normalises `ws://127.0.0.1:8080`, `http://localhost:8080/`, `127.0.0.1:8080` or a full
 /// `ws://…/v1/ws` into a WebSocket endpoint URL.
-pub fn parse_url(raw: &str) -> anyhow::Result<ParsedUrl> {
+pub(crate) fn parse_url(raw: &str) -> anyhow::Result<ParsedUrl> {
     let raw = raw.trim();
     let with_scheme = if raw.contains("://") {
         raw.to_string()
@@ -75,12 +75,12 @@ pub fn parse_url(raw: &str) -> anyhow::Result<ParsedUrl> {
 }
 
 /// Whether an address is on this machine's loopback: 127.0.0.0/8, ::1, or ::ffff:127.x.x.x.
-pub fn is_loopback(ip: IpAddr) -> bool {
+pub(crate) fn is_loopback(ip: IpAddr) -> bool {
     ip.to_canonical().is_loopback()
 }
 
 /// Resolves a base URL and applies the loopback guard.
-pub async fn resolve(raw: &str, allow_remote: bool) -> anyhow::Result<Target> {
+pub(crate) async fn resolve(raw: &str, allow_remote: bool) -> anyhow::Result<Target> {
     let parsed = parse_url(raw)?;
     let addrs: Vec<SocketAddr> = tokio::net::lookup_host((parsed.host.as_str(), parsed.port))
         .await
@@ -102,7 +102,11 @@ pub async fn resolve(raw: &str, allow_remote: bool) -> anyhow::Result<Target> {
 }
 
 /// Refuses a target whose resolved addresses leave the machine, unless allowed.
-pub fn check_addresses(raw: &str, addrs: &[SocketAddr], allow_remote: bool) -> anyhow::Result<()> {
+pub(crate) fn check_addresses(
+    raw: &str,
+    addrs: &[SocketAddr],
+    allow_remote: bool,
+) -> anyhow::Result<()> {
     if addrs.is_empty() {
         bail!("`{raw}` resolved to no address");
     }

@@ -29,7 +29,7 @@ struct PosOut {
 }
 
 /// Encodes a fix stamped `ts` (ms since epoch) as a frame of the given codec.
-pub fn encode_pos(codec: Codec, fix: &Fix, ts: u64, seq: u64) -> anyhow::Result<Message> {
+pub(crate) fn encode_pos(codec: Codec, fix: &Fix, ts: u64, seq: u64) -> anyhow::Result<Message> {
     let pos = PosOut {
         kind: "pos",
         lat: round_to(fix.lat, 1e7),
@@ -57,12 +57,14 @@ fn round_to(v: f64, scale: f64) -> f64 {
 /// One flat struct rather than a tagged enum: it decodes the same way from JSON and from
 /// MessagePack maps without buffering, and unknown types simply keep their `kind`.
 #[derive(Debug, Deserialize)]
-pub struct ServerFrame<'a> {
+pub(crate) struct ServerFrame<'a> {
     /// `welcome`, `snapshot`, `batch`, `pong`, `error`, or something newer.
     #[serde(rename = "type", borrow)]
     pub kind: Cow<'a, str>,
-    /// Group of a `snapshot` or `batch`.
+    /// Group of a `snapshot` or `batch`. Read only by the codec tests; still decoded, so
+    /// that a frame whose `group` is not a string counts as malformed.
     #[serde(borrow, default)]
+    #[allow(dead_code)]
     pub group: Option<Cow<'a, str>>,
     /// Positions of a `snapshot`.
     #[serde(borrow, default)]
@@ -83,7 +85,7 @@ pub struct ServerFrame<'a> {
 
 /// A position record: only identity and fix time matter to the harness.
 #[derive(Debug, Deserialize)]
-pub struct Record<'a> {
+pub(crate) struct Record<'a> {
     /// Device id.
     #[serde(borrow)]
     pub id: Cow<'a, str>,
@@ -97,7 +99,10 @@ pub struct Record<'a> {
 /// Decodes one data frame; `None` for frames that carry no message (ping, pong, close).
 ///
 /// The `Err` case distinguishes a frame of the wrong kind for the codec from an undecodable one.
-pub fn decode<'a>(codec: Codec, msg: &'a Message) -> Option<Result<ServerFrame<'a>, DecodeError>> {
+pub(crate) fn decode<'a>(
+    codec: Codec,
+    msg: &'a Message,
+) -> Option<Result<ServerFrame<'a>, DecodeError>> {
     Some(match (codec, msg) {
         (Codec::Json, Message::Text(text)) => {
             serde_json::from_str(text.as_str()).map_err(|_| DecodeError::Malformed)
@@ -112,7 +117,7 @@ pub fn decode<'a>(codec: Codec, msg: &'a Message) -> Option<Result<ServerFrame<'
 
 /// Why a server frame could not be used.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DecodeError {
+pub(crate) enum DecodeError {
     /// Text frame on a MessagePack connection or binary frame on a JSON one.
     WrongFrameKind,
     /// Not a message of the protocol.

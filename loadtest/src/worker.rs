@@ -5,189 +5,35 @@
 //! [`WorkerShared`]: counters, the latency histogram, the phase they follow, each device's
 //! last sent fix time and every subscriber's view for the latest-state check.
 //!
-//! [`run`] speaks [`Command`]/[`Event`] over channels; [`run_child`] bridges those channels
+//! `run` speaks `Command`/`Event` over channels; [`run_child`] bridges those channels
 //! to stdin/stdout so the same code runs as a separate process when one process cannot hold
 //! all the sockets.
 
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::sync::{Notify, mpsc, watch};
+use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio::time::{Instant, sleep, sleep_until, timeout};
 
-use crate::client::{ClientSpec, ConnectFailure, Role, run_stalled, run_steady, run_storm};
+use crate::client::{run_steady, run_storm};
 use crate::config::{Plan, Scenario};
 use crate::control::{Command, Event};
-use crate::latest::{CheckResult, EXCLUDED, Layout, View, check};
-use crate::metrics::{Counters, Latencies, Sample};
-
-/// What every connection task of a worker is doing.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Phase {
-    /// Connecting and sending.
-    Running,
-    /// Devices have stopped sending; connections stay open and keep reading.
-    Stopping,
-    /// Close every connection.
-    Closing,
-}
-
-/// State shared by all connection tasks of one worker.
-#[derive(Debug)]
-pub struct WorkerShared {
-    /// The run plan.
-    pub plan: Arc<Plan>,
-    /// How devices map to groups.
-    pub layout: Layout,
-    /// `{run_id}-d`: the id prefix of this run's devices.
-    pub device_prefix: String,
-    /// Counters.
-    pub counters: Counters,
-    /// Largest `tick_ms` any welcome announced.
-    pub tick_ms: AtomicU64,
-    latency: Mutex<Latencies>,
-    phase_tx: watch::Sender<Phase>,
-    /// Last sent fix time offset per device (only this worker's devices are written).
-    last_sent: Vec<AtomicU32>,
-    /// Devices still allowed to send.
-    sending: AtomicU64,
-    sending_changed: Notify,
-    /// Clients whose first connection attempt has finished.
-    resolved: AtomicU64,
-    resolved_changed: Notify,
-    views: Mutex<Vec<Arc<View>>>,
-    warned_open_files: AtomicBool,
-}
-
-impl WorkerShared {
-    /// Fresh state for a plan.
-    pub fn new(plan: Arc<Plan>) -> WorkerShared {
-        let layout = Layout {
-            devices: plan.devices,
-            groups: plan.groups.max(1),
-        };
-        let (phase_tx, _) = watch::channel(Phase::Running);
-        WorkerShared {
-            layout,
-            device_prefix: format!("{}-d", plan.run_id),
-            counters: Counters::default(),
-            tick_ms: AtomicU64::new(0),
-            latency: Mutex::new(Latencies::default()),
-            phase_tx,
-            last_sent: (0..plan.devices).map(|_| AtomicU32::new(0)).collect(),
-            sending: AtomicU64::new(0),
-            sending_changed: Notify::new(),
-            resolved: AtomicU64::new(0),
-            resolved_changed: Notify::new(),
-            views: Mutex::new(Vec::new()),
-            warned_open_files: AtomicBool::new(false),
-            plan,
-        }
-    }
-
-    /// A receiver of phase changes (the current phase counts as seen).
-    pub fn phase(&self) -> watch::Receiver<Phase> {
-        self.phase_tx.subscribe()
-    }
-
-    /// Moves every connection task of this worker to `phase`.
-    pub(crate) fn set_phase(&self, phase: Phase) {
-        self.phase_tx.send_replace(phase);
-    }
-
-    /// Records the latencies of the deliveries of one frame.
-    pub fn record_latencies(&self, samples: &[Sample]) {
-        let mut h = self.latency.lock().unwrap_or_else(|p| p.into_inner());
-        for s in samples {
-            h.record(s);
-        }
-    }
-
-    fn latencies(&self) -> Latencies {
-        self.latency
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
-    }
-
-    /// Registers a device that is about to send; `false` if sending has already stopped.
-    pub fn start_sending(&self) -> bool {
-        if *self.phase_tx.borrow() != Phase::Running {
-            return false;
-        }
-        self.sending.fetch_add(1, Ordering::SeqCst);
-        true
-    }
-
-    /// A device has sent its last fix.
-    pub fn stop_sending(&self) {
-        self.sending.fetch_sub(1, Ordering::SeqCst);
-        self.sending_changed.notify_waiters();
-    }
-
-    /// Notes the fix time of a device's latest fix.
-    pub fn set_last_sent(&self, device: u32, ts_ms: u64) {
-        let offset = ts_ms
-            .saturating_sub(self.plan.base_ms)
-            .clamp(1, u64::from(EXCLUDED - 1));
-        if let Some(slot) = self.last_sent.get(device as usize) {
-            slot.store(offset as u32, Ordering::Relaxed);
-        }
-    }
-
-    /// Leaves a device out of the latest-state check.
-    pub fn exclude_device(&self, device: u32) {
-        if let Some(slot) = self.last_sent.get(device as usize) {
-            slot.store(EXCLUDED, Ordering::Relaxed);
-        }
-    }
-
-    /// A client's first connection attempt has finished.
-    pub fn resolved_one(&self) {
-        self.resolved.fetch_add(1, Ordering::SeqCst);
-        self.resolved_changed.notify_waiters();
-    }
-
-    /// Adds a subscriber's view to the latest-state check.
-    pub fn register_view(&self, view: Arc<View>) {
-        self.views
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(view);
-    }
-
-    /// Prints the first open-file-limit failure plainly; later ones are only counted.
-    pub fn warn_once(&self, failure: &ConnectFailure) {
-        if failure.reason == "open_file_limit"
-            && !self.warned_open_files.swap(true, Ordering::Relaxed)
-        {
-            eprintln!("beacon-loadtest: {}", failure.detail);
-        }
-    }
-
-    async fn wait_until(&self, notify: &Notify, done: impl Fn() -> bool) {
-        loop {
-            let notified = notify.notified();
-            if done() {
-                return;
-            }
-            // Re-check periodically too: notify_waiters only wakes tasks already waiting.
-            let _ = timeout(Duration::from_millis(100), notified).await;
-        }
-    }
-}
+use crate::latest::{CheckResult, EXCLUDED, View, check};
+use crate::shared::{Phase, WorkerShared};
+use crate::spec::{ClientSpec, Role};
+use crate::stalled::run_stalled;
 
 /// Client indices of worker `index` of `workers`, in connect order.
-pub fn share(total: u32, workers: u32, index: u32) -> impl Iterator<Item = u32> {
+pub(crate) fn share(total: u32, workers: u32, index: u32) -> impl Iterator<Item = u32> {
     (index..total).step_by(workers.max(1) as usize)
 }
 
 /// Runs one worker until the parent's `Expected` (or `Abort`) has been handled.
-pub async fn run(
+pub(crate) async fn run(
     plan: Arc<Plan>,
     index: u32,
     mut commands: mpsc::Receiver<Command>,
@@ -220,9 +66,7 @@ pub async fn run(
     let share_len = mine.len() as u64;
     let mut ramp_reported = false;
     let aborted = loop {
-        let ramp_done = w.wait_until(&w.resolved_changed, || {
-            w.resolved.load(Ordering::SeqCst) >= share_len
-        });
+        let ramp_done = w.until_resolved(share_len);
         tokio::select! {
             cmd = commands.recv() => match cmd {
                 Some(Command::Stop) => break false,
@@ -246,14 +90,10 @@ pub async fn run(
     }
 
     // Every device task sees Stopping and deregisters after its last write.
-    let _ = timeout(
-        Duration::from_secs(5),
-        w.wait_until(&w.sending_changed, || w.sending.load(Ordering::SeqCst) == 0),
-    )
-    .await;
+    let _ = timeout(Duration::from_secs(5), w.until_sending_stopped()).await;
     let last: Vec<(u32, u32)> = share(plan.connections(), plan.workers, index)
         .filter_map(|i| plan.device_of(i))
-        .map(|d| (d, w.last_sent[d as usize].load(Ordering::Relaxed)))
+        .map(|d| (d, w.last_sent(d)))
         .filter(|&(_, ts)| ts != 0)
         .collect();
     send(&events, Event::Sent { last }).await?;
@@ -306,7 +146,7 @@ async fn converge(w: &WorkerShared, expected: &[u32]) -> CheckResult {
     let limit = Instant::now() + Duration::from_millis(w.plan.settle_ms).max(tick * 2);
     sleep(tick * 2).await;
     loop {
-        let views: Vec<Arc<View>> = w.views.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let views: Vec<Arc<View>> = w.views();
         let r = check(&w.layout, &views, expected);
         if r.mismatches() == 0 || Instant::now() >= limit {
             return r;
