@@ -19,7 +19,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde_json::{Map, Value};
 
-use super::claims::{MAX_TOKEN_BYTES, clip, group_list};
+use super::claims::{MAX_GROUPS, MAX_TOKEN_BYTES, clip, group_list};
 use super::error::{AuthError, SetupError};
 use super::jwks::{ASYMMETRIC, Jwks};
 use super::token_error::TokenError;
@@ -200,8 +200,8 @@ impl Verifier {
         };
         let groups = match claims.get(&names.groups) {
             Some(Value::Array(items)) => {
-                let mut strings = Vec::with_capacity(items.len().min(super::MAX_GROUPS + 1));
-                for item in items.iter().take(super::MAX_GROUPS * 4) {
+                let mut strings = Vec::with_capacity(items.len().min(MAX_GROUPS + 1));
+                for item in items.iter().take(MAX_GROUPS * 4) {
                     match item {
                         Value::String(s) => strings.push(s.as_str()),
                         _ => {

@@ -24,8 +24,8 @@ use redis::{
 };
 use tokio::sync::Notify;
 
-use super::RelayError;
 use super::codec;
+use super::error::RelayError;
 use super::inbound::Inbound;
 use super::keys::Names;
 use crate::metrics::Metrics;

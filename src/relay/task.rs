@@ -16,9 +16,10 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::codec;
+use super::error::RelayError;
 use super::link::{self, GROUPS_PER_REQUEST, GroupWrite, Link};
 use super::local::Local;
-use super::{Flush, Relay, RelayError, settle};
+use super::state::{Flush, Relay, settle};
 use crate::model::{DeviceId, GroupId, Position, now_ms};
 
 /// Most queued flushes folded into one write pipeline.
@@ -27,12 +28,19 @@ const MAX_FLUSHES_PER_WRITE: usize = 1024;
 /// First pause before reconnecting; doubles up to the configured cap.
 const BACKOFF_START: Duration = Duration::from_millis(100);
 
+impl Relay {
+    /// Runs the relay until `shutdown`: connects, relays, and recovers from outages. Returns at
+    /// once if called twice.
+    pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
+        let events = self.events.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(events) = events {
+            run(self, events, shutdown).await;
+        }
+    }
+}
+
 /// Runs the relay of `relay` until `shutdown`.
-pub(super) async fn run(
-    relay: Arc<Relay>,
-    events: mpsc::Receiver<Flush>,
-    shutdown: CancellationToken,
-) {
+async fn run(relay: Arc<Relay>, events: mpsc::Receiver<Flush>, shutdown: CancellationToken) {
     let backoff = Backoff::new(relay.settings.backoff_max);
     let mut worker = Worker {
         relay,

@@ -37,17 +37,21 @@
 //! uploads) are coalesced like they are for live subscribers, and only the latest reaches the
 //! history.
 
+mod error;
+mod queue;
 mod writer;
 
-use std::io;
+pub use self::error::StoreError;
+
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
-use std::time::Instant;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use rusqlite::{Connection, OpenFlags, params};
 use tokio::sync::Semaphore;
 use tracing::{error, info};
 
+use self::error::BUSY_TIMEOUT_MS;
+use self::queue::Shared;
 use crate::config::{Config, StoreConfig};
 use crate::hub::{Hub, HubObserver};
 use crate::metrics::Metrics;
@@ -58,105 +62,6 @@ pub const FILE_NAME: &str = "beacon.sqlite3";
 
 /// Read-only connections for queries: at most this many queries run at once; more wait.
 pub const READERS: usize = 4;
-
-/// How long a connection waits for a lock held by another before failing, in ms.
-const BUSY_TIMEOUT_MS: u64 = 5_000;
-
-/// Why the store failed.
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    /// SQLite refused an operation.
-    #[error("database: {0}")]
-    Sqlite(#[from] rusqlite::Error),
-    /// The data directory could not be used.
-    #[error("data directory: {0}")]
-    Io(#[from] io::Error),
-    /// The file was written by a newer build.
-    #[error("the data file has schema version {0}; this build reads version 1")]
-    Schema(i64),
-    /// The store is shutting down.
-    #[error("the store is closed")]
-    Closed,
-}
-
-/// One position waiting to be written.
-#[derive(Clone, Debug)]
-struct Entry {
-    group: GroupId,
-    position: Position,
-}
-
-#[derive(Debug, Default)]
-struct Queue {
-    items: Vec<Entry>,
-    closing: bool,
-}
-
-/// What the observer and the writer share: the bounded queue and its wake-up.
-#[derive(Debug)]
-struct Shared {
-    queue: Mutex<Queue>,
-    wake: Condvar,
-    capacity: usize,
-    metrics: Arc<Metrics>,
-}
-
-impl Shared {
-    fn lock(&self) -> MutexGuard<'_, Queue> {
-        // The critical sections only move vectors; a poisoned lock still holds a usable queue.
-        self.queue.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Queues what fits of `updates` and counts the rest as dropped. Never blocks for longer
-    /// than the writer's `mem::take` of the queue.
-    fn push(&self, group: &GroupId, updates: &[Position]) {
-        let mut queue = self.lock();
-        let room = if queue.closing {
-            0
-        } else {
-            self.capacity.saturating_sub(queue.items.len())
-        };
-        let taken = updates.len().min(room);
-        queue.items.extend(updates[..taken].iter().map(|p| Entry {
-            group: group.clone(),
-            position: p.clone(),
-        }));
-        let queued = queue.items.len();
-        drop(queue);
-        self.metrics.store.queued.set(queued as i64);
-        if taken < updates.len() {
-            self.metrics
-                .store
-                .dropped
-                .inc_by((updates.len() - taken) as u64);
-        }
-        if taken > 0 {
-            self.wake.notify_one();
-        }
-    }
-
-    /// Waits until something is queued, the store closes, or `deadline`; then takes the whole
-    /// queue. Returns whether the store is closing.
-    fn take(&self, deadline: Instant) -> (Vec<Entry>, bool) {
-        let mut queue = self.lock();
-        while queue.items.is_empty() && !queue.closing {
-            let now = Instant::now();
-            if now >= deadline {
-                break;
-            }
-            queue = self
-                .wake
-                .wait_timeout(queue, deadline - now)
-                .unwrap_or_else(|e| e.into_inner())
-                .0;
-        }
-        let items = std::mem::take(&mut queue.items);
-        let closing = queue.closing;
-        drop(queue);
-        self.metrics.store.queued.set(0);
-        (items, closing)
-    }
-}
 
 /// The hub's view of the store.
 #[derive(Debug)]
@@ -265,12 +170,8 @@ impl Store {
     ) -> Result<Store, StoreError> {
         std::fs::create_dir_all(dir)?;
         let path = dir.join(FILE_NAME);
-        let shared = Arc::new(Shared {
-            queue: Mutex::new(Queue::default()),
-            wake: Condvar::new(),
-            capacity: usize::try_from(config.store_queue_positions).unwrap_or(usize::MAX),
-            metrics,
-        });
+        let capacity = usize::try_from(config.store_queue_positions).unwrap_or(usize::MAX);
+        let shared = Arc::new(Shared::new(capacity, metrics));
         let mut writer = writer::Writer::open(&path, config.clone(), shared.clone())?;
         let pruned = writer.prune(now_ms())?;
         let readers = (0..READERS)
@@ -390,8 +291,7 @@ impl Store {
     /// stuck disk must not hold the process past its shutdown grace). Positions flushed
     /// afterwards are dropped (and counted). Idempotent.
     pub async fn close(&self, wait: std::time::Duration) {
-        self.shared.lock().closing = true;
-        self.shared.wake.notify_all();
+        self.shared.close();
         let handle = self.writer.lock().unwrap_or_else(|e| e.into_inner()).take();
         if let Some(handle) = handle {
             let joined = tokio::time::timeout(wait, tokio::task::spawn_blocking(|| handle.join()));
@@ -400,7 +300,7 @@ impl Store {
                 Ok(_) => error!("the store writer thread panicked; queued positions may be lost"),
                 Err(_) => error!(
                     wait_secs = wait.as_secs(),
-                    queued = self.shared.lock().items.len(),
+                    queued = self.shared.len(),
                     "the store writer did not finish in time; queued positions may be lost"
                 ),
             }
@@ -412,8 +312,7 @@ impl Drop for Store {
     /// A store dropped without [`Store::close`] (a server task aborted, a failed start) still
     /// lets its writer write what is queued and end, instead of leaving the thread waiting.
     fn drop(&mut self) {
-        self.shared.lock().closing = true;
-        self.shared.wake.notify_all();
+        self.shared.close();
     }
 }
 
@@ -451,51 +350,4 @@ pub async fn start(
     }
     hub.add_observer(store.observer());
     Ok(Some(Arc::new(store)))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::model::Fix;
-
-    fn position(id: &str, ts: i64) -> Position {
-        Position {
-            device: DeviceId::parse(id).unwrap(),
-            fix: Fix::new(1.0, 2.0, ts),
-            rts: ts,
-            online: true,
-        }
-    }
-
-    #[test]
-    fn the_queue_is_bounded_and_counts_drops() {
-        let metrics = Arc::new(Metrics::new());
-        let shared = Shared {
-            queue: Mutex::new(Queue::default()),
-            wake: Condvar::new(),
-            capacity: 3,
-            metrics: metrics.clone(),
-        };
-        let g = GroupId::parse("g").unwrap();
-        shared.push(&g, &[position("a", 1), position("b", 1)]);
-        shared.push(&g, &[position("c", 1), position("d", 1)]);
-        assert_eq!(metrics.store.dropped.get(), 1);
-        assert_eq!(metrics.store.queued.get(), 3);
-        let (items, closing) = shared.take(Instant::now());
-        assert_eq!(items.len(), 3);
-        assert_eq!(items[2].position.device.as_str(), "c");
-        assert!(!closing);
-        shared.lock().closing = true;
-        shared.push(&g, &[position("e", 1)]);
-        assert_eq!(
-            metrics.store.dropped.get(),
-            2,
-            "nothing is queued once closing"
-        );
-        let (items, closing) = shared.take(Instant::now() + std::time::Duration::from_secs(60));
-        assert!(
-            items.is_empty() && closing,
-            "closing wakes the writer at once"
-        );
-    }
 }

@@ -12,7 +12,9 @@ use std::time::{Duration, Instant};
 use rusqlite::{Connection, OptionalExtension, Row, params};
 use tracing::{debug, error, warn};
 
-use super::{BUSY_TIMEOUT_MS, Entry, Shared, StoreConfig, StoreError};
+use super::error::{BUSY_TIMEOUT_MS, StoreError};
+use super::queue::{Entry, Shared};
+use crate::config::StoreConfig;
 use crate::model::{DeviceId, Fix, now_ms};
 
 /// Version written to `PRAGMA user_version`; a file with a higher one is refused.
