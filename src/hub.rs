@@ -39,7 +39,7 @@ use crate::config::HubConfig;
 use crate::metrics::Metrics;
 use crate::model::{DeviceId, Fix, GroupId, Position, now_ms};
 use crate::outbox::{Outbox, Prepared, Push};
-use crate::protocol::{Codec, Frame, PositionRecord, ServerMessage};
+use crate::protocol::{Codec, PositionRecord, ServerMessage};
 
 /// How often presence and retention are swept.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
@@ -464,16 +464,6 @@ impl Hub {
     pub fn positions(&self, group: &str) -> Vec<Position> {
         self.with_existing(group, |state| state.positions.values().cloned().collect())
             .unwrap_or_default()
-    }
-
-    /// Encodes a `snapshot` of `group` from `positions`.
-    pub fn encode_snapshot(group: &str, positions: &[Position], codec: Codec) -> Frame {
-        let records: Vec<PositionRecord<'_>> = positions.iter().map(PositionRecord::from).collect();
-        ServerMessage::Snapshot {
-            group,
-            devices: &records,
-        }
-        .encode(codec)
     }
 
     /// Flushes each group with changes when it is due, until `shutdown`.
