@@ -158,7 +158,32 @@ pub fn encode_snapshot(group: &str, positions: &[Position], codec: Codec) -> Fra
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::{DeviceId, Fix};
     use crate::protocol::client::{ClientMessage, decode};
+
+    #[test]
+    fn a_snapshot_carries_every_position_in_both_codecs() {
+        let position = Position {
+            device: DeviceId::parse("bus-1").unwrap(),
+            fix: Fix::new(52.5, 13.25, 7),
+            rts: 9,
+            online: true,
+        };
+        let expected = r#"{"type":"snapshot","group":"g","devices":[{"id":"bus-1","lat":52.5,"lon":13.25,"ts":7,"rts":9,"online":true}]}"#;
+        let Frame::Text(text) = encode_snapshot("g", std::slice::from_ref(&position), Codec::Json)
+        else {
+            panic!("JSON goes in text frames")
+        };
+        assert_eq!(text.as_str(), expected);
+        let Frame::Binary(bytes) = encode_snapshot("g", &[position], Codec::MsgPack) else {
+            panic!("MessagePack goes in binary frames")
+        };
+        let value: serde_json::Value = rmp_serde::from_slice(&bytes).unwrap();
+        assert_eq!(
+            value,
+            serde_json::from_str::<serde_json::Value>(expected).unwrap()
+        );
+    }
 
     #[test]
     fn ping_id_round_trips_its_kind() {
