@@ -243,7 +243,7 @@ impl Session {
         if !self.subscribed.contains(group) {
             self.subscribed.push(group.clone());
         }
-        Hub::encode_snapshot(group.as_str(), &positions, self.codec)
+        protocol::encode_snapshot(group.as_str(), &positions, self.codec)
     }
 
     /// Writes whatever is queued (up to [`MAX_FRAMES_PER_FLUSH`]), and fresh snapshots if
@@ -270,7 +270,7 @@ impl Session {
         debug!(id = %self.identity.id, "resyncing a lagging client");
         for group in self.subscribed.clone() {
             let positions = self.state.hub.positions(group.as_str());
-            let snapshot = Hub::encode_snapshot(group.as_str(), &positions, self.codec);
+            let snapshot = protocol::encode_snapshot(group.as_str(), &positions, self.codec);
             self.feed(snapshot).await?;
         }
         Ok(())

@@ -1,5 +1,7 @@
 //! The hub's side of multi-instance operation: presence of devices whose socket is on another
 //! instance, and what local news a merge from elsewhere produces.
+//!
+//! The ticker runs on paused time: nothing here waits for a real clock.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -11,6 +13,7 @@ use beacon::model::{DeviceId, Fix, GroupId, Position, now_ms};
 use beacon::outbox::Outbox;
 use beacon::protocol::{Codec, Frame};
 use serde_json::Value;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 const STALE_MS: i64 = 2_000;
@@ -119,7 +122,7 @@ async fn next_batch(rx: &mut Arc<Outbox>) -> Value {
     }
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_remote_record_going_offline_is_listed_offline() {
     let hub = hub();
     let stop = CancellationToken::new();
@@ -136,7 +139,7 @@ async fn a_remote_record_going_offline_is_listed_offline() {
     stop.cancel();
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_device_with_a_socket_here_stays_online_and_that_is_local_news() {
     let hub = hub();
     let recorder = Arc::new(Recorder::default());
@@ -162,7 +165,7 @@ async fn a_device_with_a_socket_here_stays_online_and_that_is_local_news() {
     stop.cancel();
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn remote_changes_go_out_at_once_and_local_ones_wait_for_the_tick() {
     let mut config = Config::default();
     config.hub.tick_ms = 10_000;
@@ -188,8 +191,10 @@ async fn remote_changes_go_out_at_once_and_local_ones_wait_for_the_tick() {
 
     // A remote update does not wait ten seconds for the tick, and does not take the pending
     // local change with it.
+    let merged = Instant::now();
     hub.merge_remote(&group(), &[position("far", now, now, true)], &[]);
     let batch = next_batch(&mut rx).await;
+    assert_eq!(Instant::now(), merged, "no wait at all");
     let ids: Vec<&str> = batch["updates"]
         .as_array()
         .unwrap()

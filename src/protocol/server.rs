@@ -1,0 +1,203 @@
+//! Server messages: what the server sends, and encoding it once per codec.
+
+use std::borrow::Cow;
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use tokio_tungstenite::tungstenite::Utf8Bytes;
+
+use super::client::PingId;
+use super::codec::{Codec, Frame};
+use super::error::{ErrorCode, Refusal};
+use crate::model::Position;
+
+/// One device's position as it appears in `snapshot` and `batch` frames.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PositionRecord<'a> {
+    /// Device id.
+    #[serde(borrow)]
+    pub id: Cow<'a, str>,
+    /// Latitude.
+    pub lat: f64,
+    /// Longitude.
+    pub lon: f64,
+    /// Fix time, ms.
+    pub ts: i64,
+    /// Server receive time, ms.
+    pub rts: i64,
+    /// Whether the device is online.
+    pub online: bool,
+    /// Accuracy, m.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub acc: Option<f64>,
+    /// Altitude, m.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alt: Option<f64>,
+    /// Speed, m/s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spd: Option<f64>,
+    /// Heading, degrees.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hdg: Option<f64>,
+    /// Battery, percent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batt: Option<f64>,
+}
+
+impl<'a> From<&'a Position> for PositionRecord<'a> {
+    fn from(p: &'a Position) -> Self {
+        PositionRecord {
+            id: Cow::Borrowed(p.device.as_str()),
+            lat: p.fix.lat,
+            lon: p.fix.lon,
+            ts: p.fix.ts,
+            rts: p.rts,
+            online: p.online,
+            acc: p.fix.acc,
+            alt: p.fix.alt,
+            spd: p.fix.spd,
+            hdg: p.fix.hdg,
+            batt: p.fix.batt,
+        }
+    }
+}
+
+/// A message from the server, borrowing what it carries.
+#[derive(Debug, Serialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum ServerMessage<'a> {
+    /// First frame of every connection.
+    Welcome {
+        /// Server-chosen connection id.
+        session: &'a str,
+        /// Device or viewer id.
+        id: &'a str,
+        /// `device` or `viewer`.
+        role: &'a str,
+        /// Groups of the identity.
+        groups: Vec<&'a str>,
+        /// Server clock, ms.
+        server_time: i64,
+        /// Batch interval, ms.
+        tick_ms: u64,
+    },
+    /// Full state of one group.
+    Snapshot {
+        /// Group id.
+        group: &'a str,
+        /// Every device with a known position.
+        devices: &'a [PositionRecord<'a>],
+    },
+    /// Changes in one group since the previous batch.
+    Batch {
+        /// Group id.
+        group: &'a str,
+        /// Latest fix of every device that changed.
+        updates: &'a [PositionRecord<'a>],
+        /// Devices that stopped being online.
+        offline: &'a [&'a str],
+    },
+    /// Answer to `ping`.
+    Pong {
+        /// The ping's id.
+        id: PingId,
+        /// Server clock, ms.
+        server_time: i64,
+    },
+    /// A refused message.
+    Error {
+        /// Protocol error code.
+        code: ErrorCode,
+        /// Why.
+        message: &'a str,
+        /// The refused `pos`'s seq.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        seq: Option<u64>,
+    },
+}
+
+impl ServerMessage<'_> {
+    /// Encodes the message in `codec`.
+    pub fn encode(&self, codec: Codec) -> Frame {
+        match codec {
+            Codec::Json => {
+                // Serializing these types to JSON cannot fail: every map key is a string and
+                // every value a plain number, string, bool or list.
+                let text = serde_json::to_string(self).expect("server messages serialize to JSON");
+                Frame::Text(Utf8Bytes::from(text))
+            }
+            Codec::MsgPack => {
+                // Likewise infallible for MessagePack with named fields.
+                let bytes = rmp_serde::to_vec_named(self).expect("server messages serialize");
+                Frame::Binary(Bytes::from(bytes))
+            }
+        }
+    }
+}
+
+/// Encodes a refusal as an `error` frame.
+pub fn encode_refusal(refusal: &Refusal, codec: Codec) -> Frame {
+    ServerMessage::Error {
+        code: refusal.code,
+        message: &refusal.message,
+        seq: refusal.seq,
+    }
+    .encode(codec)
+}
+
+/// Encodes a `snapshot` of `group` from `positions`.
+pub fn encode_snapshot(group: &str, positions: &[Position], codec: Codec) -> Frame {
+    let records: Vec<PositionRecord<'_>> = positions.iter().map(PositionRecord::from).collect();
+    ServerMessage::Snapshot {
+        group,
+        devices: &records,
+    }
+    .encode(codec)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{DeviceId, Fix};
+    use crate::protocol::client::{ClientMessage, decode};
+
+    #[test]
+    fn a_snapshot_carries_every_position_in_both_codecs() {
+        let position = Position {
+            device: DeviceId::parse("bus-1").unwrap(),
+            fix: Fix::new(52.5, 13.25, 7),
+            rts: 9,
+            online: true,
+        };
+        let expected = r#"{"type":"snapshot","group":"g","devices":[{"id":"bus-1","lat":52.5,"lon":13.25,"ts":7,"rts":9,"online":true}]}"#;
+        let Frame::Text(text) = encode_snapshot("g", std::slice::from_ref(&position), Codec::Json)
+        else {
+            panic!("JSON goes in text frames")
+        };
+        assert_eq!(text.as_str(), expected);
+        let Frame::Binary(bytes) = encode_snapshot("g", &[position], Codec::MsgPack) else {
+            panic!("MessagePack goes in binary frames")
+        };
+        let value: serde_json::Value = rmp_serde::from_slice(&bytes).unwrap();
+        assert_eq!(
+            value,
+            serde_json::from_str::<serde_json::Value>(expected).unwrap()
+        );
+    }
+
+    #[test]
+    fn ping_id_round_trips_its_kind() {
+        for (input, expected) in [("7", "7"), ("-3", "-3"), ("1.5", "1.5")] {
+            let msg = format!(r#"{{"type":"ping","id":{input}}}"#);
+            let ClientMessage::Ping { id } = decode(Codec::Json, msg.as_bytes(), 0).unwrap() else {
+                panic!()
+            };
+            let pong = ServerMessage::Pong { id, server_time: 1 }.encode(Codec::Json);
+            let Frame::Text(text) = pong else { panic!() };
+            assert_eq!(
+                text.as_str(),
+                format!(r#"{{"type":"pong","id":{expected},"server_time":1}}"#)
+            );
+        }
+    }
+}
