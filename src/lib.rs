@@ -63,4 +63,4 @@ pub mod upgrade;
 pub mod web;
 
 pub use config::Config;
-pub use server::serve;
+pub use server::{ServeError, serve};

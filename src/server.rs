@@ -16,11 +16,42 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
 use crate::app::AppState;
+use crate::auth::SetupError;
 use crate::auth::origin::host_is_local_name;
 use crate::config::{AuthMode, Config};
 use crate::error::error_response;
-use crate::relay::Relay;
+use crate::relay::{Relay, RelayError};
+use crate::store::StoreError;
+use crate::tls::TlsError;
 use crate::{admit, http, web};
+
+/// Why [`serve`] could not start, or stopped with an error. Each variant keeps the component's
+/// own error (and its `source()` chain); its message is that error's.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The listener has no local address.
+    #[error("reading the listener's address: {0}")]
+    Listener(#[source] io::Error),
+    /// The authentication settings are unsafe or unusable (`--auth none` on a public address,
+    /// no usable secret or key set, a malformed `--allowed-origins`).
+    #[error(transparent)]
+    Auth(#[from] SetupError),
+    /// The idle timeout does not exceed the ping interval, so idle clients could never answer.
+    #[error("--idle-timeout-secs must exceed --ping-interval-secs")]
+    Timeouts,
+    /// The TLS certificate or key could not be used.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    /// The durable store (`--data-dir`) could not be opened.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The Redis settings are unusable (`--redis-url`).
+    #[error(transparent)]
+    Relay(#[from] RelayError),
+    /// Accepting connections failed.
+    #[error(transparent)]
+    Io(#[from] io::Error),
+}
 
 /// Runs the server on an already-bound `listener` until `shutdown` completes, then closes every
 /// socket with 1001 and waits up to the grace period for sessions to end.
@@ -32,24 +63,17 @@ pub async fn serve(
     listener: TcpListener,
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
-) -> io::Result<()> {
-    let addr = listener.local_addr()?;
-    let setup =
-        |e: &dyn std::fmt::Display| io::Error::new(io::ErrorKind::InvalidInput, e.to_string());
-    crate::auth::check_listen(&config.auth, addr).map_err(|e| setup(&e))?;
+) -> Result<(), ServeError> {
+    let addr = listener.local_addr().map_err(ServeError::Listener)?;
+    crate::auth::check_listen(&config.auth, addr)?;
     if config.limits.idle_timeout_secs <= config.limits.ping_interval_secs {
-        return Err(setup(
-            &"--idle-timeout-secs must exceed --ping-interval-secs",
-        ));
+        return Err(ServeError::Timeouts);
     }
-    let tls = crate::tls::server_config(&config.tls).map_err(|e| setup(&e))?;
+    let tls = crate::tls::server_config(&config.tls)?;
     let mut state = AppState::new(config);
-    state.auth.prepare().await.map_err(|e| setup(&e))?;
-    state.store = crate::store::start(&state.config, &state.hub, &state.metrics)
-        .await
-        .map_err(io::Error::other)?;
-    state.relay = Relay::from_config(&state.config, &state.hub, &state.metrics)
-        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    state.auth.prepare().await?;
+    state.store = crate::store::start(&state.config, &state.hub, &state.metrics).await?;
+    state.relay = Relay::from_config(&state.config, &state.hub, &state.metrics)?;
     let background = TaskTracker::new();
     background.spawn(state.auth.clone().run_refresher(state.shutdown.clone()));
     if let Some(relay) = &state.relay {
@@ -114,7 +138,7 @@ pub async fn serve(
         store.close(grace).await;
     }
     info!("stopped");
-    result
+    Ok(result?)
 }
 
 /// The HTTP routes, behind the origin check, CORS and the request timeout.

@@ -2,8 +2,9 @@
 //!
 //! A session is a single task that reads its socket and writes its own frames (`welcome`,
 //! snapshots, replies, pings). Batches reach the socket without it: on plain TCP the hub
-//! writes them directly whenever the session is not writing (see [`crate::outbox`]); the
-//! session brackets every write of its own with [`Outbox::hold`] and [`Outbox::release`].
+//! writes them directly whenever the session is not writing (see [`crate::outbox`]); every
+//! write of the session goes through its [`writer`], which alone brackets it with
+//! [`Outbox::hold`] and [`Outbox::release`].
 //! What the hub could not write goes to the session's queue, which the session drains in
 //! batches: after one queued frame it takes whatever else is already queued (up to
 //! [`MAX_FRAMES_PER_FLUSH`]), feeds them all, and flushes once.
@@ -19,16 +20,13 @@
 //! every `--ping-interval-secs` and closes (1001) a client silent for `--idle-timeout-secs`.
 //! A token that expires while connected closes the socket with 1008 at `exp` plus leeway.
 
+mod writer;
+
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
-use futures_util::{SinkExt, StreamExt};
 use tokio::sync::OwnedSemaphorePermit;
-use tokio_tungstenite::tungstenite::protocol::CloseFrame;
-use tokio_tungstenite::tungstenite::protocol::frame::Frame as WireFrame;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
-use tokio_tungstenite::tungstenite::{self, Message, Utf8Bytes};
+use tokio_tungstenite::tungstenite::{self, Message};
 use tracing::{debug, info};
 
 use crate::app::AppState;
@@ -40,12 +38,12 @@ use crate::protocol::{
     self, ClientMessage, Codec, ErrorCode, Frame, Refusal, ServerMessage, encode_refusal,
 };
 use crate::upgrade::Socket;
+use writer::{WriteError, Writer};
+
+pub use writer::FRAGMENT_BYTES;
 
 /// Most queued frames written before one flush.
 pub const MAX_FRAMES_PER_FLUSH: usize = 64;
-
-/// How long a close frame may take to go out before the socket is simply dropped.
-const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Close codes the server uses (`docs/protocol.md`, "Closing").
 pub mod close {
@@ -74,7 +72,8 @@ enum End {
 
 /// Everything a running session owns.
 struct Session {
-    socket: Socket,
+    /// The socket: every write of the session goes through it.
+    writer: Writer,
     state: AppState,
     identity: Identity,
     codec: Codec,
@@ -97,6 +96,12 @@ pub async fn run(
     codec: Codec,
     permit: OwnedSemaphorePermit,
 ) {
+    let writer = Writer::new(
+        socket,
+        outbox.clone(),
+        state.config.limits.slow_close(),
+        state.metrics.clone(),
+    );
     let outlet = Outlet {
         id: state.hub.next_outlet_id(),
         codec,
@@ -114,7 +119,7 @@ pub async fn run(
         bucket,
         strikes: 0,
         last_heard: tokio::time::Instant::now(),
-        socket,
+        writer,
         subscribed: Vec::with_capacity(identity.groups.len()),
         state,
         identity,
@@ -186,7 +191,7 @@ impl Session {
             // earlier turn, need not be polled again to wake this task when they fire.
             let step = tokio::select! {
                 biased;
-                incoming = self.socket.next() => match incoming {
+                incoming = self.writer.next() => match incoming {
                     Some(Ok(message)) => self.on_message(message).await,
                     Some(Err(error)) => Err(self.on_read_error(error).await),
                     None => Err(End::Client),
@@ -225,39 +230,41 @@ impl Session {
             relay.ready(&self.identity.groups).await;
         }
         for group in self.identity.groups.clone() {
-            let snapshot = self.subscribe(&group).await;
-            self.feed(snapshot).await?;
+            self.subscribe(&group).await?;
         }
         self.flush().await
     }
 
-    async fn subscribe(&mut self, group: &GroupId) -> Frame {
+    /// Subscribes to `group` and feeds its snapshot (not flushed). Batches the hub sends from
+    /// then on wait until the snapshot is written.
+    async fn subscribe(&mut self, group: &GroupId) -> Result<(), End> {
         if let Some(relay) = &self.state.relay {
             // With Redis, the first local subscriber of a group waits for its shared state.
             relay.ready(std::slice::from_ref(group)).await;
         }
-        // From here on the hub sends this group's batches; none may reach the socket before
-        // the snapshot, so they wait in the queue until the session has written it.
-        self.outlet.outbox.hold();
-        let positions = self.state.hub.subscribe(group, &self.outlet);
+        let (hub, outlet, codec) = (&self.state.hub, &self.outlet, self.codec);
+        let fed = self
+            .writer
+            .feed_after(|| {
+                let positions = hub.subscribe(group, outlet);
+                protocol::encode_snapshot(group.as_str(), &positions, codec)
+            })
+            .await;
         if !self.subscribed.contains(group) {
             self.subscribed.push(group.clone());
         }
-        protocol::encode_snapshot(group.as_str(), &positions, self.codec)
+        self.settle(fed).await
     }
 
     /// Writes whatever is queued (up to [`MAX_FRAMES_PER_FLUSH`]), and fresh snapshots if
     /// frames were dropped meanwhile, then flushes once (which also finishes a frame the hub
     /// started writing).
     async fn write_queued(&mut self) -> Result<(), End> {
-        self.outlet.outbox.hold();
-        for _ in 0..MAX_FRAMES_PER_FLUSH {
-            match self.outlet.outbox.pop() {
-                Some(frame) => self.feed(frame).await?,
-                None => break,
-            }
-        }
-        if self.outlet.outbox.take_lagged() {
+        let lagged = match self.writer.feed_queued(MAX_FRAMES_PER_FLUSH).await {
+            Ok(lagged) => lagged,
+            Err(e) => return self.settle(Err(e)).await,
+        };
+        if lagged {
             self.resync().await?;
         }
         self.flush().await
@@ -284,17 +291,8 @@ impl Session {
             return Err(self.close(close::GOING_AWAY, "idle timeout").await);
         }
         self.state.metrics.security.pings.inc();
-        let limit = self.state.config.limits.slow_close();
-        let ping = Message::Ping(Bytes::new());
-        self.outlet.outbox.hold();
-        match tokio::time::timeout(limit, self.socket.send(ping)).await {
-            Ok(Ok(())) => {
-                self.outlet.outbox.release();
-                Ok(())
-            }
-            Ok(Err(_)) => Err(End::Client),
-            Err(_) => Err(self.slow_close().await),
-        }
+        let pinged = self.writer.ping().await;
+        self.settle(pinged).await
     }
 
     /// Takes a token for one client frame; answers `rate_limited` when there is none, and
@@ -329,9 +327,7 @@ impl Session {
             Message::Text(text) => (text.as_bytes(), self.codec == Codec::Json),
             Message::Binary(bytes) => (bytes, self.codec == Codec::MsgPack),
             Message::Close(_) => {
-                // tungstenite queued the closing handshake's reply; let it go out.
-                self.outlet.outbox.hold();
-                let _ = tokio::time::timeout(CLOSE_TIMEOUT, self.socket.flush()).await;
+                self.writer.finish_closing_handshake().await;
                 return Err(End::Client);
             }
             Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => return Ok(()),
@@ -365,7 +361,8 @@ impl Session {
                 match self.identity.groups.iter().find(|g| g.as_str() == group) {
                     Some(group) => {
                         let group = group.clone();
-                        Some(self.subscribe(&group).await)
+                        self.subscribe(&group).await?;
+                        return self.flush().await;
                     }
                     None => Some(self.refuse(Refusal::new(
                         ErrorCode::Forbidden,
@@ -434,39 +431,25 @@ impl Session {
         }
     }
 
-    /// Queues `frame` in the socket's write buffer, writing out when it is full. A frame larger
-    /// than [`FRAGMENT_BYTES`] goes out as several fragments of one message. Holds the outbox:
-    /// the hub queues until [`Session::flush`].
+    /// Feeds `frame` into the socket (see [`Writer::feed`]).
     async fn feed(&mut self, frame: Frame) -> Result<(), End> {
-        self.outlet.outbox.hold();
-        let len = frame.len();
-        let limit = self.state.config.limits.slow_close();
-        let sent = if len <= FRAGMENT_BYTES {
-            tokio::time::timeout(limit, self.socket.feed(frame.into_message())).await
-        } else {
-            tokio::time::timeout(limit, feed_fragments(&mut self.socket, frame)).await
-        };
-        match sent {
-            Ok(Ok(())) => {
-                self.state.metrics.frames_out.inc();
-                self.state.metrics.bytes_out.inc_by(len as u64);
-                Ok(())
-            }
-            Ok(Err(_)) => Err(End::Client),
-            Err(_) => Err(self.slow_close().await),
-        }
+        let fed = self.writer.feed(frame).await;
+        self.settle(fed).await
     }
 
-    /// Writes out what was fed, then lets the hub write directly again.
+    /// Writes out what was fed (see [`Writer::flush`]).
     async fn flush(&mut self) -> Result<(), End> {
-        let limit = self.state.config.limits.slow_close();
-        match tokio::time::timeout(limit, self.socket.flush()).await {
-            Ok(Ok(())) => {
-                self.outlet.outbox.release();
-                Ok(())
-            }
-            Ok(Err(_)) => Err(End::Client),
-            Err(_) => Err(self.slow_close().await),
+        let flushed = self.writer.flush().await;
+        self.settle(flushed).await
+    }
+
+    /// Turns a write's outcome into the session's: a client that stopped reading is closed
+    /// with 1013.
+    async fn settle(&mut self, written: Result<(), WriteError>) -> Result<(), End> {
+        match written {
+            Ok(()) => Ok(()),
+            Err(WriteError::Client) => Err(End::Client),
+            Err(WriteError::Slow) => Err(self.slow_close().await),
         }
     }
 
@@ -478,43 +461,9 @@ impl Session {
 
     /// Sends a close frame (best effort, bounded in time). The hub writes nothing after it.
     async fn close(&mut self, code: u16, reason: &'static str) -> End {
-        self.outlet.outbox.hold();
-        let frame = Message::Close(Some(CloseFrame {
-            code: code.into(),
-            reason: Utf8Bytes::from_static(reason),
-        }));
-        let _ = tokio::time::timeout(CLOSE_TIMEOUT, self.socket.send(frame)).await;
+        self.writer.close(code, reason).await;
         End::Closed(code, reason)
     }
-}
-
-/// Largest payload written as one WebSocket frame; a larger message is fragmented. tungstenite
-/// keeps, per connection, a write buffer as large as the largest frame it ever formatted, so
-/// this bound (with `--write-buffer-bytes`) is what keeps a connection that once received a big
-/// snapshot from holding that much memory for the rest of its life.
-pub const FRAGMENT_BYTES: usize = 2048;
-
-/// Feeds one message as fragments of at most [`FRAGMENT_BYTES`]: the first frame carries the
-/// message's opcode, the others are continuations, the last one is final. Slicing `Bytes` is
-/// free; the payload is only copied into the socket's write buffer, as for any frame.
-async fn feed_fragments(socket: &mut Socket, frame: Frame) -> Result<(), tungstenite::Error> {
-    let (payload, opcode) = match frame {
-        Frame::Text(text) => (Bytes::from(text), Data::Text),
-        Frame::Binary(bytes) => (bytes, Data::Binary),
-    };
-    let mut start = 0;
-    while start < payload.len() {
-        let end = (start + FRAGMENT_BYTES).min(payload.len());
-        let opcode = if start == 0 { opcode } else { Data::Continue };
-        let fragment = WireFrame::message(
-            payload.slice(start..end),
-            OpCode::Data(opcode),
-            end == payload.len(),
-        );
-        socket.feed(Message::Frame(fragment)).await?;
-        start = end;
-    }
-    Ok(())
 }
 
 fn clip(s: &str) -> &str {
