@@ -22,7 +22,7 @@ use crate::upgrade::{Handshake, NotAnUpgrade};
 /// Largest amount a connection's write buffer may hold before writes fail. A flush writes at
 /// most [`crate::session::MAX_FRAMES_PER_FLUSH`] frames, each a batch or snapshot of one group, so
 /// this only needs to hold the largest snapshot a group can produce.
-pub const MAX_WRITE_BUFFER_BYTES: usize = 64 * 1024 * 1024;
+pub(crate) const MAX_WRITE_BUFFER_BYTES: usize = 64 * 1024 * 1024;
 
 /// `GET /v1/ws`: checks identity, codec and capacity, then upgrades. (The origin was checked
 /// by the router's origin guard.)

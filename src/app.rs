@@ -20,7 +20,7 @@ use crate::store::Store;
 
 /// State shared by every handler and session. Cheap to clone.
 #[derive(Clone, Debug)]
-pub struct AppState {
+pub(crate) struct AppState {
     /// The running configuration.
     pub config: Arc<Config>,
     /// Latest positions and fan-out.
@@ -45,7 +45,7 @@ pub struct AppState {
 
 impl AppState {
     /// Builds the state for `config`.
-    pub fn new(config: Config) -> Self {
+    pub(crate) fn new(config: Config) -> Self {
         let metrics = Arc::new(Metrics::new());
         let hub = Arc::new(Hub::new(config.hub.clone(), metrics.clone()));
         AppState {

@@ -21,7 +21,7 @@ use crate::outbox::Outbox;
 
 /// A session's stream: a shared TCP socket, or an upgraded stream of its own.
 #[derive(Debug)]
-pub struct Conn {
+pub(crate) struct Conn {
     io: Io,
 }
 
@@ -39,7 +39,7 @@ enum Io {
 impl Conn {
     /// Takes over an upgraded connection; returns it with the outbox the hub writes through,
     /// which queues at most `queue_frames` frames.
-    pub fn open(upgraded: Upgraded, queue_frames: usize) -> (Conn, Arc<Outbox>) {
+    pub(crate) fn open(upgraded: Upgraded, queue_frames: usize) -> (Conn, Arc<Outbox>) {
         match upgraded.downcast::<TokioIo<TcpStream>>() {
             Ok(parts) => {
                 let stream = Arc::new(parts.io.into_inner());

@@ -17,9 +17,9 @@ use crate::hub::Hub;
 use crate::model::{DeviceId, Fix, GroupId, now_ms};
 
 /// Group the simulated devices report to.
-pub const GROUP: &str = "demo";
+pub(crate) const GROUP: &str = "demo";
 /// Length of one block of the street grid, in metres.
-pub const BLOCK_M: f64 = 160.0;
+pub(crate) const BLOCK_M: f64 = 160.0;
 /// How far the grid reaches from the centre, in blocks.
 const REACH_BLOCKS: i32 = 12;
 /// Metres per degree of latitude.
@@ -163,7 +163,12 @@ impl Vehicle {
 }
 
 /// Runs `count` simulated devices around `center` (lat, lon) until `shutdown`.
-pub async fn run(hub: Arc<Hub>, count: usize, center: (f64, f64), shutdown: CancellationToken) {
+pub(crate) async fn run(
+    hub: Arc<Hub>,
+    count: usize,
+    center: (f64, f64),
+    shutdown: CancellationToken,
+) {
     let group = match GroupId::parse(GROUP) {
         Ok(g) => vec![g],
         Err(_) => unreachable!("'demo' is a valid group id"),

@@ -10,7 +10,7 @@ use serde_json::json;
 
 /// A JSON error body with `status`: `kind` is a stable machine-readable word, `message` says
 /// why in words.
-pub fn error_response(status: StatusCode, kind: &str, message: String) -> Response {
+pub(crate) fn error_response(status: StatusCode, kind: &str, message: String) -> Response {
     (status, Json(json!({ "error": kind, "message": message }))).into_response()
 }
 

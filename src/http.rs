@@ -19,7 +19,7 @@ use crate::protocol::PositionRecord;
 use crate::relay::RedisHealth;
 
 /// The routes of this module.
-pub fn routes(state: &AppState) -> Router<AppState> {
+pub(crate) fn routes(state: &AppState) -> Router<AppState> {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
@@ -123,7 +123,7 @@ async fn group_positions(
 }
 
 /// Positions as a GeoJSON FeatureCollection of Points (coordinates are `[lon, lat]`).
-pub fn feature_collection(positions: &[Position]) -> Value {
+pub(crate) fn feature_collection(positions: &[Position]) -> Value {
     let features: Vec<Value> = positions
         .iter()
         .map(|p| {

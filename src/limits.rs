@@ -18,7 +18,7 @@ use axum::http::HeaderMap;
 
 /// A token bucket: `burst` tokens at most, refilled at `per_sec` tokens per second.
 #[derive(Clone, Debug)]
-pub struct TokenBucket {
+pub(crate) struct TokenBucket {
     tokens: f64,
     burst: f64,
     per_sec: f64,
@@ -27,7 +27,7 @@ pub struct TokenBucket {
 
 impl TokenBucket {
     /// A full bucket.
-    pub fn new(per_sec: u32, burst: u32, now: Instant) -> Self {
+    pub(crate) fn new(per_sec: u32, burst: u32, now: Instant) -> Self {
         TokenBucket {
             tokens: f64::from(burst.max(1)),
             burst: f64::from(burst.max(1)),
@@ -37,7 +37,7 @@ impl TokenBucket {
     }
 
     /// Takes one token if there is one.
-    pub fn try_take(&mut self, now: Instant) -> bool {
+    pub(crate) fn try_take(&mut self, now: Instant) -> bool {
         let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
         self.last = now.max(self.last);
         self.tokens = (self.tokens + elapsed * self.per_sec).min(self.burst);
@@ -63,7 +63,7 @@ fn key(ip: IpAddr) -> IpAddr {
 
 /// Open connections per client address.
 #[derive(Debug)]
-pub struct IpConnections {
+pub(crate) struct IpConnections {
     max: usize,
     /// A std mutex: held for one hash-map operation, never across an await.
     counts: Mutex<HashMap<IpAddr, usize>>,
@@ -71,13 +71,13 @@ pub struct IpConnections {
 
 /// One connection's place in [`IpConnections`]; gives it back on drop.
 #[derive(Debug)]
-pub struct IpPermit {
+pub(crate) struct IpPermit {
     held: Option<(Arc<IpConnections>, IpAddr)>,
 }
 
 impl IpConnections {
     /// At most `max` connections per address; 0 means no bound.
-    pub fn new(max: usize) -> Self {
+    pub(crate) fn new(max: usize) -> Self {
         IpConnections {
             max,
             counts: Mutex::new(HashMap::new()),
@@ -85,7 +85,7 @@ impl IpConnections {
     }
 
     /// A place for one more connection from `ip`, or `None` when the address is at its bound.
-    pub fn try_acquire(self: &Arc<Self>, ip: Option<IpAddr>) -> Option<IpPermit> {
+    pub(crate) fn try_acquire(self: &Arc<Self>, ip: Option<IpAddr>) -> Option<IpPermit> {
         let (Some(ip), true) = (ip, self.max > 0) else {
             return Some(IpPermit { held: None });
         };
@@ -102,7 +102,8 @@ impl IpConnections {
     }
 
     /// Open connections counted for `ip`.
-    pub fn count(&self, ip: IpAddr) -> usize {
+    #[cfg(test)]
+    fn count(&self, ip: IpAddr) -> usize {
         let counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
         counts.get(&key(ip)).copied().unwrap_or(0)
     }
@@ -124,7 +125,7 @@ impl Drop for IpPermit {
 
 /// The client address of a request: with `trust_proxy`, the last `X-Forwarded-For` entry
 /// (what the proxy in front saw); otherwise, or when that entry is not an address, the peer.
-pub fn client_ip(
+pub(crate) fn client_ip(
     peer: Option<SocketAddr>,
     headers: &HeaderMap,
     trust_proxy: bool,

@@ -42,7 +42,7 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
 /// How to serve the accepted connections.
 #[derive(Clone, Debug)]
-pub struct ListenOptions {
+pub(crate) struct ListenOptions {
     /// TLS configuration; `None` serves plain HTTP.
     pub tls: Option<Arc<rustls::ServerConfig>>,
     /// Time for the TLS handshake, and for each request head.
@@ -56,7 +56,7 @@ pub struct ListenOptions {
 type MakeService = IntoMakeServiceWithConnectInfo<Router, SocketAddr>;
 
 /// Serves `app` on `listener` until `shutdown` completes, then drains (see the module doc).
-pub async fn run(
+pub(crate) async fn run(
     listener: TcpListener,
     app: Router,
     options: ListenOptions,

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use beacon::Config;
-use beacon::auth::jwt::{MintRequest, mint_hs256};
+use beacon::auth::{MintRequest, mint_hs256};
 use beacon::config::LogFormat;
 use beacon::model::Role;
 use clap::{Parser, Subcommand};

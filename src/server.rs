@@ -142,7 +142,7 @@ pub async fn serve(
 }
 
 /// The HTTP routes, behind the origin check, CORS and the request timeout.
-pub fn router(state: AppState) -> Router {
+pub(crate) fn router(state: AppState) -> Router {
     let timeout = tower_http::timeout::TimeoutLayer::with_status_code(
         StatusCode::REQUEST_TIMEOUT,
         state.config.limits.request_timeout(),

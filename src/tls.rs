@@ -40,7 +40,7 @@ pub enum TlsError {
 }
 
 /// The rustls server configuration for `config`, or `None` when TLS is off.
-pub fn server_config(config: &TlsConfig) -> Result<Option<Arc<ServerConfig>>, TlsError> {
+pub(crate) fn server_config(config: &TlsConfig) -> Result<Option<Arc<ServerConfig>>, TlsError> {
     let (Some(cert), Some(key)) = (&config.tls_cert, &config.tls_key) else {
         return Ok(None);
     };

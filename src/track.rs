@@ -33,13 +33,13 @@ use crate::model::DeviceId;
 use crate::store::{Track, TrackPoint, TrackQuery};
 
 /// Points returned when the request names no `limit`.
-pub const DEFAULT_LIMIT: usize = 1000;
+pub(crate) const DEFAULT_LIMIT: usize = 1000;
 
 /// Largest `limit` accepted: bounds the work and the answer (about 1 MB of JSON).
-pub const MAX_LIMIT: usize = 10_000;
+pub(crate) const MAX_LIMIT: usize = 10_000;
 
 /// The routes of this module.
-pub fn routes() -> Router<AppState> {
+pub(crate) fn routes() -> Router<AppState> {
     Router::new().route("/v1/devices/{id}/track", get(track))
 }
 
@@ -118,7 +118,7 @@ fn read_params(params: &TrackParams) -> Result<(TrackQuery, Format), String> {
 /// With `--auth none`, anyone may. With tokens, the token's identity must be the device itself
 /// or share a group with it (a group where the hub holds its position, or where the store has
 /// its last-known row). This is the one place to change who may read histories.
-pub async fn authorize_track_read(
+pub(crate) async fn authorize_track_read(
     state: &AppState,
     headers: &HeaderMap,
     token: Option<String>,

@@ -22,11 +22,11 @@ use crate::conn::Conn;
 use crate::outbox::Outbox;
 
 /// A server-side WebSocket over an upgraded HTTP connection.
-pub type Socket = WebSocketStream<Conn>;
+pub(crate) type Socket = WebSocketStream<Conn>;
 
 /// A valid upgrade request, ready to be accepted.
 #[derive(Debug)]
-pub struct Handshake {
+pub(crate) struct Handshake {
     key: HeaderValue,
     on_upgrade: OnUpgrade,
 }
@@ -34,7 +34,7 @@ pub struct Handshake {
 /// Why a request is not a WebSocket upgrade.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
-pub struct NotAnUpgrade(&'static str);
+pub(crate) struct NotAnUpgrade(&'static str);
 
 impl IntoResponse for NotAnUpgrade {
     fn into_response(self) -> Response {
@@ -84,7 +84,7 @@ impl Handshake {
     /// Answers 101 with `protocol` as the chosen subprotocol and runs `session` on the socket
     /// (and the outbox of at most `queue_frames` frames the hub writes to it through) once the
     /// upgrade completes. The caller spawns the returned future, which does both.
-    pub fn accept<F, Fut>(
+    pub(crate) fn accept<F, Fut>(
         self,
         protocol: Option<&'static str>,
         config: WebSocketConfig,

@@ -22,7 +22,7 @@ const MISSING: &str = "<!doctype html><title>Beacon</title><h1>Beacon is running
 (<code>cargo build</code> builds <code>web/</code> automatically).</p>";
 
 /// Routes serving the page and its assets.
-pub fn routes() -> Router<AppState> {
+pub(crate) fn routes() -> Router<AppState> {
     Router::new()
         .route("/", get(index))
         .route("/{*path}", get(asset))

@@ -30,7 +30,7 @@ use super::token_error::TokenError;
 use crate::config::AuthConfig;
 
 /// Asymmetric algorithms a key of the key set may be used with.
-pub const ASYMMETRIC: [Algorithm; 8] = [
+pub(super) const ASYMMETRIC: [Algorithm; 8] = [
     Algorithm::RS256,
     Algorithm::RS384,
     Algorithm::RS512,
@@ -42,13 +42,13 @@ pub const ASYMMETRIC: [Algorithm; 8] = [
 ];
 
 /// Largest key-set document read, in bytes.
-pub const MAX_JWKS_BYTES: usize = 256 * 1024;
+pub(super) const MAX_JWKS_BYTES: usize = 256 * 1024;
 
 /// Most usable keys kept from one document.
-pub const MAX_KEYS: usize = 64;
+pub(super) const MAX_KEYS: usize = 64;
 
 /// Time for one fetch of a key-set URL, connection included.
-pub const FETCH_TIMEOUT: Duration = Duration::from_secs(10);
+pub(super) const FETCH_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Why a key set could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -79,7 +79,7 @@ pub enum JwksError {
 }
 
 /// A public key and the one algorithm it verifies.
-pub struct VerifyKey {
+pub(super) struct VerifyKey {
     /// The key.
     pub key: DecodingKey,
     /// Its algorithm: from the key's `alg`, else RS256 for RSA, ES256/ES384 by curve.
@@ -97,7 +97,7 @@ enum Source {
 type Keys = Arc<HashMap<String, Arc<VerifyKey>>>;
 
 /// A cached, refreshed key set. Cheap to share by reference; owned by the verifier.
-pub struct Jwks {
+pub(super) struct Jwks {
     source: Source,
     /// Current keys. A std lock: held only to clone or swap an `Arc`, never across an await.
     keys: RwLock<Keys>,
@@ -120,7 +120,7 @@ impl fmt::Debug for Jwks {
 
 impl Jwks {
     /// The key set `config` names, if any (empty until [`Jwks::load`]).
-    pub fn from_config(config: &AuthConfig) -> Option<Self> {
+    pub(super) fn from_config(config: &AuthConfig) -> Option<Self> {
         let source = match (&config.jwks_file, &config.jwks_url) {
             (Some(path), _) => Source::File(path.clone()),
             (None, Some(url)) if !url.is_empty() => Source::Url(url.clone()),
@@ -154,7 +154,7 @@ impl Jwks {
     }
 
     /// Reads the set now and replaces the keys held. On failure the old keys stay.
-    pub async fn load(&self) -> Result<usize, JwksError> {
+    pub(super) async fn load(&self) -> Result<usize, JwksError> {
         let body = match &self.source {
             Source::File(path) => read_file(path).await?,
             Source::Url(url) => self.fetch(url).await?,
@@ -203,7 +203,7 @@ impl Jwks {
 
     /// The key named `kid`, re-reading the set first when it is unknown and the last such
     /// re-read is older than `--jwks-min-refresh-secs`.
-    pub async fn key(&self, kid: &str) -> Result<Arc<VerifyKey>, TokenError> {
+    pub(super) async fn key(&self, kid: &str) -> Result<Arc<VerifyKey>, TokenError> {
         if let Some(key) = self.current().get(kid) {
             return Ok(key.clone());
         }
@@ -226,7 +226,7 @@ impl Jwks {
     }
 
     /// The key named `kid` among the keys held now.
-    pub fn key_now(&self, kid: &str) -> Result<Arc<VerifyKey>, TokenError> {
+    pub(super) fn key_now(&self, kid: &str) -> Result<Arc<VerifyKey>, TokenError> {
         let keys = self.current();
         if keys.is_empty() {
             return Err(TokenError::NoKeys);
@@ -237,7 +237,7 @@ impl Jwks {
     }
 
     /// Re-reads the set every refresh period until `shutdown`.
-    pub async fn run_refresher(&self, shutdown: CancellationToken) {
+    pub(super) async fn run_refresher(&self, shutdown: CancellationToken) {
         let mut tick = tokio::time::interval_at(Instant::now() + self.refresh, self.refresh);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -267,7 +267,7 @@ async fn read_file(path: &PathBuf) -> Result<Vec<u8>, JwksError> {
 
 /// Only `https`, or `http` to a loopback host (tests, sidecars): a key set fetched in clear
 /// over a network could be replaced by anyone on the path.
-pub fn check_url(url: &str) -> Result<(), JwksError> {
+pub(super) fn check_url(url: &str) -> Result<(), JwksError> {
     let parsed = reqwest::Url::parse(url).map_err(|e| JwksError::Url(format!("{url:?}: {e}")))?;
     let host = parsed.host_str().unwrap_or("");
     let loopback = host.eq_ignore_ascii_case("localhost")
@@ -286,7 +286,7 @@ pub fn check_url(url: &str) -> Result<(), JwksError> {
 }
 
 /// The usable keys of a key-set document, by `kid`.
-pub fn parse(body: &[u8]) -> Result<HashMap<String, Arc<VerifyKey>>, JwksError> {
+pub(super) fn parse(body: &[u8]) -> Result<HashMap<String, Arc<VerifyKey>>, JwksError> {
     let set: JwkSet = serde_json::from_slice(body)?;
     let mut keys = HashMap::new();
     for jwk in &set.keys {

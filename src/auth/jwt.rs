@@ -27,7 +27,7 @@ use crate::config::AuthConfig;
 use crate::model::{DeviceId, Identity, Role};
 
 /// Shortest HS256 secret accepted, in bytes (the size of the hash, as RFC 7518 asks).
-pub const MIN_SECRET_BYTES: usize = 32;
+pub(super) const MIN_SECRET_BYTES: usize = 32;
 
 /// Names of the claims Beacon reads, from the configuration.
 #[derive(Clone, Debug)]
@@ -39,7 +39,7 @@ struct ClaimNames {
 }
 
 /// Checks tokens against the configured secret and key set.
-pub struct Verifier {
+pub(super) struct Verifier {
     hmac: Option<DecodingKey>,
     secret_len: usize,
     jwks: Option<Jwks>,
@@ -65,7 +65,7 @@ impl fmt::Debug for Verifier {
 
 impl Verifier {
     /// A verifier for `config`; the key set is empty until [`Verifier::prepare`].
-    pub fn new(config: &AuthConfig) -> Self {
+    pub(super) fn new(config: &AuthConfig) -> Self {
         let secret = config.jwt_secret.as_deref().filter(|s| !s.is_empty());
         Verifier {
             hmac: secret.map(|s| DecodingKey::from_secret(s.as_bytes())),
@@ -84,12 +84,12 @@ impl Verifier {
     }
 
     /// The key set, when one is configured.
-    pub fn jwks(&self) -> Option<&Jwks> {
+    pub(super) fn jwks(&self) -> Option<&Jwks> {
         self.jwks.as_ref()
     }
 
     /// Checks the settings and loads the key set.
-    pub async fn prepare(&self) -> Result<(), SetupError> {
+    pub(super) async fn prepare(&self) -> Result<(), SetupError> {
         if self.hmac.is_none() && self.jwks.is_none() {
             return Err(SetupError::Config(
                 "--auth jwt needs --jwt-secret, --jwks-file or --jwks-url".into(),
@@ -109,7 +109,7 @@ impl Verifier {
     }
 
     /// Verifies `token`, re-reading the key set once (rate-limited) for an unknown `kid`.
-    pub async fn verify(&self, token: impl AsRef<str>) -> Result<Identity, AuthError> {
+    pub(super) async fn verify(&self, token: impl AsRef<str>) -> Result<Identity, AuthError> {
         let token = token.as_ref();
         let header = self.header(token)?;
         if header.alg == Algorithm::HS256 {
@@ -121,7 +121,7 @@ impl Verifier {
     }
 
     /// Verifies `token` with the keys at hand, without re-reading the key set.
-    pub fn verify_now(&self, token: impl AsRef<str>) -> Result<Identity, AuthError> {
+    pub(super) fn verify_now(&self, token: impl AsRef<str>) -> Result<Identity, AuthError> {
         let token = token.as_ref();
         let header = self.header(token)?;
         if header.alg == Algorithm::HS256 {

@@ -18,9 +18,9 @@
 
 mod claims;
 mod error;
-pub mod jwks;
-pub mod jwt;
-pub mod origin;
+mod jwks;
+mod jwt;
+pub(crate) mod origin;
 mod token_error;
 
 use std::net::SocketAddr;
@@ -38,6 +38,7 @@ use crate::model::{DeviceId, GroupId, Identity, Role};
 pub use claims::{MAX_GROUPS, MAX_TOKEN_BYTES};
 use claims::{clip, group_list};
 pub use error::{AuthError, SetupError};
+pub use jwt::{MintError, MintRequest, mint_hs256};
 pub use token_error::TokenError;
 
 /// Identity fields a client may put in the query string.

@@ -28,7 +28,7 @@ use tower_http::cors::{AllowOrigin, CorsLayer};
 use super::error::SetupError;
 
 /// How long a browser may cache a CORS preflight answer.
-pub const CORS_MAX_AGE: Duration = Duration::from_secs(600);
+pub(crate) const CORS_MAX_AGE: Duration = Duration::from_secs(600);
 
 /// Which origins may act on the server.
 #[derive(Clone, Debug)]
@@ -142,7 +142,7 @@ fn same_origin(origin: &str, host: &str) -> bool {
 
 /// Whether `Host` names the server by an IP address or `localhost` (no DNS name that a
 /// foreign site could point at 127.0.0.1). A request without `Host` (HTTP/1.0) passes.
-pub fn host_is_local_name(headers: &HeaderMap) -> bool {
+pub(crate) fn host_is_local_name(headers: &HeaderMap) -> bool {
     let Some(host) = headers.get(HOST) else {
         return true;
     };

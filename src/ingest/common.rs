@@ -17,7 +17,7 @@ use crate::protocol::{RawMessage, validate_fix};
 
 /// Why an app's request could not be turned into fixes.
 #[derive(Clone, Debug, PartialEq, thiserror::Error)]
-pub enum IngestError {
+pub(crate) enum IngestError {
     /// A field is missing or unreadable (HTTP 400, `bad_request`).
     #[error("{0}")]
     BadRequest(String),
@@ -28,7 +28,7 @@ pub enum IngestError {
 
 impl IngestError {
     /// The 400 answer for this refusal.
-    pub fn response(&self) -> Response {
+    pub(crate) fn response(&self) -> Response {
         let kind = match self {
             IngestError::BadRequest(_) => "bad_request",
             IngestError::InvalidPosition(_) => "invalid_position",
@@ -40,28 +40,28 @@ impl IngestError {
 /// Key-value parameters of a query string or a urlencoded form. The last value of a repeated
 /// key wins; empty values count as absent.
 #[derive(Clone, Debug, Default)]
-pub struct Params(HashMap<String, String>);
+pub(crate) struct Params(HashMap<String, String>);
 
 impl Params {
     /// Reads `application/x-www-form-urlencoded` text (a query string has the same syntax).
-    pub fn parse(encoded: &[u8]) -> Result<Self, IngestError> {
+    pub(crate) fn parse(encoded: &[u8]) -> Result<Self, IngestError> {
         let pairs: Vec<(String, String)> = serde_urlencoded::from_bytes(encoded)
             .map_err(|e| IngestError::BadRequest(format!("malformed parameters: {e}")))?;
         Ok(Params(pairs.into_iter().collect()))
     }
 
     /// Adds `other`'s parameters, replacing those of the same name.
-    pub fn merge(&mut self, other: Params) {
+    pub(crate) fn merge(&mut self, other: Params) {
         self.0.extend(other.0);
     }
 
     /// The trimmed value of `key`, unless absent or empty.
-    pub fn get(&self, key: &str) -> Option<&str> {
+    pub(crate) fn get(&self, key: &str) -> Option<&str> {
         self.0.get(key).map(|v| v.trim()).filter(|v| !v.is_empty())
     }
 
     /// `key` read as a number; absent or empty is `None`.
-    pub fn number(&self, key: &str) -> Result<Option<f64>, IngestError> {
+    pub(crate) fn number(&self, key: &str) -> Result<Option<f64>, IngestError> {
         self.get(key).map(|v| parse_number(key, v)).transpose()
     }
 }

@@ -22,8 +22,8 @@
 //! Field mappings are documented in `docs/ingest.md`.
 
 mod common;
-pub mod osmand;
-pub mod owntracks;
+pub(crate) mod osmand;
+pub(crate) mod owntracks;
 mod positions;
 
 use axum::Router;
@@ -32,11 +32,9 @@ use axum::routing::{get, post};
 
 use crate::app::AppState;
 
-pub use common::IngestError;
-
 /// The ingest routes: `POST /v1/positions` and the phone-app protocols. Bodies are bounded by
 /// `--max-body-bytes`.
-pub fn routes(state: &AppState) -> Router<AppState> {
+pub(crate) fn routes(state: &AppState) -> Router<AppState> {
     Router::new()
         .route(
             "/v1/ingest/osmand",

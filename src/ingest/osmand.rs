@@ -30,11 +30,11 @@ use crate::model::{Fix, now_ms};
 use crate::protocol::RawMessage;
 
 /// Metres per second in one knot (1852 m per hour).
-pub const KNOTS_TO_MPS: f64 = 1852.0 / 3600.0;
+pub(crate) const KNOTS_TO_MPS: f64 = 1852.0 / 3600.0;
 
 /// What one request reported.
 #[derive(Clone, Debug, PartialEq)]
-pub struct Report {
+pub(crate) struct Report {
     /// The device id as the app sent it (not yet checked against the id rules).
     pub device: String,
     /// The validated fixes, in the order sent.
@@ -69,7 +69,7 @@ fn body_kind(content_type: Option<&str>, body: &[u8]) -> BodyKind {
 /// Reads one request: `query` is the parsed query string (its keys are fields too), the body
 /// is read according to `content_type` (or sniffed when that says nothing useful). `now` is the
 /// receive time in ms; at most `max_fixes` fixes are accepted from a JSON list.
-pub fn parse(
+pub(crate) fn parse(
     query: &Params,
     content_type: Option<&str>,
     body: &[u8],

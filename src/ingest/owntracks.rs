@@ -31,14 +31,14 @@ use crate::protocol::RawMessage;
 
 /// Most `location` messages in one answer. A group larger than this shows its most recently
 /// reported devices; the bound keeps the answer (and the app's contact list) a sane size.
-pub const MAX_FRIENDS: usize = 1000;
+pub(crate) const MAX_FRIENDS: usize = 1000;
 
 /// One km/h in m/s.
 const KMH_TO_MPS: f64 = 1.0 / 3.6;
 
 /// What one POST carried.
 #[derive(Clone, Debug, PartialEq)]
-pub enum Payload {
+pub(crate) enum Payload {
     /// A `_type: location` message.
     Location {
         /// The validated fix.
@@ -51,7 +51,7 @@ pub enum Payload {
 }
 
 /// Reads one POSTed message. `now` (ms) stands in for a missing `tst`.
-pub fn parse(body: &[u8], now: i64) -> Result<Payload, IngestError> {
+pub(crate) fn parse(body: &[u8], now: i64) -> Result<Payload, IngestError> {
     if body.iter().all(u8::is_ascii_whitespace) {
         // The app POSTs an empty payload when a friend is deleted.
         return Ok(Payload::Ignored);
@@ -83,7 +83,7 @@ pub fn parse(body: &[u8], now: i64) -> Result<Payload, IngestError> {
 }
 
 /// The user and device names of a topic `.../<user>/<device>` (at least three segments).
-pub fn topic_names(topic: &str) -> Option<(&str, &str)> {
+pub(crate) fn topic_names(topic: &str) -> Option<(&str, &str)> {
     let segments: Vec<&str> = topic.split('/').collect();
     match segments.as_slice() {
         [_, .., user, device] if !user.is_empty() && !device.is_empty() => Some((user, device)),
@@ -94,7 +94,7 @@ pub fn topic_names(topic: &str) -> Option<(&str, &str)> {
 /// Reduces a user or device name to the id alphabet: letters, digits and `. _ @ -` stay; every
 /// run of other characters (spaces, accents, `:`, `/`...) becomes one `-`; `-` at either end
 /// is dropped. `"Jane's Phone"` becomes `Jane-s-Phone`.
-pub fn sanitize(name: &str) -> String {
+pub(crate) fn sanitize(name: &str) -> String {
     let mut out = String::with_capacity(name.len());
     let mut gap = false;
     for c in name.chars() {
@@ -114,7 +114,7 @@ pub fn sanitize(name: &str) -> String {
 /// The Beacon device id of an OwnTracks user's device: `user:device`, both sanitized
 /// ([`sanitize`]). Refused when a part is left empty or the id is longer than the protocol
 /// allows.
-pub fn device_id(user: &str, device: &str) -> Result<DeviceId, IngestError> {
+pub(crate) fn device_id(user: &str, device: &str) -> Result<DeviceId, IngestError> {
     let (u, d) = (sanitize(user), sanitize(device));
     if u.is_empty() || d.is_empty() {
         let which = if u.is_empty() { "user" } else { "device" };
@@ -167,7 +167,7 @@ fn names(
 
 /// The tracker id shown on the app's map: the last two letters or digits of the device part of
 /// the id (after the last `:`), or of the whole id.
-pub fn tid(device: &DeviceId) -> String {
+pub(crate) fn tid(device: &DeviceId) -> String {
     let id = device.as_str();
     let tail = id.rsplit(':').next().unwrap_or(id);
     let chars: Vec<char> = tail.chars().filter(char::is_ascii_alphanumeric).collect();
@@ -181,7 +181,7 @@ pub fn tid(device: &DeviceId) -> String {
 
 /// The topic that identifies a device to the app: `owntracks/<user>/<device>` for ids of the
 /// `user:device` shape, `owntracks/beacon/<id>` for every other device.
-pub fn topic(device: &DeviceId) -> String {
+pub(crate) fn topic(device: &DeviceId) -> String {
     match device.as_str().split_once(':') {
         Some((user, dev)) if !dev.contains(':') => format!("owntracks/{user}/{dev}"),
         _ => format!("owntracks/beacon/{}", device.as_str()),
@@ -189,7 +189,7 @@ pub fn topic(device: &DeviceId) -> String {
 }
 
 /// A position as an OwnTracks `location` message (integers where the app expects them).
-pub fn location_message(p: &Position) -> Value {
+pub(crate) fn location_message(p: &Position) -> Value {
     let mut msg = json!({
         "_type": "location",
         "tid": tid(&p.device),
@@ -219,7 +219,7 @@ pub fn location_message(p: &Position) -> Value {
 
 /// The answer to a location: every device of `groups` (each once, with its newest fix), most
 /// recent first, at most [`MAX_FRIENDS`].
-pub fn friends(positions: impl IntoIterator<Item = Position>) -> Vec<Value> {
+pub(crate) fn friends(positions: impl IntoIterator<Item = Position>) -> Vec<Value> {
     let mut latest: HashMap<DeviceId, Position> = HashMap::new();
     for p in positions {
         match latest.get(&p.device) {

@@ -38,7 +38,7 @@ pub(crate) const MAX_MESSAGE_BYTES: usize = 512 * 1024;
 
 /// Why bytes from Redis were refused.
 #[derive(Debug, thiserror::Error)]
-pub enum CodecError {
+pub(crate) enum CodecError {
     /// Larger than the largest message accepted (512 KiB).
     #[error("{0} bytes is more than the {MAX_MESSAGE_BYTES} byte limit")]
     TooLarge(usize),

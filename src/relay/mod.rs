@@ -35,6 +35,5 @@ mod local;
 mod state;
 mod task;
 
-pub use codec::CodecError;
-pub use error::RelayError;
-pub use state::{RedisHealth, Relay};
+pub(crate) use error::RelayError;
+pub(crate) use state::{RedisHealth, Relay};

@@ -19,7 +19,7 @@ use crate::model::{DeviceId, GroupId, Position, now_ms};
 
 /// Where this instance stands with Redis, for `/readyz`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum RedisHealth {
+pub(crate) enum RedisHealth {
     /// The first connection attempt has not finished yet.
     #[default]
     Connecting,
@@ -180,7 +180,7 @@ impl HubObserver for Tap {
 
 /// The relay of one instance. Created by [`Relay::from_config`], driven by [`Relay::run`].
 #[derive(Debug)]
-pub struct Relay {
+pub(crate) struct Relay {
     /// Random per process start; tags every message this instance publishes.
     pub(super) instance: String,
     pub(super) names: Names,
@@ -197,7 +197,7 @@ pub struct Relay {
 impl Relay {
     /// The relay for `config` (none without `--redis-url`), registered as an observer of
     /// `hub`. Nothing connects until [`Relay::run`].
-    pub fn from_config(
+    pub(crate) fn from_config(
         config: &Config,
         hub: &Arc<Hub>,
         metrics: &Arc<Metrics>,
@@ -235,13 +235,8 @@ impl Relay {
         })))
     }
 
-    /// This instance's id in relay messages.
-    pub fn instance_id(&self) -> &str {
-        &self.instance
-    }
-
     /// Where the instance stands with Redis.
-    pub fn health(&self) -> RedisHealth {
+    pub(crate) fn health(&self) -> RedisHealth {
         self.signals.book().health
     }
 
@@ -249,7 +244,7 @@ impl Relay {
     /// subscriber's snapshots include devices of other instances. All groups are requested at
     /// once and waited for under one deadline (the Redis timeout). Returns at once for groups
     /// already live, and when Redis is down.
-    pub async fn ready(&self, groups: &[GroupId]) {
+    pub(crate) async fn ready(&self, groups: &[GroupId]) {
         let waits: Vec<watch::Receiver<bool>> = {
             let mut book = self.signals.book();
             if book.health == RedisHealth::Down {
@@ -284,7 +279,7 @@ impl Relay {
 
     /// The positions of `group` across instances: the hub's when the group is live here (or
     /// Redis is down), otherwise the hub's merged with the shared state read from Redis.
-    pub async fn positions(&self, group: &str) -> Vec<Position> {
+    pub(crate) async fn positions(&self, group: &str) -> Vec<Position> {
         let here = self.hub.positions(group);
         let conn = {
             let book = self.signals.book();

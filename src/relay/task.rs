@@ -31,7 +31,7 @@ const BACKOFF_START: Duration = Duration::from_millis(100);
 impl Relay {
     /// Runs the relay until `shutdown`: connects, relays, and recovers from outages. Returns at
     /// once if called twice.
-    pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
+    pub(crate) async fn run(self: Arc<Self>, shutdown: CancellationToken) {
         let events = self.events.lock().unwrap_or_else(|e| e.into_inner()).take();
         if let Some(events) = events {
             run(self, events, shutdown).await;

@@ -40,25 +40,21 @@ use crate::protocol::{
 use crate::upgrade::Socket;
 use writer::{WriteError, Writer};
 
-pub use writer::FRAGMENT_BYTES;
-
 /// Most queued frames written before one flush.
-pub const MAX_FRAMES_PER_FLUSH: usize = 64;
+pub(crate) const MAX_FRAMES_PER_FLUSH: usize = 64;
 
 /// Close codes the server uses (`docs/protocol.md`, "Closing").
-pub mod close {
-    /// Normal close.
-    pub const NORMAL: u16 = 1000;
+pub(crate) mod close {
     /// Server shutting down: reconnect elsewhere.
-    pub const GOING_AWAY: u16 = 1001;
+    pub(crate) const GOING_AWAY: u16 = 1001;
     /// A frame of the wrong kind for the negotiated codec.
-    pub const UNSUPPORTED: u16 = 1003;
+    pub(crate) const UNSUPPORTED: u16 = 1003;
     /// Policy: token expired or repeated abuse.
-    pub const POLICY: u16 = 1008;
+    pub(crate) const POLICY: u16 = 1008;
     /// Frame larger than the limit.
-    pub const TOO_BIG: u16 = 1009;
+    pub(crate) const TOO_BIG: u16 = 1009;
     /// Slow consumer.
-    pub const TRY_AGAIN_LATER: u16 = 1013;
+    pub(crate) const TRY_AGAIN_LATER: u16 = 1013;
 }
 
 /// Why a session ended, for logs.
@@ -88,7 +84,7 @@ struct Session {
 }
 
 /// Runs one connection to its end. `permit` holds the connection's slot until it returns.
-pub async fn run(
+pub(crate) async fn run(
     socket: Socket,
     outbox: Arc<Outbox>,
     state: AppState,

@@ -31,7 +31,7 @@ use crate::upgrade::Socket;
 /// keeps, per connection, a write buffer as large as the largest frame it ever formatted, so
 /// this bound (with `--write-buffer-bytes`) is what keeps a connection that once received a big
 /// snapshot from holding that much memory for the rest of its life.
-pub const FRAGMENT_BYTES: usize = 2048;
+pub(crate) const FRAGMENT_BYTES: usize = 2048;
 
 /// How long a close frame may take to go out before the socket is simply dropped.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
