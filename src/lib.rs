@@ -4,38 +4,37 @@
 //! their groups, live. The wire protocol is `docs/protocol.md`.
 //!
 //! # Layout
-//! - [`server`]: wiring. [`serve`] takes a bound listener, a [`Config`] and a shutdown future;
-//!   `main` and the tests both run the server through it.
-//! - [`config`]: `beacon serve` flags and their `BEACON_*` variables, grouped by concern.
-//! - [`model`]: domain types: ids, identities, fixes, positions.
-//! - [`protocol`]: wire types of protocol v1, the JSON and MessagePack codecs, validation.
-//! - [`hub`]: latest state per group, presence, and the tick-driven, coalesced fan-out.
-//! - [`upgrade`]: the WebSocket handshake on hyper's upgrade.
-//! - [`session`]: one WebSocket connection from `welcome` to close.
-//! - [`outbox`]: the write side of a connection: the hub's direct writes, else a bounded,
-//!   lazily allocated frame queue to the session.
-//! - [`conn`]: the byte stream under a session's WebSocket, shared with the hub on plain TCP.
-//! - [`auth`]: who a request is (query identity; JWTs with a secret or a JWKS), what it may
-//!   do (groups, roles), and which browser origins may act for it.
-//! - [`limits`]: message rate per connection, connections per client address.
-//! - [`listen`]: the accept loop: TCP options, TLS, handshake timeouts, draining.
-//! - [`tls`]: rustls configuration from PEM files.
-//! - [`http`]: health, metrics, REST snapshots and HTTP ingest.
-//! - [`ingest`]: the protocols of existing phone apps (Traccar Client / OsmAnd, OwnTracks).
-//! - [`store`]: durable last-known positions and track history (SQLite, written behind the hub).
-//! - [`track`]: `GET /v1/devices/{id}/track`, a device's history as JSON, GeoJSON or GPX.
-//! - [`isotime`]: ISO-8601 date-times in and out.
-//! - [`metrics`]: the Prometheus registry.
-//! - [`relay`]: several instances as one server, through Redis pub/sub and shared state.
-//! - [`web`]: the embedded map page.
-//! - [`demo`]: simulated devices for `--demo N`.
-//! - [`shutdown`]: waits for SIGINT or SIGTERM.
+//! Layers, top to bottom; a module imports only from layers below its own (`ARCHITECTURE.md`,
+//! "Layers", says why each sits where it does):
 //!
+//! 1. `main.rs`: the command line; calls [`serve`].
+//! 2. `server`: wiring. [`serve`] takes a bound listener, a [`Config`] and a shutdown future
+//!    (`main` and the tests both run the server through it); the router and its origin guard.
+//! 3. Routes: `admit` (`/v1/ws`: identity, codec and capacity, then the upgrade), `http`
+//!    (health, readiness, metrics, group snapshots), `ingest` (`POST /v1/positions` and the
+//!    phone apps), `track` (a device's history), `web` (the embedded map page).
+//! 4. `session`: one WebSocket from `welcome` to close; its `writer` is the only code that
+//!    writes to the socket for it.
+//! 5. `app`: the state every route and session shares.
+//! 6. Components: [`auth`] (who a request is, what it may do), `relay` (several instances as
+//!    one, through Redis), [`store`] (durable positions and history), `demo` (simulated
+//!    devices).
+//! 7. [`hub`]: latest state per group, presence, and the tick-driven, coalesced fan-out.
+//! 8. Transport: `upgrade` (the WebSocket handshake), `conn` (the byte stream under a
+//!    session), [`outbox`] (the write side of a connection, shared with the hub), `listen`
+//!    (the accept loop), `tls`, `limits` (message rate, connections per address).
+//! 9. [`metrics`]: the Prometheus registry and every metric family.
+//! 10. Foundations: [`config`] (every flag), [`protocol`] (wire types and codecs),
+//!     [`isotime`], `error` (the JSON error body), [`shutdown`].
+//! 11. [`model`]: domain types: ids, identities, fixes, positions.
+//!
+//! The public modules are the API ([`config`], [`model`], [`protocol`], [`serve`]) and the
+//! components that the binary, benches, fuzz targets and integration tests drive directly.
+
 //! # Errors
 //! Library modules return `thiserror` enums or protocol [`protocol::Refusal`]s; `anyhow` is used
 //! only in the binary.
 
-// The API: the server, its configuration, and the domain and wire types.
 pub mod config;
 pub mod model;
 pub mod protocol;

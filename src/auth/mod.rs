@@ -5,7 +5,7 @@
 //! - With `--auth jwt` a signed token is required, from `Authorization: Bearer <jwt>`,
 //!   `?access_token=<jwt>` (browsers cannot set headers on a WebSocket) or the password of
 //!   `Authorization: Basic` (apps such as OwnTracks only offer a user and a password).
-//!   [`jwt`] checks it (HS256 with a secret; RS256/ES256 against a key set from [`jwks`]).
+//!   `jwt` checks it (HS256 with a secret; RS256/ES256 against a key set from `jwks`).
 //!
 //! Every route asks the same two questions through this module: [`Authenticator::identify`]
 //! (who is this?), then [`check_group`] or [`check_publish`] (may it do this?). Refusals are
@@ -13,7 +13,7 @@
 //! 400 for a malformed query, 401 for a missing or bad token, 403 for a forbidden role or
 //! group. Each refusal is counted by reason and logged at debug level, never with the token.
 //!
-//! Browser origins are checked by [`origin`], here too because they answer "may this page act
+//! Browser origins are checked by `origin`, here too because they answer "may this page act
 //! for the user?".
 
 mod claims;

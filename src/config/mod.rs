@@ -5,10 +5,10 @@
 //! and, where it is a bound, what it protects.
 //!
 //! - this module: [`Config`], logging, TLS, the demo;
-//! - [`limits`]: fan-out timing ([`HubConfig`]) and the bounds on clients ([`Limits`]);
-//! - [`auth`]: who may connect ([`AuthConfig`]);
-//! - [`storage`]: Redis ([`RedisConfig`]) and the durable store ([`StoreConfig`]);
-//! - [`ingest`]: the phone-app routes ([`IngestConfig`]).
+//! - `limits`: fan-out timing ([`HubConfig`]) and the bounds on clients ([`Limits`]);
+//! - `auth`: who may connect ([`AuthConfig`]);
+//! - `storage`: Redis ([`RedisConfig`]) and the durable store ([`StoreConfig`]);
+//! - `ingest`: the phone-app routes ([`IngestConfig`]).
 
 mod auth;
 mod ingest;
