@@ -12,7 +12,9 @@
 //!
 //! Without `--data-dir` there is no history: 404 with `{"error": "no_history"}`.
 //!
-//! Who may read: with `--auth none`, anyone. With tokens, [`authorize_track_read`] decides.
+//! Who may read what: with `--auth none`, anyone everything. With tokens, the device itself
+//! reads its whole history and anyone else only the points published to a group it may watch
+//! now ([`HistoryScope::for_reader`], the one rule).
 
 use axum::Json;
 use axum::Router;
@@ -30,7 +32,7 @@ use crate::config::AuthMode;
 use crate::error::error_response;
 use crate::isotime;
 use crate::model::DeviceId;
-use crate::store::{Track, TrackPoint, TrackQuery};
+use crate::store::{HistoryScope, Track, TrackPoint, TrackQuery};
 
 /// Points returned when the request names no `limit`.
 pub(crate) const DEFAULT_LIMIT: usize = 1000;
@@ -113,47 +115,26 @@ fn read_params(params: &TrackParams) -> Result<(TrackQuery, Format), String> {
     Ok((TrackQuery { from, to, limit }, format))
 }
 
-/// Decides whether a request may read the history of `device`.
+/// Which points of `device`'s history this request may read.
 ///
-/// With `--auth none`, anyone may. With tokens, the token's identity must be the device itself
-/// or share a group with it (a group where the hub holds its position, or where the store has
-/// its last-known row). This is the one place to change who may read histories.
+/// With `--auth none`, all of them. With tokens, the identity is checked and
+/// [`HistoryScope::for_reader`] applies the one rule (the device itself reads everything;
+/// anyone else, only points published to a group it may watch now).
 pub(crate) async fn authorize_track_read(
     state: &AppState,
     headers: &HeaderMap,
     token: Option<String>,
     device: &DeviceId,
-) -> Result<(), AuthError> {
+) -> Result<HistoryScope, AuthError> {
     if state.config.auth.mode == AuthMode::None {
-        return Ok(());
+        return Ok(HistoryScope::for_reader(None, device));
     }
     let query = IdentityQuery {
         access_token: token,
         ..IdentityQuery::default()
     };
     let identity = state.auth.identify(headers, &query).await?;
-    if identity.id == *device {
-        return Ok(());
-    }
-    let in_hub = identity.groups.iter().any(|g| {
-        state
-            .hub
-            .positions(g.as_str())
-            .iter()
-            .any(|p| p.device == *device)
-    });
-    if in_hub {
-        return Ok(());
-    }
-    if let Some(store) = &state.store {
-        let groups = store.device_groups(device).await.unwrap_or_default();
-        if groups.iter().any(|g| identity.may_use(g.as_str())) {
-            return Ok(());
-        }
-    }
-    Err(AuthError::Forbidden(
-        "this device shares no group with the token".into(),
-    ))
+    Ok(HistoryScope::for_reader(Some(&identity), device))
 }
 
 async fn track(
@@ -174,9 +155,10 @@ async fn track(
         Err(message) => return bad_request(message),
     };
     let token = params.access_token.or(params.token);
-    if let Err(e) = authorize_track_read(&state, &headers, token, &device).await {
-        return error_response(e.status(), e.kind(), e.to_string());
-    }
+    let scope = match authorize_track_read(&state, &headers, token, &device).await {
+        Ok(scope) => scope,
+        Err(e) => return error_response(e.status(), e.kind(), e.to_string()),
+    };
     let Some(store) = &state.store else {
         return error_response(
             StatusCode::NOT_FOUND,
@@ -184,7 +166,7 @@ async fn track(
             "history needs --data-dir: this server keeps positions in memory only".into(),
         );
     };
-    let track = match store.track(&device, query).await {
+    let track = match store.track(&device, &scope, query).await {
         Ok(track) => track,
         Err(e) => {
             error!(error = %e, device = %device, "track query failed");

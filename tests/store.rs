@@ -306,3 +306,231 @@ async fn without_a_data_dir_there_is_no_history() {
     }
     server.stop().await;
 }
+
+/// Waits until the store has written `count` fixes in all.
+async fn wait_written(server: &TestServer, count: usize) {
+    server.wait_metric(WRITTEN, |v| v >= count as f64).await;
+}
+
+#[tokio::test]
+async fn a_backlog_sent_back_to_back_keeps_every_point() {
+    let dir = tempfile::tempdir().unwrap();
+    // The default downsampling: a point at most every 5 s of fix time.
+    let server = with_store(dir.path(), |_| {}).await;
+    let t0 = now_ms() - 3_600_000;
+    // Five reports of a phone's offline queue, 60 s apart by fix time, sent as fast as the
+    // app can: they arrive within one tick, and the live fan-out coalesces them.
+    for i in 0..5 {
+        report(
+            &server,
+            "phone",
+            "g",
+            52.0 + i as f64 * 0.01,
+            13.0,
+            t0 + i * 60_000,
+        )
+        .await;
+    }
+    wait_written(&server, 5).await;
+    let (_, body) = track(&server, "phone", "").await;
+    assert_eq!(
+        times(&body),
+        (0..5).map(|i| t0 + i * 60_000).collect::<Vec<_>>()
+    );
+    // Still downsampled by fix time: a burst 1 s apart keeps one point per 5 s.
+    let t1 = t0 + 600_000;
+    for i in 0..12 {
+        report(
+            &server,
+            "phone",
+            "g",
+            53.0,
+            13.0 + i as f64 * 1e-3,
+            t1 + i * 1000,
+        )
+        .await;
+    }
+    wait_written(&server, 17).await;
+    let (_, body) = track(&server, "phone", &format!("from={t1}")).await;
+    assert_eq!(times(&body), [t1, t1 + 5000, t1 + 10_000]);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn an_older_backlog_goes_into_the_history_in_fix_time_order_not_into_the_live_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = with_store(dir.path(), |_| {}).await;
+    let live = now_ms() - 10_000;
+    report(&server, "phone", "g", 48.0, 2.0, live).await;
+    wait_written(&server, 1).await;
+    // The phone then uploads what it recorded offline, oldest first, in one burst.
+    let t0 = live - 600_000;
+    for i in 0..5 {
+        report(
+            &server,
+            "phone",
+            "g",
+            52.0,
+            13.0 + i as f64 * 0.01,
+            t0 + i * 60_000,
+        )
+        .await;
+    }
+    // And a fix too close (by fix time) to the live one is still downsampled away.
+    report(&server, "phone", "g", 52.0, 14.0, live - 2_000).await;
+    wait_written(&server, 7).await;
+    let (_, body) = track(&server, "phone", "").await;
+    let mut expected: Vec<i64> = (0..5).map(|i| t0 + i * 60_000).collect();
+    expected.push(live);
+    assert_eq!(times(&body), expected);
+    // The live position is still the newest fix, everywhere.
+    let snapshot = server.get_json("/v1/groups/g/positions").await;
+    assert_eq!(snapshot["devices"][0]["ts"], live);
+    server.stop().await;
+    let server = with_store(dir.path(), |_| {}).await;
+    let snapshot = server.get_json("/v1/groups/g/positions").await;
+    assert_eq!(snapshot["devices"][0]["ts"], live, "the last-known row too");
+    server.stop().await;
+}
+
+const SECRET: &str = "test-secret-that-is-long-enough-for-hs256";
+
+/// An HS256 token for `sub` with `groups` and `role`, valid for an hour.
+fn token(sub: &str, groups: &[&str], role: &str) -> String {
+    let exp = (now_ms() / 1000) + 3600;
+    let claims = json!({"sub": sub, "groups": groups, "role": role, "exp": exp});
+    let key = jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes());
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &claims,
+        &key,
+    )
+    .unwrap()
+}
+
+#[tokio::test]
+async fn history_is_read_through_the_groups_each_point_was_published_to() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = with_store(dir.path(), |c| {
+        c.auth.mode = beacon::config::AuthMode::Jwt;
+        c.auth.jwt_secret = Some(SECRET.into());
+    })
+    .await;
+    let t0 = now_ms() - 3_600_000;
+    // The car reports to family, then joins work, then leaves family, then only family again.
+    let memberships: [&[&str]; 4] = [&["family"], &["family", "work"], &["work"], &["family"]];
+    for (i, groups) in memberships.iter().enumerate() {
+        let ts = t0 + i as i64 * 60_000;
+        let path = format!(
+            "/v1/ingest/osmand?id=car&token={}&lat=52.{i}&lon=13.0&timestamp={ts}",
+            token("car", groups, "device")
+        );
+        let response = server.get(&path).await;
+        assert_eq!(response.status(), 200, "{}", response.text().await.unwrap());
+    }
+    wait_written(&server, 4).await;
+    let read = |token: String| {
+        let server = &server;
+        async move {
+            let response = server
+                .get(&format!("/v1/devices/car/track?access_token={token}"))
+                .await;
+            assert_eq!(response.status(), 200);
+            times(&response.json::<Value>().await.unwrap())
+        }
+    };
+    let at = |i: &[i64]| i.iter().map(|i| t0 + i * 60_000).collect::<Vec<_>>();
+    assert_eq!(read(token("boss", &["work"], "viewer")).await, at(&[1, 2]));
+    assert_eq!(
+        read(token("mum", &["family"], "viewer")).await,
+        at(&[0, 1, 3])
+    );
+    assert_eq!(
+        read(token("x", &["work", "family"], "viewer")).await,
+        at(&[0, 1, 2, 3])
+    );
+    assert_eq!(
+        read(token("car", &["elsewhere"], "viewer")).await,
+        at(&[]),
+        "a viewer named like the device gets no more than its groups"
+    );
+    assert_eq!(
+        read(token("car", &["elsewhere"], "device")).await,
+        at(&[0, 1, 2, 3]),
+        "the device itself reads its whole history"
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_version_1_file_is_migrated_and_its_points_get_the_devices_groups() {
+    let dir = tempfile::tempdir().unwrap();
+    let t0 = now_ms() - 3_600_000;
+    {
+        // The schema of version 1, as earlier builds wrote it.
+        let conn = rusqlite::Connection::open(dir.path().join("beacon.sqlite3")).unwrap();
+        conn.execute_batch(
+            "CREATE TABLE last_known (device TEXT NOT NULL, grp TEXT NOT NULL,
+                 ts INTEGER NOT NULL, rts INTEGER NOT NULL, lat REAL NOT NULL, lon REAL NOT NULL,
+                 acc REAL, alt REAL, spd REAL, hdg REAL, batt REAL,
+                 PRIMARY KEY (device, grp)) WITHOUT ROWID;
+             CREATE TABLE track (device TEXT NOT NULL, ts INTEGER NOT NULL,
+                 rts INTEGER NOT NULL, lat REAL NOT NULL, lon REAL NOT NULL,
+                 acc REAL, alt REAL, spd REAL, hdg REAL, batt REAL,
+                 PRIMARY KEY (device, ts)) WITHOUT ROWID;
+             PRAGMA user_version = 1;",
+        )
+        .unwrap();
+        for (i, ts) in [t0, t0 + 60_000].iter().enumerate() {
+            conn.execute(
+                "INSERT INTO track (device, ts, rts, lat, lon) VALUES ('car', ?1, ?1, ?2, 13.0)",
+                rusqlite::params![ts, 52.0 + i as f64],
+            )
+            .unwrap();
+        }
+        conn.execute(
+            "INSERT INTO last_known (device, grp, ts, rts, lat, lon)
+             VALUES ('car', 'family', ?1, ?2, 53.0, 13.0)",
+            rusqlite::params![t0 + 60_000, now_ms()],
+        )
+        .unwrap();
+    }
+    let server = with_store(dir.path(), |c| {
+        c.auth.mode = beacon::config::AuthMode::Jwt;
+        c.auth.jwt_secret = Some(SECRET.into());
+    })
+    .await;
+    let read = |token: String| {
+        let server = &server;
+        async move {
+            let response = server
+                .get(&format!("/v1/devices/car/track?access_token={token}"))
+                .await;
+            assert_eq!(response.status(), 200);
+            times(&response.json::<Value>().await.unwrap())
+        }
+    };
+    assert_eq!(
+        read(token("mum", &["family"], "viewer")).await,
+        [t0, t0 + 60_000]
+    );
+    assert!(read(token("boss", &["work"], "viewer")).await.is_empty());
+    // New points are written with their groups next to the migrated ones.
+    let path = format!(
+        "/v1/ingest/osmand?id=car&token={}&lat=54&lon=13&timestamp={}",
+        token("car", &["work"], "device"),
+        t0 + 120_000
+    );
+    assert_eq!(server.get(&path).await.status(), 200);
+    wait_written(&server, 1).await;
+    assert_eq!(
+        read(token("boss", &["work"], "viewer")).await,
+        [t0 + 120_000]
+    );
+    server.stop().await;
+    let version: i64 = rusqlite::Connection::open(dir.path().join("beacon.sqlite3"))
+        .unwrap()
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(version, 2);
+}

@@ -13,7 +13,7 @@ use super::due::DueQueue;
 use super::pending::Pending;
 use crate::config::HubConfig;
 use crate::metrics::Metrics;
-use crate::model::{DeviceId, GroupId, Position};
+use crate::model::{DeviceId, Fix, GroupId, Position};
 use crate::outbox::Outbox;
 use crate::protocol::Codec;
 
@@ -24,6 +24,14 @@ pub trait HubObserver: Send + Sync + std::fmt::Debug {
     /// offline here since the previous flush. Either list may be empty, not both.
     fn flushed(&self, group: &GroupId, updates: &[Position], offline: &[DeviceId]) {
         let _ = (group, updates, offline);
+    }
+
+    /// Every fix accepted here, as [`Hub::publish`] receives it, before any coalescing: the
+    /// device, the groups it was published to, the fix and its receive time (ms). Called on the
+    /// publisher's path (a session or an ingest request), outside every group lock, for fixes
+    /// older than the held position too. Must return at once (a `try_send`-like push).
+    fn published(&self, device: &DeviceId, groups: &[GroupId], fix: &Fix, rts: i64) {
+        let _ = (device, groups, fix, rts);
     }
 
     /// `group` gained its first local subscriber (`watched`) or lost its last (`!watched`).
@@ -145,6 +153,15 @@ impl Hub {
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .push(observer);
+    }
+
+    /// Calls `f` on each observer under the list's read lock: no copy of the list, for the
+    /// publish path. `f` must not add observers (it would wait for itself).
+    pub(super) fn each_observer(&self, mut f: impl FnMut(&dyn HubObserver)) {
+        let observers = self.observers.read().unwrap_or_else(|e| e.into_inner());
+        for observer in observers.iter() {
+            f(observer.as_ref());
+        }
     }
 
     /// The observers, copied out so that none is called under the list's lock.

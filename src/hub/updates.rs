@@ -14,10 +14,12 @@ use super::state::{Group, GroupState, Hub, lock, lock_due, lock_list};
 use crate::model::{DeviceId, Fix, GroupId, Position};
 
 impl Hub {
-    /// Records a new fix of `device` in each of `groups`. A fix older than the one held is
-    /// ignored (position is state: the newest fix wins). `online` says whether the device
-    /// counts as online by this report (always true for sockets and fresh HTTP reports).
+    /// Records a new fix of `device` in each of `groups`. A fix older than the one held does
+    /// not replace it (position is state: the newest fix wins), but observers hear every fix
+    /// ([`HubObserver::published`](super::state::HubObserver::published)), older ones included,
+    /// so the history gets them all.
     pub fn publish(&self, device: &DeviceId, groups: &[GroupId], fix: &Fix, rts: i64) {
+        self.each_observer(|o| o.published(device, groups, fix, rts));
         for group in groups {
             self.with_group(group, |g, state| {
                 let held = state.positions.get(device);

@@ -4,8 +4,9 @@
 //! - One embedded SQLite file, `<data-dir>/beacon.sqlite3`, in WAL mode (readers never wait for
 //!   the writer) with `synchronous = NORMAL` (a committed batch survives a crash of the process;
 //!   a power cut may lose the last batches, never corrupt the file).
-//! - **Write-behind.** The store watches the hub as a [`HubObserver`]: after each flush it is
-//!   handed the fixes this instance received, appends them to a bounded in-memory queue and
+//! - **Write-behind.** The store watches the hub as a [`HubObserver`]: every fix accepted here
+//!   is handed to it as it is published ([`HubObserver::published`], before the tick coalesces
+//!   anything, older fixes included), appended to a bounded in-memory queue, and the call
 //!   returns. Nothing on the ingest path touches the disk. When the queue is full (the disk
 //!   cannot keep up), positions are dropped and counted in `beacon_store_dropped_total`; the
 //!   ticker never blocks. Position is state, so the next fix of a device repairs its last-known
@@ -27,21 +28,24 @@
 //! # Tables
 //! - `last_known (device, grp) -> fix, rts`: one row per device and group, kept until the
 //!   history retention passes; it also tells which groups a device belongs to.
-//! - `track (device, ts) -> fix, rts`: a `WITHOUT ROWID` table whose primary key is the
+//! - `track (device, ts) -> fix, rts, grps`: a `WITHOUT ROWID` table whose primary key is the
 //!   `(device, ts)` index, so a device's range query is one B-tree range scan and a repeated fix
-//!   (the same fix flushed in several groups) is stored once.
+//!   is stored once. `grps` lists the groups the fix was published to (`,a,b,`); reads go
+//!   through [`HistoryScope`], the one rule of who reads which points (schema version 2;
+//!   a version 1 file is migrated at open).
 //!
-//! # Limits
-//! History records what the hub flushes: the latest fix of each device per tick. Fixes that a
-//! client sends faster than one per tick (a list in `POST /v1/positions`, a burst of buffered
-//! uploads) are coalesced like they are for live subscribers, and only the latest reaches the
-//! history.
+//! # What reaches the history
+//! Every accepted fix, judged only by the downsampling rule on fix time and distance
+//! (`writer::keep`): bursts, lists in one request and offline backlogs keep every point that
+//! rule keeps, and a fix older than the device's newest goes in at its place by fix time.
 
 mod error;
 mod queue;
+mod scope;
 mod writer;
 
 pub use self::error::StoreError;
+pub use self::scope::HistoryScope;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -68,11 +72,16 @@ pub const READERS: usize = 4;
 struct StoreObserver(Arc<Shared>);
 
 impl HubObserver for StoreObserver {
-    fn flushed(&self, group: &GroupId, updates: &[Position], _offline: &[DeviceId]) {
-        // Presence is not stored: after a restart every device starts offline.
-        if !updates.is_empty() {
-            self.0.push(group, updates);
-        }
+    // Presence is not stored (after a restart every device starts offline), so the tick's
+    // `flushed` is of no interest: the store hears every accepted fix as it is published,
+    // before the tick coalesces them.
+    fn published(&self, device: &DeviceId, groups: &[GroupId], fix: &Fix, rts: i64) {
+        self.0.push(queue::Entry {
+            device: device.clone(),
+            groups: groups.to_vec(),
+            fix: fix.clone(),
+            rts,
+        });
     }
 }
 
@@ -260,19 +269,50 @@ impl Store {
             .await
     }
 
-    /// The newest `query.limit` points of `device` within the range, oldest first.
-    pub async fn track(&self, device: &DeviceId, query: TrackQuery) -> Result<Track, StoreError> {
+    /// The newest `query.limit` points of `device` within the range that `scope` admits,
+    /// oldest first.
+    pub async fn track(
+        &self,
+        device: &DeviceId,
+        scope: &HistoryScope,
+        query: TrackQuery,
+    ) -> Result<Track, StoreError> {
         let device = device.as_str().to_owned();
+        // Each readable group as `,g,`, matched inside the point's `grps` column.
+        let groups: Option<Vec<String>> = match scope {
+            HistoryScope::All => None,
+            HistoryScope::Groups(groups) => Some(
+                groups
+                    .iter()
+                    .map(|g| writer::groups_column(std::slice::from_ref(g)))
+                    .collect(),
+            ),
+        };
         self.readers
             .run(move |conn| {
-                let mut stmt = conn.prepare_cached(
+                let filter = match &groups {
+                    None => String::new(),
+                    Some(groups) if groups.is_empty() => " AND 0".to_owned(),
+                    Some(groups) => {
+                        let terms: Vec<String> = (0..groups.len())
+                            .map(|i| format!("instr(grps, ?{}) > 0", i + 5))
+                            .collect();
+                        format!(" AND ({})", terms.join(" OR "))
+                    }
+                };
+                let mut stmt = conn.prepare_cached(&format!(
                     "SELECT ts, rts, lat, lon, acc, alt, spd, hdg, batt FROM track
-                     WHERE device = ?1 AND ts >= ?2 AND ts <= ?3
-                     ORDER BY ts DESC LIMIT ?4",
-                )?;
+                     WHERE device = ?1 AND ts >= ?2 AND ts <= ?3{filter}
+                     ORDER BY ts DESC LIMIT ?4"
+                ))?;
                 let fetch = i64::try_from(query.limit).unwrap_or(i64::MAX - 1) + 1;
+                let mut values: Vec<&dyn rusqlite::ToSql> =
+                    vec![&device, &query.from, &query.to, &fetch];
+                for g in groups.iter().flatten() {
+                    values.push(g);
+                }
                 let mut points = stmt
-                    .query_map(params![device, query.from, query.to, fetch], |row| {
+                    .query_map(values.as_slice(), |row| {
                         Ok(TrackPoint {
                             fix: writer::read_fix(row, 0)?,
                             rts: row.get(1)?,

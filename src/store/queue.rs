@@ -4,13 +4,16 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Instant;
 
 use crate::metrics::Metrics;
-use crate::model::{GroupId, Position};
+use crate::model::{DeviceId, Fix, GroupId};
 
-/// One position waiting to be written.
+/// One accepted fix waiting to be written, with the groups it was published to.
 #[derive(Clone, Debug)]
 pub(super) struct Entry {
-    pub(super) group: GroupId,
-    pub(super) position: Position,
+    pub(super) device: DeviceId,
+    pub(super) groups: Vec<GroupId>,
+    pub(super) fix: Fix,
+    /// When the server received it, ms.
+    pub(super) rts: i64,
 }
 
 #[derive(Debug, Default)]
@@ -55,30 +58,21 @@ impl Shared {
         self.queue.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Queues what fits of `updates` and counts the rest as dropped. Never blocks for longer
-    /// than the writer's `mem::take` of the queue.
-    pub(super) fn push(&self, group: &GroupId, updates: &[Position]) {
+    /// Queues `entry`, or counts it as dropped when the queue is full or closing. Never blocks
+    /// for longer than the writer's `mem::take` of the queue.
+    pub(super) fn push(&self, entry: Entry) {
         let mut queue = self.lock();
-        let room = if queue.closing {
-            0
-        } else {
-            self.capacity.saturating_sub(queue.items.len())
-        };
-        let taken = updates.len().min(room);
-        queue.items.extend(updates[..taken].iter().map(|p| Entry {
-            group: group.clone(),
-            position: p.clone(),
-        }));
+        if queue.closing || queue.items.len() >= self.capacity {
+            drop(queue);
+            self.metrics.store.dropped.inc();
+            return;
+        }
+        queue.items.push(entry);
         let queued = queue.items.len();
         drop(queue);
         self.metrics.store.queued.set(queued as i64);
-        if taken < updates.len() {
-            self.metrics
-                .store
-                .dropped
-                .inc_by((updates.len() - taken) as u64);
-        }
-        if taken > 0 {
+        if queued == 1 {
+            // The writer sleeps only on an empty queue: wake it for the first entry alone.
             self.wake.notify_one();
         }
     }
@@ -109,14 +103,13 @@ impl Shared {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{DeviceId, Fix};
 
-    fn position(device: &str, ts: i64) -> Position {
-        Position {
+    fn entry(device: &str, ts: i64) -> Entry {
+        Entry {
             device: DeviceId::parse(device).unwrap(),
+            groups: vec![GroupId::parse("g").unwrap()],
             fix: Fix::new(1.0, 2.0, ts),
             rts: ts,
-            online: true,
         }
     }
 
@@ -124,17 +117,17 @@ mod tests {
     fn the_queue_is_bounded_and_counts_drops() {
         let metrics = Arc::new(Metrics::new());
         let shared = Shared::new(3, metrics.clone());
-        let g = GroupId::parse("g").unwrap();
-        shared.push(&g, &[position("a", 1), position("b", 1)]);
-        shared.push(&g, &[position("c", 1), position("d", 1)]);
+        for device in ["a", "b", "c", "d"] {
+            shared.push(entry(device, 1));
+        }
         assert_eq!(metrics.store.dropped.get(), 1);
         assert_eq!(metrics.store.queued.get(), 3);
         let (items, closing) = shared.take(Instant::now());
         assert_eq!(items.len(), 3);
-        assert_eq!(items[2].position.device.as_str(), "c");
+        assert_eq!(items[2].device.as_str(), "c");
         assert!(!closing);
         shared.close();
-        shared.push(&g, &[position("e", 1)]);
+        shared.push(entry("e", 1));
         assert_eq!(
             metrics.store.dropped.get(),
             2,

@@ -17,8 +17,9 @@ use super::queue::{Entry, Shared};
 use crate::config::StoreConfig;
 use crate::model::{DeviceId, Fix, now_ms};
 
-/// Version written to `PRAGMA user_version`; a file with a higher one is refused.
-const SCHEMA_VERSION: i64 = 1;
+/// Version written to `PRAGMA user_version`; a file with a higher one is refused, a lower one
+/// is migrated at open (version 1 had no `track.grps`).
+pub(super) const SCHEMA_VERSION: i64 = 2;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS last_known (
@@ -46,9 +47,34 @@ CREATE TABLE IF NOT EXISTS track (
     spd    REAL,
     hdg    REAL,
     batt   REAL,
+    grps   TEXT NOT NULL DEFAULT '',
     PRIMARY KEY (device, ts)
 ) WITHOUT ROWID;
 ";
+
+/// Version 1 to 2: each history point carries the groups it was published to, `grps`, in the
+/// form of [`groups_column`]. Version 1 did not record them; the best the old file knows is the
+/// groups in which the device has a last-known row (every group it published to within the
+/// retention window), so old points are given those.
+const MIGRATE_1_TO_2: &str = "
+ALTER TABLE track ADD COLUMN grps TEXT NOT NULL DEFAULT '';
+UPDATE track SET grps = coalesce(
+    (SELECT ',' || group_concat(grp, ',') || ',' FROM last_known
+     WHERE last_known.device = track.device), '');
+";
+
+/// The `grps` column of a history point: each group between commas (`,family,work,`), so
+/// `instr(grps, ',work,')` finds one. Group ids cannot hold a comma (protocol id rules).
+pub(super) fn groups_column(groups: &[crate::model::GroupId]) -> String {
+    let mut out =
+        String::with_capacity(1 + groups.iter().map(|g| g.as_str().len() + 1).sum::<usize>());
+    out.push(',');
+    for g in groups {
+        out.push_str(g.as_str());
+        out.push(',');
+    }
+    out
+}
 
 const UPSERT_LAST_KNOWN: &str = "
 INSERT INTO last_known (device, grp, ts, rts, lat, lon, acc, alt, spd, hdg, batt)
@@ -61,8 +87,14 @@ WHERE excluded.ts > last_known.ts
    OR (excluded.ts = last_known.ts AND excluded.rts >= last_known.rts)";
 
 const INSERT_TRACK: &str = "
-INSERT OR IGNORE INTO track (device, ts, rts, lat, lon, acc, alt, spd, hdg, batt)
-VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)";
+INSERT OR IGNORE INTO track (device, ts, rts, lat, lon, acc, alt, spd, hdg, batt, grps)
+VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)";
+
+/// The stored points next to a fix time: the newest at or before it, the oldest after it.
+const BEFORE: &str =
+    "SELECT ts, lat, lon FROM track WHERE device = ?1 AND ts <= ?2 ORDER BY ts DESC LIMIT 1";
+const AFTER: &str =
+    "SELECT ts, lat, lon FROM track WHERE device = ?1 AND ts > ?2 ORDER BY ts ASC LIMIT 1";
 
 /// Page cache of the writer connection, in KiB (64 MiB). Each device's newest history page is
 /// touched at every one of its points; with SQLite's default 2 MiB cache those pages are read
@@ -107,22 +139,26 @@ pub(crate) fn distance_m(lat1: f64, lon1: f64, lat2: f64, lon2: f64) -> f64 {
     2.0 * EARTH_RADIUS_M * a.sqrt().min(1.0).asin()
 }
 
-/// The downsampling rule: a fix becomes a history point when the device has none yet, or when
-/// it is newer than the last one by at least `min_interval_ms` and (if `min_distance_m` > 0) at
-/// least that many metres away from it.
+/// The downsampling rule, on fix time only: a fix becomes a history point unless a stored point
+/// of the device has the same fix time, or lies (by fix time) less than `min_interval_ms`
+/// before or after it, or (if `min_distance_m` > 0) lies next to it in time closer than that
+/// many metres. `prev` is the stored point at or before the fix time, `next` the one after.
+/// Fixes arriving in fix-time order only ever have a `prev`; a backlog arriving after newer
+/// fixes is judged against the points on both sides of it, so arrival order does not matter.
 pub(super) fn keep(
     prev: Option<Kept>,
+    next: Option<Kept>,
     fix: &Fix,
     min_interval_ms: i64,
     min_distance_m: f64,
 ) -> bool {
-    let Some(prev) = prev else {
-        return true;
+    let apart = |p: Kept| {
+        p.ts.abs_diff(fix.ts) > 0
+            && p.ts.abs_diff(fix.ts) >= min_interval_ms.unsigned_abs()
+            && (min_distance_m <= 0.0
+                || distance_m(p.lat, p.lon, fix.lat, fix.lon) >= min_distance_m)
     };
-    if fix.ts <= prev.ts || fix.ts - prev.ts < min_interval_ms {
-        return false;
-    }
-    min_distance_m <= 0.0 || distance_m(prev.lat, prev.lon, fix.lat, fix.lon) >= min_distance_m
+    prev.is_none_or(apart) && next.is_none_or(apart)
 }
 
 /// The writer: its connection, settings, and the last stored point of each device it has seen.
@@ -130,8 +166,9 @@ pub(super) struct Writer {
     conn: Connection,
     config: StoreConfig,
     shared: Arc<Shared>,
-    /// Last history point per device (loaded from the file on first sight). One entry per
-    /// device that reported within the retention window, like the hub's own state.
+    /// Newest history point per device (loaded from the file on first sight), so a fix newer
+    /// than it, the usual case, needs no query. One entry per device that reported within the
+    /// retention window, like the hub's own state.
     kept: HashMap<DeviceId, Kept>,
 }
 
@@ -156,6 +193,18 @@ impl Writer {
             0 => {
                 conn.execute_batch(SCHEMA)?;
                 conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+            }
+            1 => {
+                let tx = conn.unchecked_transaction()?;
+                tx.execute_batch(MIGRATE_1_TO_2)?;
+                tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+                tx.commit()?;
+                warn!(
+                    from = 1,
+                    to = SCHEMA_VERSION,
+                    "store migrated: history points now carry their groups; older points were \
+                     given the groups of the device's last-known positions"
+                );
             }
             SCHEMA_VERSION => {}
             newer => return Err(StoreError::Schema(newer)),
@@ -230,52 +279,85 @@ impl Writer {
         {
             let mut upsert = tx.prepare_cached(UPSERT_LAST_KNOWN)?;
             let mut insert = tx.prepare_cached(INSERT_TRACK)?;
-            let mut last = tx.prepare_cached(
-                "SELECT ts, lat, lon FROM track WHERE device = ?1 ORDER BY ts DESC LIMIT 1",
-            )?;
-            for Entry { group, position: p } in batch {
-                let f = &p.fix;
-                let device = p.device.as_str();
-                upsert.execute(params![
-                    device,
-                    group.as_str(),
-                    f.ts,
-                    p.rts,
-                    f.lat,
-                    f.lon,
-                    f.acc,
-                    f.alt,
-                    f.spd,
-                    f.hdg,
-                    f.batt
-                ])?;
+            let mut before = tx.prepare_cached(BEFORE)?;
+            let mut after = tx.prepare_cached(AFTER)?;
+            let read = |r: &Row<'_>| {
+                Ok(Kept {
+                    ts: r.get(0)?,
+                    lat: r.get(1)?,
+                    lon: r.get(2)?,
+                })
+            };
+            for Entry {
+                device: id,
+                groups,
+                fix: f,
+                rts,
+            } in batch
+            {
+                let device = id.as_str();
+                for group in groups {
+                    upsert.execute(params![
+                        device,
+                        group.as_str(),
+                        f.ts,
+                        rts,
+                        f.lat,
+                        f.lon,
+                        f.acc,
+                        f.alt,
+                        f.spd,
+                        f.hdg,
+                        f.batt
+                    ])?;
+                }
                 if f.ts < horizon {
                     continue;
                 }
-                let prev = match self.kept.get(&p.device) {
+                let newest = match self.kept.get(id) {
                     Some(kept) => Some(*kept),
-                    None => last
-                        .query_row(params![device], |r| {
-                            Ok(Kept {
-                                ts: r.get(0)?,
-                                lat: r.get(1)?,
-                                lon: r.get(2)?,
-                            })
-                        })
+                    None => before
+                        .query_row(params![device, i64::MAX], read)
                         .optional()?,
                 };
-                if keep(prev, f, min_interval_ms, min_distance_m) {
-                    points += insert.execute(params![
-                        device, f.ts, p.rts, f.lat, f.lon, f.acc, f.alt, f.spd, f.hdg, f.batt
-                    ])? as u64;
-                    let kept = Kept {
-                        ts: f.ts,
-                        lat: f.lat,
-                        lon: f.lon,
-                    };
-                    self.kept.insert(p.device.clone(), kept);
-                } else if let Some(prev) = prev {
-                    self.kept.entry(p.device.clone()).or_insert(prev);
+                // In fix-time order (the usual case) the newest point is the only neighbour;
+                // an older fix is judged against the stored points on both sides of it.
+                let (prev, next) = match newest {
+                    Some(newest) if f.ts <= newest.ts => (
+                        before.query_row(params![device, f.ts], read).optional()?,
+                        after.query_row(params![device, f.ts], read).optional()?,
+                    ),
+                    newest => (newest, None),
+                };
+                let kept_now = keep(prev, next, f, min_interval_ms, min_distance_m)
+                    && insert.execute(params![
+                        device,
+                        f.ts,
+                        rts,
+                        f.lat,
+                        f.lon,
+                        f.acc,
+                        f.alt,
+                        f.spd,
+                        f.hdg,
+                        f.batt,
+                        groups_column(groups)
+                    ])? > 0;
+                points += u64::from(kept_now);
+                let point = Kept {
+                    ts: f.ts,
+                    lat: f.lat,
+                    lon: f.lon,
+                };
+                let is_newest = newest.is_none_or(|n| f.ts > n.ts);
+                match newest {
+                    _ if kept_now && is_newest => {
+                        self.kept.insert(id.clone(), point);
+                    }
+                    Some(newest) => {
+                        self.kept.insert(id.clone(), newest);
+                    }
+                    None => {}
                 }
             }
         }
@@ -365,31 +447,46 @@ mod tests {
             lon: 0.0,
         });
         assert!(
-            keep(None, &fix(0, 0.0, 0.0), 5000, 100.0),
+            keep(None, None, &fix(0, 0.0, 0.0), 5000, 100.0),
             "a first point is kept"
         );
-        assert!(!keep(prev, &fix(14_999, 1.0, 0.0), 5000, 0.0), "too soon");
         assert!(
-            keep(prev, &fix(15_000, 0.0, 0.0), 5000, 0.0),
+            !keep(prev, None, &fix(14_999, 1.0, 0.0), 5000, 0.0),
+            "too soon"
+        );
+        assert!(
+            keep(prev, None, &fix(15_000, 0.0, 0.0), 5000, 0.0),
             "interval only"
         );
         assert!(
-            !keep(prev, &fix(10_000, 1.0, 0.0), 0, 0.0),
+            !keep(prev, None, &fix(10_000, 1.0, 0.0), 0, 0.0),
             "same time is a repeat"
         );
-        assert!(
-            !keep(prev, &fix(9_000, 1.0, 0.0), 0, 0.0),
-            "older is never kept"
-        );
-        assert!(keep(prev, &fix(10_001, 0.0, 0.0), 0, 0.0));
+        assert!(keep(prev, None, &fix(10_001, 0.0, 0.0), 0, 0.0));
         // 0.0005 degrees of latitude is about 56 m.
         assert!(
-            !keep(prev, &fix(60_000, 0.0005, 0.0), 5000, 100.0),
+            !keep(prev, None, &fix(60_000, 0.0005, 0.0), 5000, 100.0),
             "too close"
         );
         assert!(
-            keep(prev, &fix(60_000, 0.001, 0.0), 5000, 100.0),
+            keep(prev, None, &fix(60_000, 0.001, 0.0), 5000, 100.0),
             "far enough"
         );
+        // An older fix arriving late is judged by fix time against both neighbours.
+        assert!(
+            keep(None, prev, &fix(5_000, 0.0, 0.0), 5000, 0.0),
+            "far enough before the newest point"
+        );
+        assert!(
+            !keep(None, prev, &fix(6_000, 0.0, 0.0), 5000, 0.0),
+            "too close before the newest point"
+        );
+        let earlier = Some(Kept {
+            ts: 0,
+            lat: 0.0,
+            lon: 0.0,
+        });
+        assert!(keep(earlier, prev, &fix(5_000, 0.0, 0.0), 5000, 0.0));
+        assert!(!keep(earlier, prev, &fix(4_000, 0.0, 0.0), 5000, 0.0));
     }
 }
