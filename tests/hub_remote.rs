@@ -86,6 +86,50 @@ fn retention_counts_from_the_last_heartbeat_too() {
     assert!(hub.positions("g").is_empty(), "past retention: forgotten");
 }
 
+#[test]
+fn a_socket_in_one_group_keeps_a_device_online_there_only() {
+    let mut config = Config::default();
+    config.hub.stale_secs = 2;
+    config.hub.retention_secs = 10;
+    let hub = Hub::new(config.hub, Arc::new(Metrics::new()));
+    let (a, b) = (GroupId::parse("a").unwrap(), GroupId::parse("b").unwrap());
+    let t0 = 1_763_780_000_000;
+    // An old report in `b` (say over HTTP), then a socket in `a` alone.
+    hub.publish(
+        &id("car"),
+        std::slice::from_ref(&b),
+        &Fix::new(1.0, 2.0, t0),
+        t0,
+    );
+    hub.device_connected(&id("car"), std::slice::from_ref(&a));
+    hub.publish(
+        &id("car"),
+        std::slice::from_ref(&a),
+        &Fix::new(1.0, 2.0, t0),
+        t0,
+    );
+    let state = |group: &str| {
+        hub.positions(group)
+            .iter()
+            .find(|p| p.device.as_str() == "car")
+            .map(|p| p.online)
+    };
+    hub.sweep(t0 + 3_000);
+    assert_eq!(state("a"), Some(true), "its socket is in a");
+    assert_eq!(state("b"), Some(false), "stale in b: no socket there");
+    hub.sweep(t0 + 11_000);
+    assert_eq!(
+        state("a"),
+        Some(true),
+        "a connected device is never forgotten"
+    );
+    assert_eq!(state("b"), None, "past retention in b");
+    // Closing the socket takes it offline in a; b is untouched.
+    hub.device_disconnected(&id("car"), std::slice::from_ref(&a));
+    assert_eq!(state("a"), Some(false));
+    assert!(!hub.has_socket("car"));
+}
+
 /// Records what the hub reports as local news.
 #[derive(Debug, Default)]
 struct Recorder {

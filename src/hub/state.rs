@@ -56,8 +56,10 @@ pub struct Outlet {
 #[derive(Debug)]
 pub struct Hub {
     pub(super) groups: DashMap<GroupId, Arc<Group>>,
-    /// Open device sockets per device id: a device is online while this is above zero.
-    pub(super) sockets: DashMap<DeviceId, u32>,
+    /// Open device sockets per device id and group: a device is online in a group while it
+    /// holds a socket in that group. A device has at most the groups of its identity (64), so
+    /// a short list beats a map.
+    pub(super) sockets: DashMap<DeviceId, Vec<(GroupId, u32)>>,
     /// Groups with changes, by when they are due to be flushed.
     pub(super) due: Mutex<DueQueue<Arc<Group>>>,
     /// Groups with changes from other instances, fanned out without waiting for the tick.
@@ -221,9 +223,18 @@ impl Hub {
         Some(f(&mut state))
     }
 
-    /// Whether `device` holds at least one open socket here.
+    /// Whether `device` holds at least one open socket here, in any group.
     pub fn has_socket(&self, device: &str) -> bool {
-        self.sockets.get(device).is_some_and(|c| *c > 0)
+        self.sockets
+            .get(device)
+            .is_some_and(|groups| groups.iter().any(|(_, n)| *n > 0))
+    }
+
+    /// Whether `device` holds an open socket here in `group`: what keeps it online there.
+    pub fn has_socket_in(&self, device: &str, group: &str) -> bool {
+        self.sockets
+            .get(device)
+            .is_some_and(|groups| groups.iter().any(|(g, n)| *n > 0 && g.as_str() == group))
     }
 
     /// Subscribes `outlet` to `group` and returns the group's current state, atomically: every

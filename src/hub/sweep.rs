@@ -35,17 +35,21 @@ impl Hub {
             let mut guard = lock(g);
             let state = &mut *guard;
             // Last sign of life: the fix's receive time, or a later confirmation from the
-            // instance that holds the device's socket.
+            // instance that holds the device's socket. Only a socket in this very group keeps
+            // a device online here: a socket in another group says nothing about this one.
             let seen = &state.seen;
             let last = |p: &Position| seen.get(&p.device).map_or(p.rts, |s| p.rts.max(*s));
             state.positions.retain(|_, p| {
-                last(p) >= expired_before || p.online && self.has_socket(p.device.as_str())
+                last(p) >= expired_before
+                    || p.online && self.has_socket_in(p.device.as_str(), g.id.as_str())
             });
             let stale: Vec<DeviceId> = state
                 .positions
                 .values()
                 .filter(|p| {
-                    p.online && last(p) < stale_before && !self.has_socket(p.device.as_str())
+                    p.online
+                        && last(p) < stale_before
+                        && !self.has_socket_in(p.device.as_str(), g.id.as_str())
                 })
                 .map(|p| p.device.clone())
                 .collect();

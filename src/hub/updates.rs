@@ -61,7 +61,7 @@ impl Hub {
                 if newer {
                     let mut p = p.clone();
                     let mut origin = Origin::Remote;
-                    if !p.online && self.has_socket(p.device.as_str()) {
+                    if !p.online && self.has_socket_in(p.device.as_str(), group.as_str()) {
                         // The device holds a socket here: its presence is this instance's news,
                         // flushed (and reported) on the tick like any local change.
                         p.online = true;
@@ -78,7 +78,7 @@ impl Hub {
                 }
             }
             for device in offline {
-                if !self.has_socket(device.as_str()) {
+                if !self.has_socket_in(device.as_str(), group.as_str()) {
                     news |= self.set_offline(g, state, device, Origin::Remote);
                 }
             }
@@ -116,17 +116,25 @@ impl Hub {
         });
     }
 
-    /// A device socket opened: the device is online in all its groups.
+    /// A device socket opened: the device is online in each of the socket's groups.
     pub fn device_connected(&self, device: &DeviceId, groups: &[GroupId]) {
-        let first = {
-            let mut count = self.sockets.entry(device.clone()).or_insert(0);
-            *count += 1;
-            *count == 1
+        let firsts: Vec<&GroupId> = {
+            let mut held = self.sockets.entry(device.clone()).or_default();
+            groups
+                .iter()
+                .filter(|group| match held.iter_mut().find(|(g, _)| g == *group) {
+                    Some((_, n)) => {
+                        *n += 1;
+                        *n == 1
+                    }
+                    None => {
+                        held.push(((*group).clone(), 1));
+                        true
+                    }
+                })
+                .collect()
         };
-        if !first {
-            return;
-        }
-        for group in groups {
+        for group in firsts {
             if let Some(g) = self.groups.get(group.as_str()).map(|g| g.clone()) {
                 let mut state = lock(&g);
                 if let Some(p) = state.positions.get_mut(device)
@@ -140,20 +148,28 @@ impl Hub {
         }
     }
 
-    /// A device socket closed: once its last socket is gone, the device goes offline.
+    /// A device socket closed: in each group where it held its last socket, the device goes
+    /// offline.
     pub fn device_disconnected(&self, device: &DeviceId, groups: &[GroupId]) {
-        let last = match self.sockets.get_mut(device) {
-            Some(mut count) => {
-                *count = count.saturating_sub(1);
-                *count == 0
+        let lasts: Vec<&GroupId> = match self.sockets.get_mut(device) {
+            Some(mut held) => {
+                let lasts = groups
+                    .iter()
+                    .filter(|group| match held.iter_mut().find(|(g, _)| g == *group) {
+                        Some((_, n)) if *n > 0 => {
+                            *n -= 1;
+                            *n == 0
+                        }
+                        _ => false,
+                    })
+                    .collect();
+                held.retain(|(_, n)| *n > 0);
+                lasts
             }
-            None => false,
+            None => Vec::new(),
         };
-        if !last {
-            return;
-        }
-        self.sockets.remove_if(device, |_, count| *count == 0);
-        for group in groups {
+        self.sockets.remove_if(device, |_, held| held.is_empty());
+        for group in lasts {
             if let Some(g) = self.groups.get(group.as_str()).map(|g| g.clone()) {
                 let mut state = lock(&g);
                 self.set_offline(&g, &mut state, device, Origin::Local);

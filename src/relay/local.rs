@@ -53,14 +53,15 @@ impl Local {
         self.groups.keys()
     }
 
-    /// Per group, the local devices that hold a socket here now: what the heartbeat vouches for.
+    /// Per group, the local devices that hold a socket here in that group now: what the
+    /// heartbeat vouches for.
     pub(super) fn connected(&self, hub: &Hub) -> Vec<(GroupId, Vec<DeviceId>)> {
         self.groups
             .iter()
             .filter_map(|(group, devices)| {
                 let ids: Vec<DeviceId> = devices
                     .values()
-                    .filter(|p| p.online && hub.has_socket(p.device.as_str()))
+                    .filter(|p| p.online && hub.has_socket_in(p.device.as_str(), group.as_str()))
                     .map(|p| p.device.clone())
                     .collect();
                 (!ids.is_empty()).then(|| (group.clone(), ids))
@@ -89,7 +90,8 @@ impl Local {
                     .is_none_or(|h| (h.fix.ts, h.rts) <= (p.fix.ts, p.rts))
             });
             for p in devices.values_mut() {
-                p.online = hub.has_socket(p.device.as_str()) || p.online && p.rts >= stale_before;
+                p.online = hub.has_socket_in(p.device.as_str(), group.as_str())
+                    || p.online && p.rts >= stale_before;
             }
             if !devices.is_empty() {
                 out.push((group.clone(), devices.values().cloned().collect()));
@@ -101,8 +103,10 @@ impl Local {
     /// Forgets positions received before `expired_before` of devices without a socket here,
     /// and groups left empty.
     pub(super) fn prune(&mut self, hub: &Hub, expired_before: i64) {
-        for devices in self.groups.values_mut() {
-            devices.retain(|d, p| p.rts >= expired_before || hub.has_socket(d.as_str()));
+        for (group, devices) in &mut self.groups {
+            devices.retain(|d, p| {
+                p.rts >= expired_before || hub.has_socket_in(d.as_str(), group.as_str())
+            });
         }
         self.groups.retain(|_, devices| !devices.is_empty());
     }

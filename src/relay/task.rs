@@ -241,7 +241,9 @@ impl Worker {
             // A flush of this group was dropped: take what the hub holds of local sockets.
             let c = changes.entry(group.clone()).or_default();
             for p in hub.positions(group.as_str()) {
-                if hub.has_socket(p.device.as_str()) && self.local.upsert(&group, &p) {
+                if hub.has_socket_in(p.device.as_str(), group.as_str())
+                    && self.local.upsert(&group, &p)
+                {
                     c.updated.insert(p.device);
                 }
             }
