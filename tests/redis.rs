@@ -593,3 +593,58 @@ async fn retention_is_trimmed_in_redis_too() {
     .await;
     a.stop().await;
 }
+
+/// Reports a fix of `id` in `group` through the OsmAnd route; `ts` in ms.
+async fn report(server: &TestServer, id: &str, group: &str, lat: f64, ts: i64) {
+    let path = format!("/v1/ingest/osmand?id={id}&groups={group}&lat={lat}&lon=13&timestamp={ts}");
+    assert_eq!(server.get(&path).await.status(), 200);
+}
+
+/// The fix time of `device` in `group` as `server` serves it.
+async fn served_ts(server: &TestServer, group: &str, device: &str) -> Option<i64> {
+    rest_devices(server, group)
+        .await
+        .iter()
+        .find(|d| d["id"] == device)
+        .and_then(|d| d["ts"].as_i64())
+}
+
+#[tokio::test]
+async fn an_older_fix_arriving_at_another_instance_never_wins_in_redis() {
+    let redis = RedisServer::start();
+    let a = instance(&redis, |_| {}).await;
+    let b = instance(&redis, |_| {}).await;
+    let newer = now_ms() - 1_000;
+    report(&a, "phone", "g", 52.0, newer).await;
+    a.wait_metric("beacon_relay_published_messages_total", |v| v >= 1.0)
+        .await;
+    assert!(stored_devices(&redis, "g").await.contains("phone"));
+    // Nobody watches `g` on B, so B does not know the newer fix when an older one (a retried
+    // upload, a backlog) reaches it: B takes it as news and writes it.
+    report(&b, "phone", "g", 48.0, newer - 60_000).await;
+    b.wait_metric("beacon_relay_published_messages_total", |v| v >= 1.0)
+        .await;
+    let c = instance(&redis, |_| {}).await;
+    assert_eq!(
+        served_ts(&c, "g", "phone").await,
+        Some(newer),
+        "a fresh instance"
+    );
+    assert_eq!(
+        served_ts(&b, "g", "phone").await,
+        Some(newer),
+        "the instance B"
+    );
+    let mut viewer = c.connect("id=viewer-c&groups=g&role=viewer").await;
+    let snapshot = viewer.until("snapshot").await;
+    assert_eq!(snapshot["devices"][0]["ts"], newer, "{snapshot}");
+    // A newer fix still replaces it, through either instance, and presence still changes.
+    report(&b, "phone", "g", 49.0, newer + 1_000).await;
+    eventually(|| async {
+        (served_ts(&c, "g", "phone").await == Some(newer + 1_000)).then_some(())
+    })
+    .await;
+    a.stop().await;
+    b.stop().await;
+    c.stop().await;
+}

@@ -51,6 +51,35 @@ redis.call('PEXPIRE', KEYS[2], ARGV[2])
 return #old
 ";
 
+/// Stores records in a group's hash, each only over an older one: newest fix wins in Redis too.
+/// Atomic per key (Redis runs a script without interleaving other clients), so two instances
+/// writing the same device at once cannot let the older fix win, and no read-modify-write
+/// round trip is needed. A record replaces the held one unless the held one's fix is newer
+/// (by `ts`, then `rts`); equal times replace, so a presence change of the same fix is stored.
+/// A held value that is not a readable record is replaced.
+/// KEYS: positions hash. ARGV: per record, device id, `ts`, `rts` (ms) and the encoded record.
+/// Returns how many records were stored.
+pub(super) const STORE_NEWER_SCRIPT: &str = r"
+local stored = 0
+for i = 1, #ARGV, 4 do
+  local ts, rts = tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2])
+  local held = redis.call('HGET', KEYS[1], ARGV[i])
+  local older = true
+  if held then
+    local ok, r = pcall(cmsgpack.unpack, held)
+    if ok and type(r) == 'table' and tonumber(r.ts) then
+      local hts, hrts = tonumber(r.ts), tonumber(r.rts) or 0
+      older = hts < ts or (hts == ts and hrts <= rts)
+    end
+  end
+  if older then
+    redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 3])
+    stored = stored + 1
+  end
+end
+return stored
+";
+
 /// Where Redis is.
 #[derive(Clone, Debug)]
 pub(super) enum Target {
@@ -386,8 +415,9 @@ pub(super) async fn load(
 /// What one group's write stores and publishes.
 #[derive(Debug, Default)]
 pub(super) struct GroupWrite<'a> {
-    /// Records to store: device id and encoded record.
-    pub(super) records: Vec<(&'a str, Vec<u8>)>,
+    /// Records to store: the position and its encoding. Each replaces the stored one only if
+    /// that one's fix is not newer ([`STORE_NEWER_SCRIPT`]).
+    pub(super) records: Vec<(&'a Position, Vec<u8>)>,
     /// Devices to mark as vouched for, with when (ms): a score only ever moves forward.
     pub(super) vouched: Vec<(&'a str, i64)>,
     /// Messages to publish on the group's channel.
@@ -409,9 +439,16 @@ pub(super) fn write_group(
     let positions = names.positions(group.as_str());
     let seen = names.seen(group.as_str());
     if !write.records.is_empty() {
-        let cmd = pipe.cmd("HSET").arg(&positions);
-        for (device, value) in &write.records {
-            cmd.arg(*device).arg(value.as_slice());
+        let cmd = pipe
+            .cmd("EVAL")
+            .arg(STORE_NEWER_SCRIPT)
+            .arg(1)
+            .arg(&positions);
+        for (p, value) in &write.records {
+            cmd.arg(p.device.as_str())
+                .arg(p.fix.ts)
+                .arg(p.rts)
+                .arg(value.as_slice());
         }
         cmd.ignore();
     }

@@ -7,7 +7,8 @@
 //!   resync). When a group gains its first or loses its last local subscriber, the observer
 //!   notes the group and wakes the relay task.
 //! - The relay task (`task.rs`) owns one Redis connection (`link.rs`). Per batch of queued
-//!   flushes it sends one pipeline: per group, `HSET` of the changed records, `ZADD` of when
+//!   flushes it sends one pipeline: per group, a conditional store of the changed records (a
+//!   Lua script: newest fix wins, atomically per key), `ZADD` of when
 //!   they were vouched for, and one `PUBLISH` of a MessagePack message (`codec.rs`) tagged with
 //!   this instance's id, on the group's channel (`keys.rs`). It subscribes to exactly the groups
 //!   with local subscribers: subscribe first, then load the group's shared state, then merge by

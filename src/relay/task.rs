@@ -191,10 +191,7 @@ impl Worker {
             for (group, positions) in chunk {
                 let refs: Vec<&Position> = positions.iter().collect();
                 let write = GroupWrite {
-                    records: refs
-                        .iter()
-                        .map(|p| (p.device.as_str(), codec::encode_record(p)))
-                        .collect(),
+                    records: refs.iter().map(|p| (*p, codec::encode_record(p))).collect(),
                     vouched: refs.iter().map(|p| (p.device.as_str(), p.rts)).collect(),
                     messages: codec::encode_messages(&self.relay.instance, &refs, &[], &[]),
                     ttl_ms: self.ttl_due(group),
@@ -306,7 +303,7 @@ impl Worker {
             let write = GroupWrite {
                 records: stored
                     .iter()
-                    .map(|p| (p.device.as_str(), codec::encode_record(p)))
+                    .map(|p| (*p, codec::encode_record(p)))
                     .collect(),
                 vouched,
                 messages: codec::encode_messages(
