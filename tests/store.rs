@@ -534,3 +534,106 @@ async fn a_version_1_file_is_migrated_and_its_points_get_the_devices_groups() {
         .unwrap();
     assert_eq!(version, 2);
 }
+
+/// Runs `beacon serve` on `dir` and returns its exit status and standard error; for starts
+/// that must fail (a start that succeeds is stopped after `wait` and reported as such).
+fn serve_binary(dir: &Path) -> (std::process::ExitStatus, String) {
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_beacon"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir)
+        .env_remove("BEACON_REDIS_URL")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            let mut err = String::new();
+            std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+            return (status, err);
+        }
+        if std::time::Instant::now() > deadline {
+            child.kill().unwrap();
+            child.wait().unwrap();
+            panic!("beacon started on a damaged data directory");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn a_file_that_is_not_a_beacon_database_stops_the_start_with_what_to_do() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("beacon.sqlite3");
+    std::fs::write(&file, vec![0x5au8; 16_384]).unwrap();
+    let (status, err) = serve_binary(dir.path());
+    assert!(!status.success());
+    for needle in [
+        file.to_str().unwrap(),
+        "not a Beacon database or is damaged",
+        "move it away",
+        "backup",
+    ] {
+        assert!(err.contains(needle), "{needle:?} missing from: {err}");
+    }
+    // Some other program's SQLite file is not taken over either.
+    std::fs::remove_file(&file).unwrap();
+    rusqlite::Connection::open(&file)
+        .unwrap()
+        .execute_batch("CREATE TABLE invoices (id INTEGER PRIMARY KEY)")
+        .unwrap();
+    let (status, err) = serve_binary(dir.path());
+    assert!(!status.success());
+    assert!(err.contains("not a Beacon database"), "{err}");
+}
+
+#[tokio::test]
+async fn a_damaged_write_ahead_log_is_refused_not_silently_dropped() {
+    let made = tempfile::tempdir().unwrap();
+    let server = with_store(made.path(), |_| {}).await;
+    server.stop().await;
+    let t0 = now_ms() - 3_600_000;
+    let (intact, damaged) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    {
+        // Three committed transactions that live in the log only (no checkpoint yet), as after
+        // a crash of the process.
+        let conn = rusqlite::Connection::open(made.path().join("beacon.sqlite3")).unwrap();
+        conn.execute_batch("PRAGMA journal_mode = WAL; PRAGMA wal_autocheckpoint = 0;")
+            .unwrap();
+        for i in 0..3 {
+            conn.execute(
+                "INSERT INTO track (device, ts, rts, lat, lon, grps)
+                 VALUES ('car', ?1, ?1, 52.0, 13.0, ',g,')",
+                [t0 + i * 60_000],
+            )
+            .unwrap();
+        }
+        for copy in [&intact, &damaged] {
+            for name in ["beacon.sqlite3", "beacon.sqlite3-wal"] {
+                std::fs::copy(made.path().join(name), copy.path().join(name)).unwrap();
+            }
+        }
+    }
+    // One byte of the first frame's page flipped.
+    let wal = damaged.path().join("beacon.sqlite3-wal");
+    let mut bytes = std::fs::read(&wal).unwrap();
+    bytes[32 + 24 + 100] ^= 0xff;
+    std::fs::write(&wal, bytes).unwrap();
+    let (status, err) = serve_binary(damaged.path());
+    assert!(!status.success());
+    for needle in [
+        wal.to_str().unwrap(),
+        "damaged",
+        "silently dropped",
+        "backup",
+    ] {
+        assert!(err.contains(needle), "{needle:?} missing from: {err}");
+    }
+
+    // The intact log is read as usual: every transaction in it is there.
+    let server = with_store(intact.path(), |_| {}).await;
+    let (_, body) = track(&server, "car", "").await;
+    assert_eq!(times(&body), [t0, t0 + 60_000, t0 + 120_000]);
+    server.stop().await;
+}

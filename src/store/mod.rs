@@ -19,6 +19,10 @@
 //!   writer's 64 MiB page cache; read connections keep SQLite's default 2 MiB each.
 //! - **Reads** (track queries) run on the blocking pool through a few read-only connections
 //!   ([`READERS`]), so a slow query never holds the async runtime or the writer.
+//! - **Refusing a damaged file.** A file that is not a Beacon database or is damaged, and a
+//!   write-ahead log that fails its checksums before committed transactions (`wal.rs`: SQLite
+//!   would drop them silently), stop the start with [`StoreError::Damaged`] or
+//!   [`StoreError::DamagedWal`], which name the file and what to do.
 //! - **Start.** Last-known positions received within the hub's retention window are loaded into
 //!   the hub with [`Hub::merge_remote`], offline (nobody is connected yet), so snapshots are
 //!   complete at once and nothing is echoed back to the store.
@@ -42,6 +46,7 @@
 mod error;
 mod queue;
 mod scope;
+mod wal;
 mod writer;
 
 pub use self::error::StoreError;
@@ -182,7 +187,9 @@ impl Store {
         let capacity = usize::try_from(config.store_queue_positions).unwrap_or(usize::MAX);
         let shared = Arc::new(Shared::new(capacity, metrics));
         let mut writer = writer::Writer::open(&path, config.clone(), shared.clone())?;
-        let pruned = writer.prune(now_ms())?;
+        let pruned = writer
+            .prune(now_ms())
+            .map_err(|e| writer::damaged(&path, e))?;
         let readers = (0..READERS)
             .map(|_| open_reader(&path))
             .collect::<Result<Vec<_>, _>>()?;

@@ -106,6 +106,19 @@ const WRITER_CACHE_KIB: i64 = 64 * 1024;
 /// meanwhile, so a prune of many devices does not let the queue fill up.
 const PRUNE_CHUNK: usize = 256;
 
+/// `e` as the store's error: damage to the file (SQLite's "not a database" or "malformed")
+/// becomes [`StoreError::Damaged`], which tells the operator what to do.
+pub(super) fn damaged(path: &Path, e: rusqlite::Error) -> StoreError {
+    use rusqlite::ErrorCode::{DatabaseCorrupt, NotADatabase};
+    match e.sqlite_error_code() {
+        Some(NotADatabase | DatabaseCorrupt) => StoreError::Damaged {
+            path: path.to_owned(),
+            detail: e.to_string(),
+        },
+        _ => StoreError::Sqlite(e),
+    }
+}
+
 /// Reads a fix from a row whose columns from `at` on are `ts, rts, lat, lon, acc, alt, spd, hdg,
 /// batt` (the column order of both tables after their keys).
 pub(super) fn read_fix(row: &Row<'_>, at: usize) -> rusqlite::Result<Fix> {
@@ -179,7 +192,31 @@ impl Writer {
         config: StoreConfig,
         shared: Arc<Shared>,
     ) -> Result<Writer, StoreError> {
-        let conn = Connection::open(path)?;
+        let mut wal = path.as_os_str().to_owned();
+        wal.push("-wal");
+        let wal = std::path::PathBuf::from(wal);
+        if let Some(damage) = super::wal::check(&wal)? {
+            return Err(StoreError::DamagedWal {
+                path: wal,
+                first_bad_frame: damage.first_bad_frame,
+                lost_commits: damage.lost_commits,
+            });
+        }
+        let conn = Connection::open(path).map_err(|e| damaged(path, e))?;
+        Self::prepare(&conn).map_err(|e| match e {
+            StoreError::Sqlite(e) => damaged(path, e),
+            other => other,
+        })?;
+        Ok(Writer {
+            conn,
+            config,
+            shared,
+            kept: HashMap::new(),
+        })
+    }
+
+    /// Sets the connection up and creates, migrates or checks the schema.
+    fn prepare(conn: &Connection) -> Result<(), StoreError> {
         conn.busy_timeout(Duration::from_millis(BUSY_TIMEOUT_MS))?;
         let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
         if !mode.eq_ignore_ascii_case("wal") {
@@ -189,6 +226,25 @@ impl Writer {
         // Negative: a size in KiB rather than pages.
         conn.pragma_update(None, "cache_size", -WRITER_CACHE_KIB)?;
         let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+        let tables: i64 = conn.query_row(
+            "SELECT count(*) FROM sqlite_master WHERE type = 'table'
+             AND name IN ('last_known', 'track')",
+            [],
+            |r| r.get(0),
+        )?;
+        let others: i64 = conn.query_row(
+            "SELECT count(*) FROM sqlite_master WHERE name NOT LIKE 'sqlite_%'
+             AND name NOT IN ('last_known', 'track')",
+            [],
+            |r| r.get(0),
+        )?;
+        if others > 0 || (version > 0 && tables != 2) {
+            return Err(rusqlite::Error::SqliteFailure(
+                rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_NOTADB),
+                Some("it holds tables Beacon does not know, or lacks Beacon's".into()),
+            )
+            .into());
+        }
         match version {
             0 => {
                 conn.execute_batch(SCHEMA)?;
@@ -209,12 +265,7 @@ impl Writer {
             SCHEMA_VERSION => {}
             newer => return Err(StoreError::Schema(newer)),
         }
-        Ok(Writer {
-            conn,
-            config,
-            shared,
-            kept: HashMap::new(),
-        })
+        Ok(())
     }
 
     /// The thread's loop: write each batch, prune on schedule, stop once closed and drained.
