@@ -353,6 +353,24 @@ async fn a_backlog_sent_back_to_back_keeps_every_point() {
     wait_written(&server, 17).await;
     let (_, body) = track(&server, "phone", &format!("from={t1}")).await;
     assert_eq!(times(&body), [t1, t1 + 5000, t1 + 10_000]);
+    // A list in one request: every fix is judged, none is lost to coalescing.
+    let t2 = t1 + 600_000;
+    let list: Vec<Value> = (0..4)
+        .map(|i| json!({"lat": 54.0, "lon": 13.0 + i as f64 * 0.01, "ts": t2 + i * 10_000}))
+        .collect();
+    let response = reqwest::Client::new()
+        .post(server.http("/v1/positions?id=phone&groups=g"))
+        .json(&list)
+        .send()
+        .await
+        .unwrap();
+    assert!(response.status().is_success(), "{}", response.status());
+    wait_written(&server, 21).await;
+    let (_, body) = track(&server, "phone", &format!("from={t2}")).await;
+    assert_eq!(
+        times(&body),
+        (0..4).map(|i| t2 + i * 10_000).collect::<Vec<_>>()
+    );
     server.stop().await;
 }
 

@@ -260,22 +260,6 @@ impl Store {
             .await
     }
 
-    /// Groups in which `device` has a last-known position.
-    pub async fn device_groups(&self, device: &DeviceId) -> Result<Vec<GroupId>, StoreError> {
-        let device = device.as_str().to_owned();
-        self.readers
-            .run(move |conn| {
-                let mut stmt = conn
-                    .prepare_cached("SELECT grp FROM last_known WHERE device = ?1 ORDER BY grp")?;
-                let groups = stmt
-                    .query_map(params![device], |row| row.get::<_, String>(0))?
-                    .filter_map(|g| g.ok().and_then(|g| GroupId::parse(&g).ok()))
-                    .collect();
-                Ok(groups)
-            })
-            .await
-    }
-
     /// The newest `query.limit` points of `device` within the range that `scope` admits,
     /// oldest first.
     pub async fn track(
