@@ -70,14 +70,15 @@ pub struct StoreConfig {
           value_parser = clap::value_parser!(u32).range(1..=36_500))]
     pub history_retention_days: u32,
 
-    /// Seconds that must separate two stored points of a device; a fix sooner after the last
-    /// stored one is not added to the history (it still updates the last-known position).
-    /// Default 5. 0 stores every fix the hub flushes (at most one per device per tick).
+    /// Seconds of fix time that must separate two stored points of a device; a fix closer (by
+    /// fix time, before or after it) to a stored point is not added to the history (it still
+    /// updates the last-known position when it is the newest). Default 5. 0 stores every
+    /// accepted fix with a fix time of its own.
     #[arg(long, env = "BEACON_HISTORY_MIN_INTERVAL_SECS", default_value_t = 5)]
     pub history_min_interval_secs: u64,
 
-    /// Metres a device must have moved since its last stored point for a new point to be
-    /// stored, on top of the interval rule (both must hold). Default 0 (off). Useful to keep a
+    /// Metres a fix must lie from its neighbouring stored points (by fix time) to be stored,
+    /// on top of the interval rule (both must hold). Default 0 (off). Useful to keep a
     /// parked device from filling its history with the same place.
     #[arg(long, env = "BEACON_HISTORY_MIN_DISTANCE_M", default_value_t = 0.0,
           value_parser = non_negative)]
@@ -95,7 +96,7 @@ pub struct StoreConfig {
           value_parser = clap::value_parser!(u64).range(1..=86_400))]
     pub history_prune_secs: u64,
 
-    /// Positions waiting for the writer before new ones are dropped (and counted in
+    /// Accepted fixes waiting for the writer before new ones are dropped (and counted in
     /// `beacon_store_dropped_total`). Default 65536 (about 10 MB). It absorbs disk stalls of a
     /// few seconds at high ingest rates without ever slowing the hub down.
     #[arg(long, env = "BEACON_STORE_QUEUE_POSITIONS", default_value_t = 65_536,

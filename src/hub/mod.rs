@@ -18,9 +18,10 @@
 //!   it and the connection is flagged `lagged`; once it drains, the session sends a fresh
 //!   snapshot instead (position is state, so nothing of value is lost).
 //! - Other components (the Redis relay, the durable store) watch the hub through
-//!   [`HubObserver`]: after each flush they are told what changed *locally* (fixes received by
-//!   this instance, devices whose socket closed here), and when a group gains its first or loses
-//!   its last local subscriber. State that arrives from elsewhere enters through
+//!   [`HubObserver`]: every fix accepted here as it is published (`published`, before any
+//!   coalescing, for the history), after each flush what changed *locally* (fixes received by
+//!   this instance, devices whose socket closed here), and when a group gains its first or
+//!   loses its last local subscriber. State that arrives from elsewhere enters through
 //!   [`Hub::merge_remote`], which fans it out locally but never reports it to observers, so
 //!   nothing echoes between instances. Remote changes are fanned out at once rather than on the
 //!   next tick (they were coalesced over a tick where they came from); local changes pending in

@@ -8,15 +8,16 @@ use prometheus_client::registry::Registry;
 /// Metrics of the store, registered with the server's others.
 #[derive(Clone, Debug)]
 pub struct StoreMetrics {
-    /// Positions written (last-known upserts, one per device and group).
+    /// Accepted fixes written (each an upsert of the device's last-known row per group, and a
+    /// history point when downsampling keeps it).
     pub written: Counter,
     /// History points added.
     pub track_points: Counter,
-    /// Positions dropped because the queue was full or the store closed.
+    /// Fixes dropped because the queue was full or the store closed.
     pub dropped: Counter,
     /// Failed transactions.
     pub errors: Counter,
-    /// Positions waiting for the writer.
+    /// Fixes waiting for the writer.
     pub queued: Gauge,
     /// Time to write one batch, in seconds.
     pub batch_seconds: Histogram,
@@ -36,7 +37,7 @@ impl StoreMetrics {
         let store = registry.sub_registry_with_prefix("store");
         store.register(
             "positions_written",
-            "Positions written to the store (one per device and group)",
+            "Accepted fixes written to the store",
             metrics.written.clone(),
         );
         store.register(
