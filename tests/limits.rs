@@ -299,3 +299,39 @@ async fn tls_serves_websockets_and_refuses_plain_or_stalled_handshakes() {
     until_closed(&mut stalled).await;
     server.stop().await;
 }
+
+#[tokio::test]
+async fn a_flood_gets_every_rate_limited_error_and_a_readable_1008() {
+    let server = TestServer::with(|c| {
+        c.limits.rate_per_sec = 20;
+        c.limits.rate_burst = 40;
+        c.limits.rate_strikes = 20;
+    })
+    .await;
+    let mut d = server.device("flood", "g").await;
+    // 3,000 fixes in one burst: far more than the server reads before it closes.
+    for i in 0..3000 {
+        let fix = json!({"type": "pos", "lat": 10.0 + f64::from(i) / 1e4, "lon": 1.0});
+        d.ws.feed(Message::Text(fix.to_string().into()))
+            .await
+            .unwrap();
+    }
+    d.ws.flush().await.unwrap();
+    let mut refused = 0;
+    let code = loop {
+        match d.next_event().await {
+            Event::Frame(v) if v["type"] == "error" => {
+                assert_eq!(v["code"], "rate_limited", "{v}");
+                refused += 1;
+            }
+            Event::Frame(_) => {}
+            Event::Closed(code) => break code,
+        }
+    };
+    assert_eq!(code, Some(1008), "the close frame arrives, not a reset");
+    assert_eq!(
+        refused, 19,
+        "every rate_limited error before the close arrives"
+    );
+    server.stop().await;
+}
