@@ -12,8 +12,10 @@
 //!
 //! Only HTTP/1.1 is served: WebSocket upgrades need it, and a load balancer in front can speak
 //! HTTP/2 to clients. On shutdown the listener closes, idle connections close at once, and
-//! in-flight requests get the grace period. Upgraded WebSockets are not connections of this
-//! loop any more: their sessions are closed by the server's own shutdown.
+//! in-flight requests may finish: [`run`] returns the tracker of those connections, and the
+//! server waits for them under the same deadline as for its sessions. Upgraded WebSockets are
+//! not connections of this loop any more: their sessions are closed by the server's own
+//! shutdown.
 //!
 //! [`ConnectInfo`]: axum::extract::ConnectInfo
 
@@ -47,21 +49,20 @@ pub(crate) struct ListenOptions {
     pub tls: Option<Arc<rustls::ServerConfig>>,
     /// Time for the TLS handshake, and for each request head.
     pub handshake_timeout: Duration,
-    /// Time in-flight requests get to finish once shutdown starts.
-    pub grace: Duration,
     /// Kernel send buffer per accepted socket in bytes; 0 leaves the kernel's autotuning.
     pub send_buffer_bytes: usize,
 }
 
 type MakeService = IntoMakeServiceWithConnectInfo<Router, SocketAddr>;
 
-/// Serves `app` on `listener` until `shutdown` completes, then drains (see the module doc).
+/// Serves `app` on `listener` until `shutdown` completes, then closes the listener, asks every
+/// connection to finish and returns them, still running (see the module doc).
 pub(crate) async fn run(
     listener: TcpListener,
     app: Router,
     options: ListenOptions,
     shutdown: impl Future<Output = ()>,
-) -> io::Result<()> {
+) -> TaskTracker {
     let mut make: MakeService = app.into_make_service_with_connect_info::<SocketAddr>();
     let tls = options.tls.clone().map(TlsAcceptor::from);
     let connections = TaskTracker::new();
@@ -115,16 +116,7 @@ pub(crate) async fn run(
     drop(listener);
     closing.cancel();
     connections.close();
-    if tokio::time::timeout(options.grace, connections.wait())
-        .await
-        .is_err()
-    {
-        warn!(
-            remaining = connections.len(),
-            "grace period over with HTTP requests in flight"
-        );
-    }
-    Ok(())
+    connections
 }
 
 /// Serves one connection's HTTP/1.1 requests (and its upgrade) until it ends or shutdown.
