@@ -105,6 +105,9 @@ pub async fn serve(
         tls,
         handshake_timeout: state.config.limits.handshake_timeout(),
         send_buffer_bytes: state.config.limits.send_buffer_bytes,
+        per_ip: std::sync::Arc::new(crate::limits::IpConnections::new(
+            state.config.limits.max_http_connections_per_ip,
+        )),
     };
     let connections = crate::listen::run(listener, app, options, {
         let token = token.clone();

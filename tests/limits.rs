@@ -335,3 +335,39 @@ async fn a_flood_gets_every_rate_limited_error_and_a_readable_1008() {
     );
     server.stop().await;
 }
+
+#[tokio::test]
+async fn one_address_may_hold_only_so_many_http_connections() {
+    let server = TestServer::with(|c| c.limits.max_http_connections_per_ip = 2).await;
+    let idle_a = TcpStream::connect(server.addr).await.unwrap();
+    let _idle_b = TcpStream::connect(server.addr).await.unwrap();
+    // Past the bound, the connection is closed at once, not after the handshake timeout.
+    let mut third = TcpStream::connect(server.addr).await.unwrap();
+    let mut buf = [0u8; 64];
+    let read = tokio::time::timeout(std::time::Duration::from_secs(2), third.read(&mut buf))
+        .await
+        .expect("a connection past the per-address bound was kept open");
+    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+    // A connection that ends gives its place back.
+    drop(idle_a);
+    eventually(|| async {
+        let mut s = TcpStream::connect(server.addr).await.ok()?;
+        s.write_all(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+            .await
+            .ok()?;
+        let mut answer = Vec::new();
+        s.read_to_end(&mut answer).await.ok()?;
+        answer.starts_with(b"HTTP/1.1 200").then_some(())
+    })
+    .await;
+    // WebSockets do not hold a place once upgraded.
+    drop(_idle_b);
+    let _ws: Vec<_> = {
+        let mut clients = Vec::new();
+        for i in 0..4 {
+            clients.push(server.device(&format!("d{i}"), "g").await);
+        }
+        clients
+    };
+    server.stop().await;
+}
