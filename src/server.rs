@@ -208,7 +208,7 @@ async fn origin_guard(State(state): State<AppState>, request: Request, next: Nex
     state.metrics.security.auth_refused("origin").inc();
     debug!(
         origin = ?request.headers().get(ORIGIN),
-        path = request.uri().path(),
+        path = %redacted_path(request.uri().path()),
         "refused a request from a foreign origin"
     );
     error_response(
@@ -216,4 +216,47 @@ async fn origin_guard(State(state): State<AppState>, request: Request, next: Nex
         "forbidden",
         "this origin is not allowed (see --allowed-origins)".into(),
     )
+}
+
+/// Path segments that carry a credential right after them: OsmAnd's `/v1/ingest/osmand/{token}`
+/// and share links' `/s/{token}`.
+const SECRET_AFTER: [&str; 2] = ["osmand", "s"];
+
+/// `path` fit for a log: the segment after one of [`SECRET_AFTER`] becomes `<redacted>`. (Query
+/// strings, which may hold `access_token`, and headers, which may hold `Authorization`, are
+/// never logged.)
+fn redacted_path(path: &str) -> String {
+    let mut out = String::with_capacity(path.len());
+    let mut secret_next = false;
+    for (i, segment) in path.split('/').enumerate() {
+        if i > 0 {
+            out.push('/');
+        }
+        if secret_next && !segment.is_empty() {
+            out.push_str("<redacted>");
+        } else {
+            out.push_str(segment);
+        }
+        secret_next = SECRET_AFTER.contains(&segment);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redacted_path;
+
+    #[test]
+    fn credentials_in_paths_are_redacted() {
+        assert_eq!(
+            redacted_path("/v1/ingest/osmand/eyJhbGciOi.abc.def"),
+            "/v1/ingest/osmand/<redacted>"
+        );
+        assert_eq!(redacted_path("/s/0123456789abcdef"), "/s/<redacted>");
+        assert_eq!(
+            redacted_path("/v1/groups/g/positions"),
+            "/v1/groups/g/positions"
+        );
+        assert_eq!(redacted_path("/v1/ingest/osmand"), "/v1/ingest/osmand");
+    }
 }

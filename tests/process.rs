@@ -209,3 +209,83 @@ async fn a_second_signal_exits_at_once() {
     assert!(started.elapsed() < Duration::from_secs(1));
     assert_eq!(status.code(), Some(130));
 }
+
+/// A raw HTTP/1.1 request; returns the status line.
+async fn request(addr: SocketAddr, head: &str) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(head.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut answer)).await;
+    String::from_utf8_lossy(&answer)
+        .lines()
+        .next()
+        .unwrap_or("")
+        .to_owned()
+}
+
+#[tokio::test]
+async fn tokens_never_reach_the_log_even_at_trace_level() {
+    let secret = "a-test-secret-of-at-least-32-bytes-long!!";
+    let valid = String::from_utf8(
+        Command::new(env!("CARGO_BIN_EXE_beacon"))
+            .args(["token", "--sub", "dev-1", "--groups", "g"])
+            .env("BEACON_JWT_SECRET", secret)
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap()
+    .trim()
+    .to_owned();
+    // Well formed but signed with another key, and not a token at all.
+    let forged = format!("{}x", &valid[..valid.len() - 1]);
+    let junk = "not.a.realtokenSECRET0123456789";
+    let beacon = Beacon::start(
+        "",
+        &["--auth", "jwt", "--jwt-secret", secret],
+        "trace,beacon=trace",
+    );
+    let addr = beacon.addr;
+    for token in [valid.as_str(), forged.as_str(), junk] {
+        let host = format!("Host: {addr}\r\nConnection: close\r\n");
+        for head in [
+            // From a foreign origin: refused by the origin guard, which logs the path.
+            format!(
+                "GET /v1/ingest/osmand/{token}?id=d&lat=1&lon=2 HTTP/1.1\r\n{host}Origin: https://evil.example\r\n\r\n"
+            ),
+            format!("GET /v1/ingest/osmand/{token}?id=d&lat=1&lon=2 HTTP/1.1\r\n{host}\r\n"),
+            format!("GET /v1/ingest/osmand?id={token}&lat=1&lon=2 HTTP/1.1\r\n{host}\r\n"),
+            format!(
+                "GET /v1/groups/g/positions?access_token={token} HTTP/1.1\r\n{host}Origin: https://evil.example\r\n\r\n"
+            ),
+            format!("GET /v1/groups/g/positions?access_token={token} HTTP/1.1\r\n{host}\r\n"),
+            format!(
+                "GET /v1/groups/g/positions HTTP/1.1\r\n{host}Authorization: Bearer {token}\r\n\r\n"
+            ),
+            format!(
+                "GET /v1/ws?access_token={token} HTTP/1.1\r\n{host}Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+            ),
+        ] {
+            let status = request(addr, &head).await;
+            assert!(status.starts_with("HTTP/1.1"), "{head}: {status:?}");
+        }
+    }
+    // Let the last lines reach the collector.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let log = beacon.log();
+    assert!(
+        log.contains("refused a request from a foreign origin"),
+        "the refusals were logged at all: {log}"
+    );
+    for token in [valid.as_str(), forged.as_str(), junk] {
+        // The signature part alone is enough to replay nothing, but the whole token and its
+        // signature must both be absent.
+        let signature = token.rsplit('.').next().unwrap();
+        assert!(!log.contains(token), "a token reached the log:\n{log}");
+        assert!(
+            !log.contains(signature),
+            "a token's signature reached the log:\n{log}"
+        );
+    }
+}
