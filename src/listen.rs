@@ -8,12 +8,17 @@
 //! - a request head must arrive within the same time after the connection opens, and after
 //!   each response on a keep-alive connection (hyper's header read timeout);
 //! - `TCP_NODELAY` is set on every socket (small frames must not wait for Nagle);
-//! - every request carries [`ConnectInfo`]`<SocketAddr>` for per-address limits.
+//! - every request carries [`ConnectInfo`]`<SocketAddr>` for per-address limits;
+//! - one peer address holds at most `--max-http-connections-per-ip` connections: past it, a
+//!   new one is closed as soon as it is accepted, before a byte of it is read or a task
+//!   spawned for it. A connection gives its place back when it ends or is upgraded.
 //!
 //! Only HTTP/1.1 is served: WebSocket upgrades need it, and a load balancer in front can speak
 //! HTTP/2 to clients. On shutdown the listener closes, idle connections close at once, and
-//! in-flight requests get the grace period. Upgraded WebSockets are not connections of this
-//! loop any more: their sessions are closed by the server's own shutdown.
+//! in-flight requests may finish: [`run`] returns the tracker of those connections, and the
+//! server waits for them under the same deadline as for its sessions. Upgraded WebSockets are
+//! not connections of this loop any more: their sessions are closed by the server's own
+//! shutdown.
 //!
 //! [`ConnectInfo`]: axum::extract::ConnectInfo
 
@@ -36,6 +41,8 @@ use tokio_util::task::TaskTracker;
 use tower::Service;
 use tracing::{debug, warn};
 
+use crate::limits::IpConnections;
+
 /// Pause after an accept error that is not about one connection (e.g. out of file
 /// descriptors), so the loop does not spin while the condition lasts.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
@@ -47,21 +54,22 @@ pub(crate) struct ListenOptions {
     pub tls: Option<Arc<rustls::ServerConfig>>,
     /// Time for the TLS handshake, and for each request head.
     pub handshake_timeout: Duration,
-    /// Time in-flight requests get to finish once shutdown starts.
-    pub grace: Duration,
     /// Kernel send buffer per accepted socket in bytes; 0 leaves the kernel's autotuning.
     pub send_buffer_bytes: usize,
+    /// Open HTTP connections per peer address (`--max-http-connections-per-ip`).
+    pub per_ip: Arc<IpConnections>,
 }
 
 type MakeService = IntoMakeServiceWithConnectInfo<Router, SocketAddr>;
 
-/// Serves `app` on `listener` until `shutdown` completes, then drains (see the module doc).
+/// Serves `app` on `listener` until `shutdown` completes, then closes the listener, asks every
+/// connection to finish and returns them, still running (see the module doc).
 pub(crate) async fn run(
     listener: TcpListener,
     app: Router,
     options: ListenOptions,
     shutdown: impl Future<Output = ()>,
-) -> io::Result<()> {
+) -> TaskTracker {
     let mut make: MakeService = app.into_make_service_with_connect_info::<SocketAddr>();
     let tls = options.tls.clone().map(TlsAcceptor::from);
     let connections = TaskTracker::new();
@@ -81,6 +89,11 @@ pub(crate) async fn run(
                 }
             },
         };
+        let Some(ip_permit) = options.per_ip.try_acquire(Some(peer.ip())) else {
+            debug!(ip = %peer.ip(), "closing a connection: the address holds its maximum of HTTP connections");
+            drop(tcp);
+            continue;
+        };
         if let Err(error) = tcp.set_nodelay(true) {
             debug!(%error, "could not set TCP_NODELAY");
         }
@@ -99,10 +112,14 @@ pub(crate) async fn run(
         let timeout = options.handshake_timeout;
         match tls.clone() {
             None => {
-                connections.spawn(serve_connection(tcp, service, timeout, closing));
+                connections.spawn(async move {
+                    serve_connection(tcp, service, timeout, closing).await;
+                    drop(ip_permit);
+                });
             }
             Some(acceptor) => {
                 connections.spawn(async move {
+                    let _ip_permit = ip_permit;
                     match tokio::time::timeout(timeout, acceptor.accept(tcp)).await {
                         Ok(Ok(stream)) => serve_connection(stream, service, timeout, closing).await,
                         Ok(Err(error)) => debug!(%error, %peer, "TLS handshake failed"),
@@ -115,16 +132,7 @@ pub(crate) async fn run(
     drop(listener);
     closing.cancel();
     connections.close();
-    if tokio::time::timeout(options.grace, connections.wait())
-        .await
-        .is_err()
-    {
-        warn!(
-            remaining = connections.len(),
-            "grace period over with HTTP requests in flight"
-        );
-    }
-    Ok(())
+    connections
 }
 
 /// Serves one connection's HTTP/1.1 requests (and its upgrade) until it ends or shutdown.

@@ -114,45 +114,66 @@ fn main() -> ExitCode {
 
 fn run_server(config: Config) -> anyhow::Result<()> {
     init_logging(config.log.log_format);
-    let mut config = config;
-    config.limits.max_connections = raise_open_file_limit(config.limits.max_connections);
+    check_open_file_limit(config.limits.max_connections)?;
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
-    runtime.block_on(async {
+    let served = runtime.block_on(async {
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("binding {}", config.listen))?;
-        beacon::serve(listener, config, beacon::shutdown::signal())
+        beacon::serve(listener, config, shutdown_signal())
             .await
             .context("serving")
-    })
+    });
+    // `serve` has already waited as long as the grace period allows; a task it gave up on
+    // (a store writer stuck on its disk) must not hold the process.
+    runtime.shutdown_timeout(RUNTIME_SHUTDOWN);
+    served
 }
 
-/// Raises the soft open-file limit to the hard limit (container runtimes often start processes
-/// at 1024) and returns the connection limit that fits under it: past the open-file limit a
-/// connection could not even be accepted, so it is better refused with 503.
-fn raise_open_file_limit(max_connections: usize) -> usize {
-    match rlimit::increase_nofile_limit(u64::MAX) {
-        Ok(limit) => {
-            // The listener, Redis, the store, HTTP requests and logs need descriptors too.
-            let usable = limit.saturating_sub(OPEN_FILE_RESERVE) as usize;
-            if max_connections > usable {
-                tracing::warn!(
-                    open_file_limit = limit,
-                    requested = max_connections,
-                    max_connections = usable,
-                    "the open-file limit is below --max-connections; lowering it"
-                );
-                usable
-            } else {
-                tracing::debug!(open_file_limit = limit, "open-file limit");
-                max_connections
-            }
-        }
+/// What is left of the exit once `serve` returned: the runtime stops its remaining tasks.
+const RUNTIME_SHUTDOWN: Duration = Duration::from_millis(200);
+
+/// Completes on the first SIGINT or SIGTERM; from then on a second one ends the process at
+/// once (an operator pressing Ctrl-C again, or an orchestrator that lost patience), with the
+/// status a shell gives a process killed by SIGINT.
+async fn shutdown_signal() {
+    beacon::shutdown::signal().await;
+    tokio::spawn(async {
+        beacon::shutdown::signal().await;
+        tracing::warn!("second signal: exiting without waiting for the shutdown to finish");
+        std::process::exit(130);
+    });
+}
+
+/// Makes sure every connection `--max-connections` allows can hold its open file: raises the
+/// soft open-file limit to the hard limit (container runtimes often start processes at 1024),
+/// and refuses to start when even that is too low, naming both ways out. Otherwise connections
+/// past the limit would fail to be accepted while `/readyz` says ready.
+fn check_open_file_limit(max_connections: usize) -> anyhow::Result<()> {
+    let needed = (max_connections as u64).saturating_add(OPEN_FILE_RESERVE);
+    let limit = match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => limit,
         Err(error) => {
-            tracing::warn!(%error, "could not raise the open-file limit");
-            max_connections
+            tracing::warn!(%error, "could not read or raise the open-file limit");
+            return Ok(());
         }
+    };
+    if limit < needed {
+        let fits = limit.saturating_sub(OPEN_FILE_RESERVE);
+        let or_lower = if fits > 0 {
+            format!(" or lower --max-connections to at most {fits}")
+        } else {
+            String::new()
+        };
+        bail!(
+            "the open-file limit ({limit}, the hard limit) is too low for --max-connections \
+             {max_connections}, which needs {needed} open files ({OPEN_FILE_RESERVE} kept for \
+             the listener, Redis, the store and HTTP requests): raise it to at least {needed} \
+             (ulimit -n, LimitNOFILE, the container's nofile ulimit){or_lower}"
+        );
     }
+    tracing::debug!(open_file_limit = limit, needed, "open-file limit");
+    Ok(())
 }
 
 /// Descriptors kept free of WebSocket connections (listener, Redis, store, HTTP requests).

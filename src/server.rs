@@ -54,7 +54,8 @@ pub enum ServeError {
 }
 
 /// Runs the server on an already-bound `listener` until `shutdown` completes, then closes every
-/// socket with 1001 and waits up to the grace period for sessions to end.
+/// socket with 1001 and stops within the grace period in all: sessions and HTTP requests get
+/// three quarters of it, the store's last flush whatever is left (at least a quarter).
 ///
 /// Refuses to start (an error naming the setting) when the security settings are unsafe or
 /// unusable: `--auth none` on a non-loopback address without `--insecure`, a missing or short
@@ -103,10 +104,12 @@ pub async fn serve(
     let options = crate::listen::ListenOptions {
         tls,
         handshake_timeout: state.config.limits.handshake_timeout(),
-        grace: state.config.shutdown_grace(),
         send_buffer_bytes: state.config.limits.send_buffer_bytes,
+        per_ip: std::sync::Arc::new(crate::limits::IpConnections::new(
+            state.config.limits.max_http_connections_per_ip,
+        )),
     };
-    let result = crate::listen::run(listener, app, options, {
+    let connections = crate::listen::run(listener, app, options, {
         let token = token.clone();
         async move {
             tokio::select! {
@@ -118,28 +121,54 @@ pub async fn serve(
         }
     })
     .await;
+    // One deadline for every wait of the shutdown, from the moment it started: the sessions
+    // and the HTTP requests in flight, then the background tasks, then the store, which is
+    // flushed last and keeps a share of the grace period for it whatever came before.
+    let grace = state.config.shutdown_grace();
+    let deadline = tokio::time::Instant::now() + grace;
+    let store_share = grace.mul_f64(STORE_SHARE);
     token.cancel();
     state.sessions.close();
-    let grace = state.config.shutdown_grace();
-    if tokio::time::timeout(grace, state.sessions.wait())
+    let drained = async {
+        tokio::join!(state.sessions.wait(), connections.wait());
+    };
+    if tokio::time::timeout_at(deadline - store_share, drained)
         .await
         .is_err()
     {
         warn!(
-            remaining = state.sessions.len(),
+            sessions = state.sessions.len(),
+            requests = connections.len(),
             grace_secs = grace.as_secs(),
-            "grace period over with sessions still open"
+            "grace period over with connections still open"
         );
     }
-    background.wait().await;
+    if tokio::time::timeout_at(deadline - store_share, background.wait())
+        .await
+        .is_err()
+    {
+        warn!(
+            tasks = background.len(),
+            "background tasks did not stop in time"
+        );
+    }
     if let Some(store) = &state.store {
         // The ticker has stopped: flush what it left so the store sees every accepted fix.
         state.hub.flush_pending();
-        store.close(grace).await;
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        store.close(left).await;
     }
-    info!("stopped");
-    Ok(result?)
+    info!(
+        elapsed_ms = (grace - deadline.saturating_duration_since(tokio::time::Instant::now()))
+            .as_millis() as u64,
+        "stopped"
+    );
+    Ok(())
 }
+
+/// Share of the grace period kept for the store's last flush: the sessions, the HTTP requests
+/// and the background tasks must be done by the rest of it.
+const STORE_SHARE: f64 = 0.25;
 
 /// The HTTP routes, behind the origin check, CORS and the request timeout.
 pub(crate) fn router(state: AppState) -> Router {
@@ -179,7 +208,7 @@ async fn origin_guard(State(state): State<AppState>, request: Request, next: Nex
     state.metrics.security.auth_refused("origin").inc();
     debug!(
         origin = ?request.headers().get(ORIGIN),
-        path = request.uri().path(),
+        path = %redacted_path(request.uri().path()),
         "refused a request from a foreign origin"
     );
     error_response(
@@ -187,4 +216,47 @@ async fn origin_guard(State(state): State<AppState>, request: Request, next: Nex
         "forbidden",
         "this origin is not allowed (see --allowed-origins)".into(),
     )
+}
+
+/// Path segments that carry a credential right after them: OsmAnd's `/v1/ingest/osmand/{token}`
+/// and share links' `/s/{token}`.
+const SECRET_AFTER: [&str; 2] = ["osmand", "s"];
+
+/// `path` fit for a log: the segment after one of [`SECRET_AFTER`] becomes `<redacted>`. (Query
+/// strings, which may hold `access_token`, and headers, which may hold `Authorization`, are
+/// never logged.)
+fn redacted_path(path: &str) -> String {
+    let mut out = String::with_capacity(path.len());
+    let mut secret_next = false;
+    for (i, segment) in path.split('/').enumerate() {
+        if i > 0 {
+            out.push('/');
+        }
+        if secret_next && !segment.is_empty() {
+            out.push_str("<redacted>");
+        } else {
+            out.push_str(segment);
+        }
+        secret_next = SECRET_AFTER.contains(&segment);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redacted_path;
+
+    #[test]
+    fn credentials_in_paths_are_redacted() {
+        assert_eq!(
+            redacted_path("/v1/ingest/osmand/eyJhbGciOi.abc.def"),
+            "/v1/ingest/osmand/<redacted>"
+        );
+        assert_eq!(redacted_path("/s/0123456789abcdef"), "/s/<redacted>");
+        assert_eq!(
+            redacted_path("/v1/groups/g/positions"),
+            "/v1/groups/g/positions"
+        );
+        assert_eq!(redacted_path("/v1/ingest/osmand"), "/v1/ingest/osmand");
+    }
 }

@@ -299,3 +299,75 @@ async fn tls_serves_websockets_and_refuses_plain_or_stalled_handshakes() {
     until_closed(&mut stalled).await;
     server.stop().await;
 }
+
+#[tokio::test]
+async fn a_flood_gets_every_rate_limited_error_and_a_readable_1008() {
+    let server = TestServer::with(|c| {
+        c.limits.rate_per_sec = 20;
+        c.limits.rate_burst = 40;
+        c.limits.rate_strikes = 20;
+    })
+    .await;
+    let mut d = server.device("flood", "g").await;
+    // 3,000 fixes in one burst: far more than the server reads before it closes.
+    for i in 0..3000 {
+        let fix = json!({"type": "pos", "lat": 10.0 + f64::from(i) / 1e4, "lon": 1.0});
+        d.ws.feed(Message::Text(fix.to_string().into()))
+            .await
+            .unwrap();
+    }
+    d.ws.flush().await.unwrap();
+    let mut refused = 0;
+    let code = loop {
+        match d.next_event().await {
+            Event::Frame(v) if v["type"] == "error" => {
+                assert_eq!(v["code"], "rate_limited", "{v}");
+                refused += 1;
+            }
+            Event::Frame(_) => {}
+            Event::Closed(code) => break code,
+        }
+    };
+    assert_eq!(code, Some(1008), "the close frame arrives, not a reset");
+    assert_eq!(
+        refused, 19,
+        "every rate_limited error before the close arrives"
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn one_address_may_hold_only_so_many_http_connections() {
+    let server = TestServer::with(|c| c.limits.max_http_connections_per_ip = 2).await;
+    let idle_a = TcpStream::connect(server.addr).await.unwrap();
+    let _idle_b = TcpStream::connect(server.addr).await.unwrap();
+    // Past the bound, the connection is closed at once, not after the handshake timeout.
+    let mut third = TcpStream::connect(server.addr).await.unwrap();
+    let mut buf = [0u8; 64];
+    let read = tokio::time::timeout(std::time::Duration::from_secs(2), third.read(&mut buf))
+        .await
+        .expect("a connection past the per-address bound was kept open");
+    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+    // A connection that ends gives its place back.
+    drop(idle_a);
+    eventually(|| async {
+        let mut s = TcpStream::connect(server.addr).await.ok()?;
+        s.write_all(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+            .await
+            .ok()?;
+        let mut answer = Vec::new();
+        s.read_to_end(&mut answer).await.ok()?;
+        answer.starts_with(b"HTTP/1.1 200").then_some(())
+    })
+    .await;
+    // WebSockets do not hold a place once upgraded.
+    drop(_idle_b);
+    let _ws: Vec<_> = {
+        let mut clients = Vec::new();
+        for i in 0..4 {
+            clients.push(server.device(&format!("d{i}"), "g").await);
+        }
+        clients
+    };
+    server.stop().await;
+}

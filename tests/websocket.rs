@@ -585,3 +585,168 @@ async fn large_messages_arrive_whole_in_both_codecs() {
     }
     server.stop().await;
 }
+
+// ---- Raw framing: frames written by hand on a TcpStream ----
+
+mod raw {
+    use std::time::Duration;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+
+    /// Upgrades a plain TCP connection to a WebSocket by hand and reads past the 101.
+    pub(super) async fn connect(addr: std::net::SocketAddr, query: &str) -> TcpStream {
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        let request = format!(
+            "GET /v1/ws?{query} HTTP/1.1\r\nHost: {addr}\r\nConnection: Upgrade\r\n\
+             Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n\
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+        );
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut head = Vec::new();
+        while !head.ends_with(b"\r\n\r\n") {
+            let mut byte = [0u8];
+            stream.read_exact(&mut byte).await.unwrap();
+            head.push(byte[0]);
+        }
+        assert!(
+            head.starts_with(b"HTTP/1.1 101"),
+            "{}",
+            String::from_utf8_lossy(&head)
+        );
+        stream
+    }
+
+    /// A masked client frame.
+    pub(super) fn frame(fin: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
+        let mask = [0x11, 0x22, 0x33, 0x44];
+        let mut f = vec![if fin { 0x80 } else { 0 } | opcode];
+        match payload.len() {
+            n @ 0..=125 => f.push(0x80 | n as u8),
+            n => {
+                f.push(0x80 | 126);
+                f.extend_from_slice(&(n as u16).to_be_bytes());
+            }
+        }
+        f.extend_from_slice(&mask);
+        f.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+        f
+    }
+
+    /// Reads server frames until a close frame; returns its code (`None` for an empty close
+    /// or when the connection ended without one) and the opcodes of the frames before it.
+    pub(super) async fn until_close(
+        stream: &mut (impl tokio::io::AsyncRead + Unpin),
+        wait: Duration,
+    ) -> (Option<u16>, usize) {
+        let mut frames = 0;
+        let read = async {
+            loop {
+                let mut head = [0u8; 2];
+                if stream.read_exact(&mut head).await.is_err() {
+                    return None;
+                }
+                let len = match head[1] & 0x7f {
+                    126 => {
+                        let mut ext = [0u8; 2];
+                        stream.read_exact(&mut ext).await.ok()?;
+                        u16::from_be_bytes(ext) as usize
+                    }
+                    127 => {
+                        let mut ext = [0u8; 8];
+                        stream.read_exact(&mut ext).await.ok()?;
+                        u64::from_be_bytes(ext) as usize
+                    }
+                    n => n as usize,
+                };
+                let mut payload = vec![0u8; len];
+                stream.read_exact(&mut payload).await.ok()?;
+                if head[0] & 0x0f == 0x8 {
+                    return Some(
+                        (payload.len() >= 2).then(|| u16::from_be_bytes([payload[0], payload[1]])),
+                    );
+                }
+                frames += 1;
+            }
+        };
+        let code = tokio::time::timeout(wait, read)
+            .await
+            .expect("no close frame in time")
+            .flatten();
+        (code, frames)
+    }
+}
+
+#[tokio::test]
+async fn endless_empty_continuation_frames_close_with_1002_at_once() {
+    let server = TestServer::start().await;
+    let stream = raw::connect(server.addr, "id=frag&groups=g").await;
+    let (mut read, mut write) = stream.into_split();
+    // A text message that never ends: its first fragment, then empty continuations, as fast
+    // as the socket takes them (a few hundred thousand a second on loopback).
+    let flood = tokio::spawn(async move {
+        use tokio::io::AsyncWriteExt;
+        write.write_all(&raw::frame(false, 1, b"{")).await.unwrap();
+        let empties: Vec<u8> = (0..1000).flat_map(|_| raw::frame(false, 0, b"")).collect();
+        let started = std::time::Instant::now();
+        while started.elapsed() < std::time::Duration::from_secs(20) {
+            if write.write_all(&empties).await.is_err() {
+                return;
+            }
+        }
+    });
+    let started = std::time::Instant::now();
+    let (code, _) = raw::until_close(&mut read, std::time::Duration::from_secs(3)).await;
+    assert_eq!(code, Some(1002));
+    assert!(started.elapsed() < std::time::Duration::from_secs(3));
+    flood.abort();
+    server.wait_metric("beacon_connections", |v| v == 0.0).await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn protocol_violations_close_with_1002() {
+    let server = TestServer::start().await;
+    // An unknown opcode, a continuation with no message, reserved bits: each is bad framing.
+    for bad in [raw::frame(true, 0x3, b"x"), raw::frame(true, 0x0, b"x"), {
+        let mut f = raw::frame(true, 0x1, b"{}");
+        f[0] |= 0x40;
+        f
+    }] {
+        let mut stream = raw::connect(server.addr, "id=bad&groups=g").await;
+        tokio::io::AsyncWriteExt::write_all(&mut stream, &bad)
+            .await
+            .unwrap();
+        let (code, before) = raw::until_close(&mut stream, common::WAIT).await;
+        assert_eq!(code, Some(1002), "{bad:?}");
+        assert_eq!(before, 2, "welcome and snapshot, then the close");
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_fragmented_message_within_the_bounds_is_read() {
+    let server = TestServer::start().await;
+    let mut stream = raw::connect(server.addr, "id=f&groups=g").await;
+    let message = br#"{"type":"ping","id":77}"#;
+    let mut bytes = raw::frame(false, 1, &message[..3]);
+    for chunk in message[3..message.len() - 1].chunks(1) {
+        bytes.extend(raw::frame(false, 0, chunk));
+        bytes.extend(raw::frame(false, 0, b""));
+    }
+    bytes.extend(raw::frame(true, 0, &message[message.len() - 1..]));
+    tokio::io::AsyncWriteExt::write_all(&mut stream, &bytes)
+        .await
+        .unwrap();
+    // Then a close of our own: the answer's frames come first, then the echo.
+    tokio::io::AsyncWriteExt::write_all(&mut stream, &raw::frame(true, 8, &1000u16.to_be_bytes()))
+        .await
+        .unwrap();
+    let (code, before) = raw::until_close(&mut stream, common::WAIT).await;
+    assert_eq!(
+        (code, before),
+        (Some(1000), 3),
+        "welcome, snapshot and pong"
+    );
+    server.stop().await;
+}

@@ -46,6 +46,14 @@ pub struct Limits {
     #[arg(long, env = "BEACON_MAX_CONNECTIONS_PER_IP", default_value_t = 500)]
     pub max_connections_per_ip: usize,
 
+    /// Most plain HTTP connections (not yet upgraded to a WebSocket) held at once from one
+    /// peer address; past it, a new connection is closed as soon as it is accepted, before any
+    /// byte is read. Counted by the TCP peer (an IPv6 client by its /64), so behind a proxy
+    /// every client shares the proxy's address: raise it there or set 0 (no bound). Default
+    /// 64 (a browser opens at most 6 per host).
+    #[arg(long, env = "BEACON_MAX_HTTP_CONNECTIONS_PER_IP", default_value_t = 64)]
+    pub max_http_connections_per_ip: usize,
+
     /// Messages per second one connection may send, sustained (a token bucket refilled at this
     /// rate). A message over the limit is not applied and is answered by a `rate_limited`
     /// error. Default 20. Range 1-100000.

@@ -18,6 +18,12 @@
 //! message without one is not applied and is answered by a `rate_limited` error, and after
 //! `--rate-strikes` such refusals in a row the socket is closed with 1008. The session pings
 //! every `--ping-interval-secs` and closes (1001) a client silent for `--idle-timeout-secs`.
+//! A protocol violation (bad framing, invalid UTF-8, a message of too many fragments or one
+//! left unfinished, see [`crate::conn`]) closes it with 1002.
+//!
+//! Every close the server starts completes the closing handshake ([`Writer::close`]): after
+//! its close frame the session reads and discards what the client still sends until the
+//! client's close frame, so the client receives the code and every frame before it.
 //! A token that expires while connected closes the socket with 1008 at `exp` plus leeway.
 
 mod writer;
@@ -26,10 +32,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::OwnedSemaphorePermit;
+use tokio_tungstenite::tungstenite::error::ProtocolError;
 use tokio_tungstenite::tungstenite::{self, Message};
 use tracing::{debug, info};
 
 use crate::app::AppState;
+use crate::conn::FrameViolation;
 use crate::hub::{Hub, Outlet};
 use crate::limits::TokenBucket;
 use crate::model::{GroupId, Identity, Role, now_ms};
@@ -55,6 +63,8 @@ pub(crate) mod close {
     pub(crate) const TOO_BIG: u16 = 1009;
     /// Slow consumer.
     pub(crate) const TRY_AGAIN_LATER: u16 = 1013;
+    /// Protocol violation: bad framing, or a message that never completes.
+    pub(crate) const PROTOCOL: u16 = 1002;
 }
 
 /// Why a session ended, for logs.
@@ -281,6 +291,12 @@ impl Session {
 
     /// Closes a client silent for `idle_timeout`; pings the others.
     async fn heartbeat(&mut self, idle_timeout: Duration) -> Result<(), End> {
+        if self.writer.message_overdue() {
+            debug!(id = %self.identity.id, "closing a client whose message never completed");
+            return Err(self
+                .close(close::PROTOCOL, "message not completed in time")
+                .await);
+        }
         if self.last_heard.elapsed() >= idle_timeout {
             self.state.metrics.security.closed_idle.inc();
             debug!(id = %self.identity.id, "closing a silent client (idle timeout)");
@@ -416,9 +432,21 @@ impl Session {
                 self.close(close::TOO_BIG, "frame larger than the limit")
                     .await
             }
-            tungstenite::Error::Protocol(e) => {
-                debug!(id = %self.identity.id, error = %e, "protocol violation");
+            tungstenite::Error::Protocol(ProtocolError::ResetWithoutClosingHandshake) => {
                 End::Client
+            }
+            tungstenite::Error::Protocol(e) => {
+                debug!(id = %self.identity.id, error = %e, "protocol violation (1002)");
+                self.close(close::PROTOCOL, "protocol violation").await
+            }
+            tungstenite::Error::Utf8(_) => {
+                debug!(id = %self.identity.id, "invalid UTF-8 in a text message (1002)");
+                self.close(close::PROTOCOL, "invalid UTF-8").await
+            }
+            tungstenite::Error::Io(e) if FrameViolation::of(e).is_some() => {
+                debug!(id = %self.identity.id, error = %e, "protocol violation (1002)");
+                self.close(close::PROTOCOL, "message too fragmented or too slow")
+                    .await
             }
             _ => {
                 debug!(id = %self.identity.id, %error, "read failed");

@@ -151,8 +151,8 @@ impl Writer {
         }
     }
 
-    /// Sends a close frame with `code` and `reason` (best effort, bounded in time). The hub
-    /// writes nothing after it.
+    /// Sends a close frame with `code` and `reason` (best effort, bounded in time), then
+    /// waits for the client's (bounded in time and bytes). The hub writes nothing after it.
     pub(super) async fn close(&mut self, code: u16, reason: &'static str) {
         self.outbox.hold();
         let frame = Message::Close(Some(CloseFrame {
@@ -160,6 +160,16 @@ impl Writer {
             reason: Utf8Bytes::from_static(reason),
         }));
         let _ = tokio::time::timeout(CLOSE_TIMEOUT, self.socket.send(frame)).await;
+        // The closing handshake: the client answers with its own close frame, possibly after
+        // more of what it was sending. Read it all before the socket is closed, or the kernel
+        // resets the connection and the client loses this close frame and the frames before
+        // it. Bounded (see `Conn::drain`); only ever runs after a close frame.
+        self.socket.get_mut().drain().await;
+    }
+
+    /// Whether the client has left a fragmented message unfinished for too long.
+    pub(super) fn message_overdue(&self) -> bool {
+        self.socket.get_ref().message_overdue()
     }
 
     /// The client sent a close frame: tungstenite queued the reply of the closing handshake;
