@@ -204,6 +204,33 @@ pub(super) fn refused(e: &AuthError) -> Response {
     error_response(e.status(), e.kind(), e.to_string())
 }
 
+/// Publishes the fixes of a phone app, minus those too old for the history retention: the app
+/// still gets 200 (so its queue moves on), and each dropped fix is counted in
+/// `beacon_ingest_too_old_total` and logged (device and fix time, never a credential).
+pub(super) fn publish_app(
+    state: &AppState,
+    identity: &Identity,
+    app: &'static str,
+    fixes: &[Fix],
+    now: i64,
+) {
+    let oldest = state.config.oldest_fix_ms(now);
+    let (kept, dropped): (Vec<Fix>, Vec<Fix>) =
+        fixes.iter().cloned().partition(|fix| fix.ts >= oldest);
+    if let Some(newest) = dropped.iter().map(|fix| fix.ts).max() {
+        state.metrics.ingest_too_old.inc_by(dropped.len() as u64);
+        tracing::warn!(
+            device = %identity.id,
+            app,
+            fixes = dropped.len(),
+            newest_ts_ms = newest,
+            oldest_kept_ms = oldest,
+            "phone-app fixes older than the history retention dropped"
+        );
+    }
+    publish(state, identity, &kept, now);
+}
+
 /// Publishes fixes that arrived over HTTP, from any ingest route. Such devices hold no
 /// socket: their presence follows the stale window.
 pub(super) fn publish(state: &AppState, identity: &Identity, fixes: &[Fix], now: i64) {

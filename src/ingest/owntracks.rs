@@ -26,6 +26,7 @@ use super::common::{
     self, Credentials, IngestError, Params, basic_auth, identify_device, json_number, known,
 };
 use crate::app::AppState;
+use crate::config::AuthMode;
 use crate::model::{DeviceId, Fix, MAX_ID_LEN, Position, now_ms};
 use crate::protocol::RawMessage;
 
@@ -137,10 +138,12 @@ fn names(
     topic: Option<&str>,
     basic_user: Option<&str>,
 ) -> Result<(String, String), IngestError> {
+    // Header values are bytes: the app sends UTF-8 names as they are (`José`), which
+    // `HeaderValue::to_str` (visible ASCII only) would refuse.
     let header = |name: &str| {
         headers
             .get(name)
-            .and_then(|v| v.to_str().ok())
+            .and_then(|v| std::str::from_utf8(v.as_bytes()).ok())
             .map(str::trim)
             .filter(|v| !v.is_empty())
     };
@@ -253,19 +256,13 @@ pub(crate) async fn handle(
         Err(e) => return e.response(),
     };
     let basic = basic_auth(&headers);
-    let (user, device) = match names(
+    let id = names(
         &headers,
         &query,
         topic.as_deref(),
         basic.as_ref().map(|(u, _)| u.as_str()),
-    ) {
-        Ok(names) => names,
-        Err(e) => return e.response(),
-    };
-    let id = match device_id(&user, &device) {
-        Ok(id) => id,
-        Err(e) => return e.response(),
-    };
+    )
+    .and_then(|(user, device)| device_id(&user, &device));
     let credentials = Credentials {
         token: basic
             .map(|(_, password)| password)
@@ -274,11 +271,25 @@ pub(crate) async fn handle(
             .or_else(|| query.get("access_token").map(str::to_owned)),
         groups: query.get("groups").map(str::to_owned),
     };
-    let identity = match identify_device(&state, &headers, id.as_str(), credentials).await {
-        Ok(identity) => identity,
-        Err(e) => return common::refused(&e),
+    // With tokens the token alone names the device, so credentials are judged first: a wrong
+    // password is 401 whether or not the app sent its names. Without, the names are the id.
+    let identity = match (&id, state.auth.config().mode) {
+        (Err(e), AuthMode::None) => return e.response(),
+        (id, _) => {
+            let id = id.as_ref().map_or("", |id| id.as_str());
+            match identify_device(&state, &headers, id, credentials).await {
+                Ok(identity) => identity,
+                Err(e) => return common::refused(&e),
+            }
+        }
     };
-    common::publish(&state, &identity, std::slice::from_ref(&fix), now);
+    common::publish_app(
+        &state,
+        &identity,
+        "owntracks",
+        std::slice::from_ref(&fix),
+        now,
+    );
     let positions = identity
         .groups
         .iter()

@@ -44,6 +44,8 @@ pub struct Metrics {
     pub msg_in_ping: Counter,
     /// Fixes received over HTTP.
     pub msg_in_http: Counter,
+    /// Fixes from phone apps answered 200 but dropped: too old for the history retention.
+    pub ingest_too_old: Counter,
     /// Bytes received in client frames.
     pub bytes_in: Counter,
     /// Frames written to clients.
@@ -141,6 +143,11 @@ impl Metrics {
             msg_in_unsub: msg("unsub"),
             msg_in_ping: msg("ping"),
             msg_in_http: msg("http_pos"),
+            ingest_too_old: counter(
+                &mut registry,
+                "ingest_too_old",
+                "Phone-app fixes answered 200 but dropped: older than the history retention",
+            ),
             bytes_in: counter(&mut registry, "bytes_in", "Bytes of client frames received"),
             frames_out: counter(&mut registry, "frames_out", "Frames written to clients"),
             bytes_out: counter(

@@ -345,6 +345,11 @@ impl Session {
                         Refusal::new(ErrorCode::Forbidden, "viewers may not publish positions");
                     refusal.seq = seq;
                     Some(self.refuse(refusal))
+                } else if let Err(mut refusal) =
+                    protocol::check_fix_age(&fix, self.state.config.oldest_fix_ms(now))
+                {
+                    refusal.seq = seq;
+                    Some(self.refuse(refusal))
                 } else {
                     self.state
                         .hub
