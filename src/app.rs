@@ -15,6 +15,7 @@ use crate::config::Config;
 use crate::hub::Hub;
 use crate::limits::IpConnections;
 use crate::metrics::Metrics;
+use crate::profiles::Profiles;
 use crate::relay::Relay;
 use crate::store::Store;
 
@@ -41,6 +42,8 @@ pub(crate) struct AppState {
     pub store: Option<Arc<Store>>,
     /// The Redis relay, with `--redis-url` (set by [`crate::serve`]).
     pub relay: Option<Arc<Relay>>,
+    /// Device profiles (name, colour, OwnTracks `tid`); in `--data-dir` when set.
+    pub profiles: Arc<Profiles>,
 }
 
 impl AppState {
@@ -48,7 +51,12 @@ impl AppState {
     pub(crate) fn new(config: Config) -> Self {
         let metrics = Arc::new(Metrics::new());
         let hub = Arc::new(Hub::new(config.hub.clone(), metrics.clone()));
+        let profiles = Arc::new(match &config.data_dir {
+            Some(dir) => Profiles::in_dir(dir),
+            None => Profiles::in_memory(),
+        });
         AppState {
+            profiles,
             auth: Authenticator::new(config.auth.clone(), Some(metrics.clone())),
             connections: Arc::new(Semaphore::new(config.limits.max_connections)),
             per_ip: Arc::new(IpConnections::new(config.limits.max_connections_per_ip)),

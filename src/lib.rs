@@ -25,7 +25,8 @@
 //!    (the accept loop), `tls`, `limits` (message rate, connections per address).
 //! 9. [`metrics`]: the Prometheus registry and every metric family.
 //! 10. Foundations: [`config`] (every flag), [`protocol`] (wire types and codecs),
-//!     [`isotime`], `error` (the JSON error body), [`shutdown`].
+//!     [`isotime`], `error` (the JSON error body), [`shutdown`], `profiles` (device names,
+//!     colours and OwnTracks `tid`s, kept in a file with `--data-dir`).
 //! 11. [`model`]: domain types: ids, identities, fixes, positions.
 //!
 //! The public modules are the API ([`config`], [`model`], [`protocol`], [`serve`]) and the
@@ -62,6 +63,7 @@ mod http;
 mod ingest;
 mod limits;
 mod listen;
+mod profiles;
 mod relay;
 mod server;
 mod session;

@@ -12,7 +12,7 @@ use serde_json::{Map, Value};
 use crate::app::AppState;
 use crate::auth::{AuthError, IdentityQuery};
 use crate::error::error_response;
-use crate::model::{Fix, Identity, Role};
+use crate::model::{Fix, Identity};
 use crate::protocol::{RawMessage, validate_fix};
 
 /// Why an app's request could not be turned into fixes.
@@ -191,10 +191,11 @@ pub(crate) async fn identify_device(
         None => Cow::Borrowed(headers),
     };
     let identity = state.auth.identify(&headers, &query).await?;
-    if identity.role == Role::Viewer {
-        return Err(AuthError::Forbidden(
-            "viewers may not publish positions".into(),
-        ));
+    if !identity.may_publish() {
+        return Err(AuthError::Forbidden(format!(
+            "{}s may not publish positions",
+            identity.role.as_str()
+        )));
     }
     Ok(identity)
 }

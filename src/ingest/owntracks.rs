@@ -28,6 +28,7 @@ use super::common::{
 use crate::app::AppState;
 use crate::config::AuthMode;
 use crate::model::{DeviceId, Fix, MAX_ID_LEN, Position, now_ms};
+use crate::profiles::MAX_NAME_CHARS;
 use crate::protocol::RawMessage;
 
 /// Most `location` messages in one answer. A group larger than this shows its most recently
@@ -46,9 +47,27 @@ pub(crate) enum Payload {
         fix: Fix,
         /// The message's `topic`, when it has one (iOS sends it in HTTP mode).
         topic: Option<String>,
+        /// The tracker id the phone chose (`tid`), when it sent one.
+        tid: Option<String>,
     },
-    /// Anything else: another `_type`, or an empty body.
+    /// A `_type: card` message: how the user wants to be shown.
+    Card {
+        /// The `name`, cut to a profile name's rules; `None` when nothing usable is left.
+        name: Option<String>,
+        /// The message's `topic`, when it has one.
+        topic: Option<String>,
+    },
+    /// Anything else (`lwt`, `waypoint`, `encrypted`, ...), or an empty body.
     Ignored,
+}
+
+/// A card's `name` made a valid profile name: control characters dropped, spaces trimmed, at
+/// most [`MAX_NAME_CHARS`] characters kept.
+fn card_name(name: &str) -> Option<String> {
+    let clean: String = name.chars().filter(|c| !c.is_control()).collect();
+    let clean: String = clean.trim().chars().take(MAX_NAME_CHARS).collect();
+    let clean = clean.trim();
+    (!clean.is_empty()).then(|| clean.to_owned())
 }
 
 /// Reads one POSTed message. `now` (ms) stands in for a missing `tst`.
@@ -62,8 +81,15 @@ pub(crate) fn parse(body: &[u8], now: i64) -> Result<Payload, IngestError> {
     let obj = value
         .as_object()
         .ok_or_else(|| IngestError::BadRequest("the body must be a JSON object".into()))?;
+    let topic = obj.get("topic").and_then(Value::as_str).map(str::to_owned);
     match obj.get("_type").and_then(Value::as_str) {
         Some("location") => {}
+        Some("card") => {
+            let name = obj.get("name").and_then(Value::as_str).and_then(card_name);
+            return Ok(Payload::Card { name, topic });
+        }
+        // `lwt` is MQTT's last will ("the app lost its connection"); over HTTP presence follows
+        // the stale window, so it changes nothing. Other types carry nothing Beacon keeps.
         Some(_) => return Ok(Payload::Ignored),
         None => return Err(IngestError::BadRequest("_type is required".into())),
     }
@@ -79,8 +105,13 @@ pub(crate) fn parse(body: &[u8], now: i64) -> Result<Payload, IngestError> {
         ..RawMessage::default()
     };
     let fix = common::validate(&raw, now, &[("ts", "tst"), ("spd", "vel"), ("hdg", "cog")])?;
-    let topic = obj.get("topic").and_then(Value::as_str).map(str::to_owned);
-    Ok(Payload::Location { fix, topic })
+    let tid = obj
+        .get("tid")
+        .and_then(Value::as_str)
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .map(str::to_owned);
+    Ok(Payload::Location { fix, topic, tid })
 }
 
 /// The user and device names of a topic `.../<user>/<device>` (at least three segments).
@@ -192,10 +223,11 @@ pub(crate) fn topic(device: &DeviceId) -> String {
 }
 
 /// A position as an OwnTracks `location` message (integers where the app expects them).
-pub(crate) fn location_message(p: &Position) -> Value {
+/// `own_tid` is the `tid` the device sent itself, when it did.
+pub(crate) fn location_message(p: &Position, own_tid: Option<String>) -> Value {
     let mut msg = json!({
         "_type": "location",
-        "tid": tid(&p.device),
+        "tid": own_tid.unwrap_or_else(|| tid(&p.device)),
         "topic": topic(&p.device),
         "lat": p.fix.lat,
         "lon": p.fix.lon,
@@ -221,8 +253,12 @@ pub(crate) fn location_message(p: &Position) -> Value {
 }
 
 /// The answer to a location: every device of `groups` (each once, with its newest fix), most
-/// recent first, at most [`MAX_FRIENDS`].
-pub(crate) fn friends(positions: impl IntoIterator<Item = Position>) -> Vec<Value> {
+/// recent first, at most [`MAX_FRIENDS`]. `own_tid` gives the `tid` a device sent itself, which
+/// the answer keeps.
+pub(crate) fn friends(
+    positions: impl IntoIterator<Item = Position>,
+    own_tid: impl Fn(&DeviceId) -> Option<String>,
+) -> Vec<Value> {
     let mut latest: HashMap<DeviceId, Position> = HashMap::new();
     for p in positions {
         match latest.get(&p.device) {
@@ -235,7 +271,9 @@ pub(crate) fn friends(positions: impl IntoIterator<Item = Position>) -> Vec<Valu
     let mut all: Vec<Position> = latest.into_values().collect();
     all.sort_by(|a, b| (b.fix.ts, &b.device).cmp(&(a.fix.ts, &a.device)));
     all.truncate(MAX_FRIENDS);
-    all.iter().map(location_message).collect()
+    all.iter()
+        .map(|p| location_message(p, own_tid(&p.device)))
+        .collect()
 }
 
 /// `POST /v1/ingest/owntracks`.
@@ -250,10 +288,14 @@ pub(crate) async fn handle(
         Ok(query) => query,
         Err(e) => return e.response(),
     };
-    let (fix, topic) = match parse(&body, now) {
-        Ok(Payload::Location { fix, topic }) => (fix, topic),
+    let payload = match parse(&body, now) {
         Ok(Payload::Ignored) => return Json(json!([])).into_response(),
+        Ok(payload) => payload,
         Err(e) => return e.response(),
+    };
+    let topic = match &payload {
+        Payload::Location { topic, .. } | Payload::Card { topic, .. } => topic.clone(),
+        Payload::Ignored => None,
     };
     let basic = basic_auth(&headers);
     let id = names(
@@ -283,6 +325,21 @@ pub(crate) async fn handle(
             }
         }
     };
+    let (fix, tid) = match payload {
+        Payload::Location { fix, tid, .. } => (fix, tid),
+        Payload::Card { name, .. } => {
+            if let Some(name) = name
+                && let Err(e) = state.profiles.set_name(&identity.id, name)
+            {
+                tracing::debug!(device = %identity.id, error = %e, "card name not kept");
+            }
+            return Json(json!([])).into_response();
+        }
+        Payload::Ignored => return Json(json!([])).into_response(),
+    };
+    if let Some(tid) = tid {
+        state.profiles.set_tid(&identity.id, &tid);
+    }
     common::publish_app(
         &state,
         &identity,
@@ -294,7 +351,7 @@ pub(crate) async fn handle(
         .groups
         .iter()
         .flat_map(|g| state.hub.positions(g.as_str()));
-    Json(friends(positions)).into_response()
+    Json(friends(positions, |d| state.profiles.tid(d.as_str()))).into_response()
 }
 
 #[cfg(test)]
@@ -310,10 +367,11 @@ mod tests {
             "acc":12,"alt":48,"batt":81,"bs":1,"conn":"w","created_at":1763779995,
             "lat":52.5162,"lon":13.3777,"m":1,"t":"u","tid":"ne","tst":1763779990,
             "vac":3,"vel":18,"cog":90}"#;
-        let Payload::Location { fix, topic } = parse(body, NOW).unwrap() else {
+        let Payload::Location { fix, topic, tid } = parse(body, NOW).unwrap() else {
             panic!("not a location")
         };
         assert_eq!(topic, None);
+        assert_eq!(tid.as_deref(), Some("ne"));
         assert_eq!(
             (fix.lat, fix.lon, fix.ts),
             (52.5162, 13.3777, 1_763_779_990_000)
@@ -423,11 +481,14 @@ mod tests {
             rts: ts + 10,
             online: true,
         };
-        let answer = friends([
-            p("jane:phone", 5_000),
-            p("bus-17", 9_999),
-            p("jane:phone", 7_000),
-        ]);
+        let answer = friends(
+            [
+                p("jane:phone", 5_000),
+                p("bus-17", 9_999),
+                p("jane:phone", 7_000),
+            ],
+            |_| None,
+        );
         assert_eq!(answer.len(), 2);
         assert_eq!(answer[0]["tid"], "17");
         assert_eq!(answer[0]["topic"], "owntracks/beacon/bus-17");
@@ -445,6 +506,6 @@ mod tests {
         let many: Vec<Position> = (0..MAX_FRIENDS + 5)
             .map(|i| p(&format!("d{i}"), i as i64))
             .collect();
-        assert_eq!(friends(many).len(), MAX_FRIENDS);
+        assert_eq!(friends(many, |_| None).len(), MAX_FRIENDS);
     }
 }

@@ -30,6 +30,7 @@ pub struct Metrics {
     registry: Registry,
     connections_device: Gauge,
     connections_viewer: Gauge,
+    connections_admin: Gauge,
     /// Upgrades refused because the server was full.
     pub refused_full: Counter,
     /// Upgrades refused for a bad query, token, origin or role.
@@ -136,6 +137,7 @@ impl Metrics {
         Metrics {
             connections_device: role(Role::Device),
             connections_viewer: role(Role::Viewer),
+            connections_admin: role(Role::Admin),
             refused_full: refused_by("full"),
             refused_bad_request: refused_by("bad_request"),
             msg_in_pos: msg("pos"),
@@ -197,6 +199,7 @@ impl Metrics {
         match role {
             Role::Device => &self.connections_device,
             Role::Viewer => &self.connections_viewer,
+            Role::Admin => &self.connections_admin,
         }
     }
 

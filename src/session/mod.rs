@@ -340,9 +340,10 @@ impl Session {
         let reply = match protocol::decode(self.codec, bytes, now) {
             Ok(ClientMessage::Pos { fix, seq }) => {
                 self.state.metrics.msg_in_pos.inc();
-                if self.identity.role == Role::Viewer {
-                    let mut refusal =
-                        Refusal::new(ErrorCode::Forbidden, "viewers may not publish positions");
+                if !self.identity.may_publish() {
+                    let message =
+                        format!("{}s may not publish positions", self.identity.role.as_str());
+                    let mut refusal = Refusal::new(ErrorCode::Forbidden, message);
                     refusal.seq = seq;
                     Some(self.refuse(refusal))
                 } else if let Err(mut refusal) =
