@@ -15,9 +15,10 @@ use serde_json::{Value, json};
 use crate::app::AppState;
 use crate::auth::IdentityQuery;
 use crate::error::error_response;
+use crate::events::{EventQuery, MAX_EVENTS_PER_QUERY};
 use crate::model::{DeviceId, GroupId, Identity, Position};
 use crate::profiles::ProfileError;
-use crate::protocol::PositionRecord;
+use crate::protocol::{EventRecord, PositionRecord};
 use crate::relay::RedisHealth;
 
 /// The routes of this module.
@@ -27,6 +28,7 @@ pub(crate) fn routes(state: &AppState) -> Router<AppState> {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route("/v1/groups/{group}/positions", get(group_positions))
+        .route("/v1/groups/{group}/events", get(group_events))
         .route(
             "/v1/devices/{id}/profile",
             get(get_profile).put(put_profile),
@@ -287,4 +289,87 @@ async fn put_profile(
             e.to_string(),
         ),
     }
+}
+
+/// Default `limit` of `GET /v1/groups/{group}/events`.
+const DEFAULT_EVENTS_LIMIT: usize = 100;
+
+/// The query of `GET /v1/groups/{group}/events`.
+#[derive(Debug, Default, Deserialize)]
+struct EventsParams {
+    from: Option<String>,
+    to: Option<String>,
+    kind: Option<String>,
+    limit: Option<String>,
+}
+
+/// `from`/`to`: ms since the epoch, or ISO-8601.
+fn event_time(name: &str, text: &str) -> Result<i64, String> {
+    if let Ok(ms) = text.trim().parse::<i64>() {
+        return Ok(ms);
+    }
+    crate::isotime::parse_ms(text)
+        .map_err(|_| format!("{name} must be ms since the epoch or ISO-8601"))
+}
+
+/// `GET /v1/groups/{group}/events?from=&to=&kind=&limit=`: `{"events": [...]}`, oldest first,
+/// at most `limit` (default 100, at most 1000). Same rights as the group's positions.
+async fn group_events(
+    State(state): State<AppState>,
+    Path(group): Path<String>,
+    headers: HeaderMap,
+    params: Result<Query<EventsParams>, axum::extract::rejection::QueryRejection>,
+    identity: Result<Query<IdentityQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let bad = |message: String| error_response(StatusCode::BAD_REQUEST, "bad_request", message);
+    if let Err(why) = GroupId::parse(&group) {
+        return bad(format!("group {why}"));
+    }
+    let Ok(Query(params)) = params else {
+        return bad("malformed query string".into());
+    };
+    let identity = identity.map(|Query(q)| q).unwrap_or_default();
+    if let Err(e) = state
+        .auth
+        .authorize_group_read(&headers, &identity, &group)
+        .await
+    {
+        return e.into_response();
+    }
+    let from = match params
+        .from
+        .as_deref()
+        .map(|t| event_time("from", t))
+        .transpose()
+    {
+        Ok(from) => from,
+        Err(message) => return bad(message),
+    };
+    let to = match params
+        .to
+        .as_deref()
+        .map(|t| event_time("to", t))
+        .transpose()
+    {
+        Ok(to) => to,
+        Err(message) => return bad(message),
+    };
+    let limit = match params.limit.as_deref().map(str::parse::<usize>) {
+        None => DEFAULT_EVENTS_LIMIT,
+        Some(Ok(n)) if (1..=MAX_EVENTS_PER_QUERY).contains(&n) => n,
+        Some(_) => {
+            return bad(format!(
+                "limit must be a whole number from 1 to {MAX_EVENTS_PER_QUERY}"
+            ));
+        }
+    };
+    let query = EventQuery {
+        from,
+        to,
+        kind: params.kind.as_deref(),
+        limit,
+    };
+    let events = state.events.query(&group, &query);
+    let records: Vec<EventRecord<'_>> = events.iter().map(EventRecord::from).collect();
+    Json(json!({ "events": records })).into_response()
 }

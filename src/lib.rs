@@ -25,7 +25,8 @@
 //!    (the accept loop), `tls`, `limits` (message rate, connections per address).
 //! 9. [`metrics`]: the Prometheus registry and every metric family.
 //! 10. Foundations: [`config`] (every flag), [`protocol`] (wire types and codecs),
-//!     [`isotime`], `error` (the JSON error body), [`shutdown`], `profiles` (device names,
+//!     [`isotime`], `error` (the JSON error body), [`shutdown`], `events` (each group's
+//!     recent events), `profiles` (device names,
 //!     colours and OwnTracks `tid`s, kept in a file with `--data-dir`).
 //! 11. [`model`]: domain types: ids, identities, fixes, positions.
 //!
@@ -59,6 +60,7 @@ mod app;
 mod conn;
 mod demo;
 mod error;
+mod events;
 mod http;
 mod ingest;
 mod limits;

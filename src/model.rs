@@ -204,6 +204,30 @@ pub struct Position {
     pub online: bool,
 }
 
+/// Something that happened to a device at a moment (an alarm, entering or leaving a region).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Event {
+    /// Unique, and the same wherever and however often the event is seen (derived from what
+    /// the event is, so a retried report gives the same id).
+    pub id: String,
+    /// `alarm`, `region.enter`, `region.exit`.
+    pub kind: &'static str,
+    /// The device it happened to.
+    pub device: DeviceId,
+    /// The group it is reported to.
+    pub group: GroupId,
+    /// The fix time that caused it, ms since the epoch.
+    pub ts: i64,
+    /// Where, when known.
+    pub lat: Option<f64>,
+    /// Where, when known.
+    pub lon: Option<f64>,
+    /// The alarm's name (`alarm`).
+    pub alarm: Option<String>,
+    /// The device-side region's name (`region.*`).
+    pub region: Option<String>,
+}
+
 /// Milliseconds since the Unix epoch, by the system clock.
 pub fn now_ms() -> i64 {
     SystemTime::now()

@@ -12,8 +12,10 @@ use serde_json::{Map, Value};
 use crate::app::AppState;
 use crate::auth::{AuthError, IdentityQuery};
 use crate::error::error_response;
-use crate::model::{Fix, Identity};
-use crate::protocol::{RawMessage, validate_fix};
+use crate::events::event_id;
+use crate::model::{Event, Fix, Identity};
+use crate::outbox::Prepared;
+use crate::protocol::{Codec, EventRecord, RawMessage, ServerMessage, validate_fix};
 
 /// Why an app's request could not be turned into fixes.
 #[derive(Clone, Debug, PartialEq, thiserror::Error)]
@@ -208,13 +210,14 @@ pub(super) fn refused(e: &AuthError) -> Response {
 /// Publishes the fixes of a phone app, minus those too old for the history retention: the app
 /// still gets 200 (so its queue moves on), and each dropped fix is counted in
 /// `beacon_ingest_too_old_total` and logged (device and fix time, never a credential).
+/// Returns the fixes kept.
 pub(super) fn publish_app(
     state: &AppState,
     identity: &Identity,
     app: &'static str,
     fixes: &[Fix],
     now: i64,
-) {
+) -> Vec<Fix> {
     let oldest = state.config.oldest_fix_ms(now);
     let (kept, dropped): (Vec<Fix>, Vec<Fix>) =
         fixes.iter().cloned().partition(|fix| fix.ts >= oldest);
@@ -230,7 +233,60 @@ pub(super) fn publish_app(
         );
     }
     publish(state, identity, &kept, now);
+    kept
 }
+
+/// Records an event of `kind` caused by `fix` in each of the device's groups, and sends each
+/// new one (not a retry) to the group's subscribers as an `event` frame, in every codec in use.
+pub(super) fn record_event(
+    state: &AppState,
+    identity: &Identity,
+    kind: &'static str,
+    fix: &Fix,
+    name: &str,
+) {
+    for group in &identity.groups {
+        let event = Event {
+            id: event_id(kind, &identity.id, group, fix.ts, name),
+            kind,
+            device: identity.id.clone(),
+            group: group.clone(),
+            ts: fix.ts,
+            lat: Some(fix.lat),
+            lon: Some(fix.lon),
+            alarm: (kind == "alarm").then(|| name.to_owned()),
+            region: kind.starts_with("region.").then(|| name.to_owned()),
+        };
+        if !state.events.add(&event) {
+            continue;
+        }
+        tracing::info!(device = %identity.id, group = %group, kind, name, "event");
+        let records = [EventRecord::from(&event)];
+        let message = ServerMessage::Event {
+            group: group.as_str(),
+            events: &records,
+        };
+        let in_use = state.hub.codecs_in_use(group.as_str());
+        let frames = Codec::ALL
+            .map(|codec| (in_use[codec.index()] > 0).then(|| Prepared::new(message.encode(codec))));
+        state.hub.send_to_group(group.as_str(), &frames);
+    }
+}
+
+/// An app's event name (alarm, region) made safe to keep: control characters dropped, at
+/// most [`MAX_EVENT_NAME_CHARS`] characters.
+pub(super) fn event_name(text: &str) -> Option<String> {
+    let name: String = text
+        .chars()
+        .filter(|c| !c.is_control())
+        .take(MAX_EVENT_NAME_CHARS)
+        .collect();
+    let name = name.trim();
+    (!name.is_empty()).then(|| name.to_owned())
+}
+
+/// Longest alarm or region name kept, in characters.
+pub(crate) const MAX_EVENT_NAME_CHARS: usize = 64;
 
 /// Publishes fixes that arrived over HTTP, from any ingest route. Such devices hold no
 /// socket: their presence follows the stale window.

@@ -39,6 +39,8 @@ pub(crate) struct Report {
     pub device: String,
     /// The validated fixes, in the order sent.
     pub fixes: Vec<Fix>,
+    /// `alarm=<name>` (Traccar Client's `sos`...): an event at the last fix.
+    pub alarm: Option<String>,
 }
 
 /// How the body is encoded.
@@ -132,6 +134,7 @@ fn legacy(params: &Params, now: i64) -> Result<Report, IngestError> {
     Ok(Report {
         device: device.to_owned(),
         fixes: vec![fix],
+        alarm: params.get("alarm").and_then(common::event_name),
     })
 }
 
@@ -196,7 +199,15 @@ fn json(query: &Params, body: &[u8], now: i64, max_fixes: usize) -> Result<Repor
         }
         None => return Err(IngestError::BadRequest("location is required".into())),
     };
-    Ok(Report { device, fixes })
+    let alarm = match obj.get("alarm") {
+        Some(Value::String(name)) => common::event_name(name),
+        _ => query.get("alarm").and_then(common::event_name),
+    };
+    Ok(Report {
+        device,
+        fixes,
+        alarm,
+    })
 }
 
 /// One `location` object of the JSON shape; `path` names it in refusals.
@@ -312,7 +323,12 @@ async fn ingest(
         Ok(identity) => identity,
         Err(e) => return common::refused(&e),
     };
-    publish_app(state, &identity, "osmand", &report.fixes, now);
+    let kept = publish_app(state, &identity, "osmand", &report.fixes, now);
+    if let Some(alarm) = &report.alarm
+        && let Some(fix) = kept.last()
+    {
+        common::record_event(state, &identity, "alarm", fix, alarm);
+    }
     StatusCode::OK.into_response()
 }
 

@@ -57,8 +57,54 @@ pub(crate) enum Payload {
         /// The message's `topic`, when it has one.
         topic: Option<String>,
     },
+    /// A `_type: transition` message: the phone entered or left one of its regions.
+    Transition {
+        /// The point and time of the transition.
+        fix: Fix,
+        /// `region.enter` or `region.exit`.
+        kind: &'static str,
+        /// The region's name (`desc`).
+        region: String,
+        /// The message's `topic`, when it has one.
+        topic: Option<String>,
+    },
     /// Anything else (`lwt`, `waypoint`, `encrypted`, ...), or an empty body.
     Ignored,
+}
+
+/// A `transition`: `event` (`enter` or `leave`), `desc` (the region), and the point and time
+/// (`lat`, `lon`, `tst`, `acc`). One without a usable event or region name is ignored.
+fn transition(
+    obj: &serde_json::Map<String, Value>,
+    now: i64,
+    topic: Option<String>,
+) -> Result<Payload, IngestError> {
+    let kind = match obj.get("event").and_then(Value::as_str) {
+        Some("enter") => "region.enter",
+        Some("leave") => "region.exit",
+        _ => return Ok(Payload::Ignored),
+    };
+    let Some(region) = obj
+        .get("desc")
+        .and_then(Value::as_str)
+        .and_then(common::event_name)
+    else {
+        return Ok(Payload::Ignored);
+    };
+    let raw = RawMessage {
+        lat: json_number(obj, "lat", "lat")?,
+        lon: json_number(obj, "lon", "lon")?,
+        ts: json_number(obj, "tst", "tst")?.map(|s| s * 1000.0),
+        acc: known(json_number(obj, "acc", "acc")?),
+        ..RawMessage::default()
+    };
+    let fix = common::validate(&raw, now, &[("ts", "tst")])?;
+    Ok(Payload::Transition {
+        fix,
+        kind,
+        region,
+        topic,
+    })
 }
 
 /// A card's `name` made a valid profile name: control characters dropped, spaces trimmed, at
@@ -84,6 +130,7 @@ pub(crate) fn parse(body: &[u8], now: i64) -> Result<Payload, IngestError> {
     let topic = obj.get("topic").and_then(Value::as_str).map(str::to_owned);
     match obj.get("_type").and_then(Value::as_str) {
         Some("location") => {}
+        Some("transition") => return transition(obj, now, topic),
         Some("card") => {
             let name = obj.get("name").and_then(Value::as_str).and_then(card_name);
             return Ok(Payload::Card { name, topic });
@@ -294,7 +341,9 @@ pub(crate) async fn handle(
         Err(e) => return e.response(),
     };
     let topic = match &payload {
-        Payload::Location { topic, .. } | Payload::Card { topic, .. } => topic.clone(),
+        Payload::Location { topic, .. }
+        | Payload::Card { topic, .. }
+        | Payload::Transition { topic, .. } => topic.clone(),
         Payload::Ignored => None,
     };
     let basic = basic_auth(&headers);
@@ -332,6 +381,17 @@ pub(crate) async fn handle(
                 && let Err(e) = state.profiles.set_name(&identity.id, name)
             {
                 tracing::debug!(device = %identity.id, error = %e, "card name not kept");
+            }
+            return Json(json!([])).into_response();
+        }
+        Payload::Transition {
+            fix, kind, region, ..
+        } => {
+            // A transition too old to keep is answered like one kept, so the app moves on.
+            if fix.ts >= state.config.oldest_fix_ms(now) {
+                common::record_event(&state, &identity, kind, &fix, &region);
+            } else {
+                state.metrics.ingest_too_old.inc();
             }
             return Json(json!([])).into_response();
         }
@@ -384,9 +444,30 @@ mod tests {
     }
 
     #[test]
+    fn transitions_become_region_events() {
+        let body = br#"{"_type":"transition","event":"leave","desc":"Work\u0007","lat":1,"lon":2,"tst":1763779990,"t":"c"}"#;
+        let Ok(Payload::Transition {
+            fix, kind, region, ..
+        }) = parse(body, NOW)
+        else {
+            panic!("not a transition")
+        };
+        assert_eq!(
+            (kind, region.as_str(), fix.ts),
+            ("region.exit", "Work", 1_763_779_990_000)
+        );
+        let old =
+            br#"{"_type":"transition","event":"enter","desc":"home","lat":1,"lon":2,"tst":1}"#;
+        assert!(matches!(
+            parse(old, NOW),
+            Err(IngestError::InvalidPosition(_))
+        ));
+    }
+
+    #[test]
     fn other_types_and_empty_bodies_are_ignored() {
         for body in [
-            &br#"{"_type":"transition","event":"enter","desc":"home","tst":1}"#[..],
+            &br#"{"_type":"transition","event":"dwell","desc":"home","tst":1}"#[..],
             br#"{"_type":"lwt","tst":1}"#,
             br#"{"_type":"encrypted","data":"abc"}"#,
             b"",

@@ -29,4 +29,4 @@ pub use client::{
 };
 pub use codec::{Codec, Frame, JSON_PROTOCOL, MSGPACK_PROTOCOL};
 pub use error::{ErrorCode, Refusal};
-pub use server::{PositionRecord, ServerMessage, encode_refusal, encode_snapshot};
+pub use server::{EventRecord, PositionRecord, ServerMessage, encode_refusal, encode_snapshot};

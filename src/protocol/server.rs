@@ -9,7 +9,54 @@ use tokio_tungstenite::tungstenite::Utf8Bytes;
 use super::client::PingId;
 use super::codec::{Codec, Frame};
 use super::error::{ErrorCode, Refusal};
-use crate::model::Position;
+use crate::model::{Event, Position};
+
+/// One event on the wire (`event` frames, `GET /v1/groups/{group}/events`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EventRecord<'a> {
+    /// Unique and the same everywhere the event is seen.
+    #[serde(borrow)]
+    pub id: Cow<'a, str>,
+    /// `alarm`, `region.enter`, `region.exit`.
+    #[serde(borrow)]
+    pub kind: Cow<'a, str>,
+    /// The device.
+    #[serde(borrow)]
+    pub device: Cow<'a, str>,
+    /// The group.
+    #[serde(borrow)]
+    pub group: Cow<'a, str>,
+    /// The fix time that caused it, ms.
+    pub ts: i64,
+    /// Latitude, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lat: Option<f64>,
+    /// Longitude, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lon: Option<f64>,
+    /// The alarm's name.
+    #[serde(default, borrow, skip_serializing_if = "Option::is_none")]
+    pub alarm: Option<Cow<'a, str>>,
+    /// The region's name.
+    #[serde(default, borrow, skip_serializing_if = "Option::is_none")]
+    pub region: Option<Cow<'a, str>>,
+}
+
+impl<'a> From<&'a Event> for EventRecord<'a> {
+    fn from(e: &'a Event) -> Self {
+        EventRecord {
+            id: Cow::Borrowed(&e.id),
+            kind: Cow::Borrowed(e.kind),
+            device: Cow::Borrowed(e.device.as_str()),
+            group: Cow::Borrowed(e.group.as_str()),
+            ts: e.ts,
+            lat: e.lat,
+            lon: e.lon,
+            alarm: e.alarm.as_deref().map(Cow::Borrowed),
+            region: e.region.as_deref().map(Cow::Borrowed),
+        }
+    }
+}
 
 /// One device's position as it appears in `snapshot` and `batch` frames.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -103,6 +150,13 @@ pub enum ServerMessage<'a> {
         id: PingId,
         /// Server clock, ms.
         server_time: i64,
+    },
+    /// Events of one group.
+    Event {
+        /// Group id.
+        group: &'a str,
+        /// The events, oldest first.
+        events: &'a [EventRecord<'a>],
     },
     /// A refused message.
     Error {
