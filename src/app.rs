@@ -12,6 +12,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::auth::Authenticator;
 use crate::config::Config;
+use crate::event_bus::EventBus;
 use crate::events::EventLog;
 use crate::hub::Hub;
 use crate::limits::IpConnections;
@@ -45,8 +46,9 @@ pub(crate) struct AppState {
     pub relay: Option<Arc<Relay>>,
     /// Device profiles (name, colour, OwnTracks `tid`); in `--data-dir` when set.
     pub profiles: Arc<Profiles>,
-    /// Each group's recent events (alarms, region changes).
-    pub events: Arc<EventLog>,
+    /// Each group's recent events (alarms, region changes) and their fan-out, across
+    /// instances with Redis.
+    pub events: Arc<EventBus>,
 }
 
 impl AppState {
@@ -60,7 +62,11 @@ impl AppState {
         });
         AppState {
             profiles,
-            events: Arc::new(EventLog::new(config.ingest.events_per_group as usize)),
+            events: Arc::new(EventBus::new(
+                EventLog::new(config.ingest.events_per_group as usize),
+                hub.clone(),
+                config.redis_url.is_some(),
+            )),
             auth: Authenticator::new(config.auth.clone(), Some(metrics.clone())),
             connections: Arc::new(Semaphore::new(config.limits.max_connections)),
             per_ip: Arc::new(IpConnections::new(config.limits.max_connections_per_ip)),

@@ -369,7 +369,7 @@ async fn group_events(
         kind: params.kind.as_deref(),
         limit,
     };
-    let events = state.events.query(&group, &query);
+    let events = state.events.log().query(&group, &query);
     let records: Vec<EventRecord<'_>> = events.iter().map(EventRecord::from).collect();
     Json(json!({ "events": records })).into_response()
 }

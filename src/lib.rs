@@ -17,7 +17,7 @@
 //!    writes to the socket for it.
 //! 5. `app`: the state every route and session shares.
 //! 6. Components: [`auth`] (who a request is, what it may do), `relay` (several instances as
-//!    one, through Redis), [`store`] (durable positions and history), `demo` (simulated
+//!    one, through Redis), `event_bus` (events to every subscriber, across instances), [`store`] (durable positions and history), `demo` (simulated
 //!    devices).
 //! 7. [`hub`]: latest state per group, presence, and the tick-driven, coalesced fan-out.
 //! 8. Transport: `upgrade` (the WebSocket handshake), `conn` (the byte stream under a
@@ -60,6 +60,7 @@ mod app;
 mod conn;
 mod demo;
 mod error;
+mod event_bus;
 mod events;
 mod http;
 mod ingest;

@@ -123,3 +123,95 @@ async fn owntracks_transitions_are_region_events() {
     assert_eq!(bad.status(), 400);
     server.stop().await;
 }
+
+async fn alarm_ids(server: &TestServer) -> Vec<String> {
+    let body = server.get_json("/v1/groups/g/events?kind=alarm").await;
+    let mut ids: Vec<String> = body["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["id"].as_str().unwrap().to_owned())
+        .collect();
+    ids.sort();
+    ids
+}
+
+/// Instances sharing one Redis: an event reported to one reaches the subscribers of both,
+/// each once, with the same id; both instances list it.
+#[tokio::test]
+async fn events_cross_instances_once() {
+    let redis = common::redis_server::RedisServer::start();
+    let start = |url: String| TestServer::with(move |c| c.redis_url = Some(url));
+    let a = start(redis.url()).await;
+    let b = start(redis.url()).await;
+    // Both instances listen on the events channel before anything is reported.
+    let conn = redis.connection().await;
+    common::eventually(|| {
+        let mut conn = conn.clone();
+        async move {
+            let reply: redis::Value = redis::cmd("PUBSUB")
+                .arg("NUMSUB")
+                .arg("beacon:events")
+                .query_async(&mut conn)
+                .await
+                .ok()?;
+            let (_, subscribers): (String, i64) =
+                redis::FromRedisValue::from_redis_value(reply).ok()?;
+            (subscribers == 2).then_some(())
+        }
+    })
+    .await;
+
+    let mut on_a = a.viewer("va", "g").await;
+    let mut on_b = b
+        .connect_with("id=vb&groups=g&role=viewer", Some("beacon.v1.msgpack"))
+        .await;
+    on_b.skip_greeting(1).await;
+
+    let ts = now_ms() / 1000 - 5;
+    let path =
+        format!("/v1/ingest/osmand?id=phone-2&groups=g&lat=1&lon=2&timestamp={ts}&alarm=sos");
+    // Reported to A, then retried to B (a load balancer may send the retry elsewhere).
+    for server in [&a, &b] {
+        let response = server.get(&path).await;
+        assert_eq!(response.status(), 200);
+    }
+    // Barriers: one more event through each instance; once a viewer has both, every echo of
+    // the first event has been handled by its instance.
+    for (server, name) in [(&a, "fall"), (&b, "crash")] {
+        let response = server
+            .get(&format!(
+                "/v1/ingest/osmand?id=phone-2&groups=g&lat=1&lon=2&timestamp={ts}&alarm={name}"
+            ))
+            .await;
+        assert_eq!(response.status(), 200);
+    }
+    for viewer in [&mut on_a, &mut on_b] {
+        let mut alarms = Vec::new();
+        while !(alarms.contains(&"fall".to_owned()) && alarms.contains(&"crash".to_owned())) {
+            let frame = viewer.until("event").await;
+            assert_eq!(frame["group"], "g");
+            for event in frame["events"].as_array().unwrap() {
+                alarms.push(event["alarm"].as_str().unwrap().to_owned());
+            }
+        }
+        alarms.extend(
+            event_frames(viewer)
+                .await
+                .iter()
+                .flat_map(|f| f["events"].as_array().unwrap().clone())
+                .map(|e| e["alarm"].as_str().unwrap().to_owned()),
+        );
+        alarms.sort();
+        assert_eq!(alarms, ["crash", "fall", "sos"], "each event once");
+    }
+    let on_a_ids = alarm_ids(&a).await;
+    assert_eq!(on_a_ids.len(), 3);
+    assert_eq!(
+        on_a_ids,
+        alarm_ids(&b).await,
+        "the same ids on both instances"
+    );
+    a.stop().await;
+    b.stop().await;
+}

@@ -14,8 +14,7 @@ use crate::auth::{AuthError, IdentityQuery};
 use crate::error::error_response;
 use crate::events::event_id;
 use crate::model::{Event, Fix, Identity};
-use crate::outbox::Prepared;
-use crate::protocol::{Codec, EventRecord, RawMessage, ServerMessage, validate_fix};
+use crate::protocol::{RawMessage, validate_fix};
 
 /// Why an app's request could not be turned into fixes.
 #[derive(Clone, Debug, PartialEq, thiserror::Error)]
@@ -236,8 +235,8 @@ pub(super) fn publish_app(
     kept
 }
 
-/// Records an event of `kind` caused by `fix` in each of the device's groups, and sends each
-/// new one (not a retry) to the group's subscribers as an `event` frame, in every codec in use.
+/// Records an event of `kind` caused by `fix` in each of the device's groups; each new one (not
+/// a retry) goes to the group's subscribers on every instance ([`crate::event_bus`]).
 pub(super) fn record_event(
     state: &AppState,
     identity: &Identity,
@@ -257,19 +256,9 @@ pub(super) fn record_event(
             alarm: (kind == "alarm").then(|| name.to_owned()),
             region: kind.starts_with("region.").then(|| name.to_owned()),
         };
-        if !state.events.add(&event) {
-            continue;
+        if state.events.record(&event) {
+            tracing::info!(device = %identity.id, group = %group, kind, name, "event");
         }
-        tracing::info!(device = %identity.id, group = %group, kind, name, "event");
-        let records = [EventRecord::from(&event)];
-        let message = ServerMessage::Event {
-            group: group.as_str(),
-            events: &records,
-        };
-        let in_use = state.hub.codecs_in_use(group.as_str());
-        let frames = Codec::ALL
-            .map(|codec| (in_use[codec.index()] > 0).then(|| Prepared::new(message.encode(codec))));
-        state.hub.send_to_group(group.as_str(), &frames);
     }
 }
 
