@@ -63,7 +63,14 @@ impl AppState {
         AppState {
             profiles,
             events: Arc::new(EventBus::new(
-                EventLog::new(config.ingest.events_per_group as usize),
+                match &config.data_dir {
+                    Some(dir) => EventLog::with_dir(
+                        config.ingest.events_per_group as usize,
+                        dir,
+                        config.store.retention_ms(),
+                    ),
+                    None => EventLog::new(config.ingest.events_per_group as usize),
+                },
                 hub.clone(),
                 config.redis_url.is_some(),
             )),

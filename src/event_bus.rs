@@ -18,7 +18,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
-use crate::events::EventLog;
+use crate::events::{EventLog, event_kind};
 use crate::hub::Hub;
 use crate::model::{DeviceId, Event, GroupId};
 use crate::outbox::Prepared;
@@ -182,12 +182,7 @@ impl EventBus {
 
 /// The domain event of a record read from another instance, when it is well-formed.
 fn event_of(record: &EventRecord<'_>) -> Option<Event> {
-    let kind = match record.kind.as_ref() {
-        "alarm" => "alarm",
-        "region.enter" => "region.enter",
-        "region.exit" => "region.exit",
-        _ => return None,
-    };
+    let kind = event_kind(&record.kind)?;
     Some(Event {
         id: record.id.clone().into_owned(),
         kind,

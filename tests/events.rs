@@ -215,3 +215,29 @@ async fn events_cross_instances_once() {
     a.stop().await;
     b.stop().await;
 }
+
+/// With `--data-dir` events survive a restart, and a retry after it is not a new event.
+#[tokio::test]
+async fn events_are_kept_in_the_data_dir() {
+    let dir = tempfile::tempdir().unwrap();
+    let start = |dir: std::path::PathBuf| TestServer::with(move |c| c.data_dir = Some(dir));
+    let ts = now_ms() / 1000 - 5;
+    let path =
+        format!("/v1/ingest/osmand?id=phone-3&groups=g&lat=1&lon=2&timestamp={ts}&alarm=sos");
+    let server = start(dir.path().to_owned()).await;
+    assert_eq!(server.get(&path).await.status(), 200);
+    let before = events(&server, "").await;
+    assert_eq!(before.len(), 1);
+    server.stop().await;
+
+    let server = start(dir.path().to_owned()).await;
+    let mut viewer = server.viewer("v", "g").await;
+    assert_eq!(events(&server, "").await, before, "kept across the restart");
+    assert_eq!(server.get(&path).await.status(), 200);
+    assert!(
+        event_frames(&mut viewer).await.is_empty(),
+        "a retry is not a new event"
+    );
+    assert_eq!(events(&server, "").await.len(), 1);
+    server.stop().await;
+}
