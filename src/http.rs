@@ -279,7 +279,16 @@ async fn put_profile(
         }
     };
     match state.profiles.put(&device, body.name, body.color) {
-        Ok(profile) => Json(profile_body(&device, &profile)).into_response(),
+        Ok(profile) => {
+            if let Some(name) = &profile.name {
+                for group in &identity.groups {
+                    state
+                        .hub
+                        .announce_name(group.as_str(), device.as_str(), name);
+                }
+            }
+            Json(profile_body(&device, &profile)).into_response()
+        }
         Err(e @ ProfileError::Invalid(_)) => {
             error_response(StatusCode::BAD_REQUEST, "bad_request", e.to_string())
         }

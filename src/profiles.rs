@@ -126,6 +126,11 @@ impl Profiles {
         self.lock().get(device).cloned().unwrap_or_default()
     }
 
+    /// The display name of `device`, when it has one.
+    pub(crate) fn name(&self, device: &str) -> Option<String> {
+        self.lock().get(device).and_then(|p| p.name.clone())
+    }
+
     /// Replaces the name and colour of `device` (its `tid` stays), after checking both.
     pub(crate) fn put(
         &self,

@@ -37,7 +37,7 @@ prop_compose! {
         hdg in proptest::option::of(0.0f64..=360.0),
         batt in proptest::option::of(0.0f64..=100.0),
     ) -> PositionRecord<'static> {
-        PositionRecord { id: Cow::Owned(id), lat, lon, ts, rts, online, acc, alt, spd, hdg, batt }
+        PositionRecord { id: Cow::Owned(id), lat, lon, ts, rts, online, acc, alt, spd, hdg, batt, name: None }
     }
 }
 

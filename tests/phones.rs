@@ -291,3 +291,46 @@ async fn profiles_are_set_by_the_device_or_an_admin_of_its_groups() {
     assert_eq!(profile["color"], "#000000");
     server.stop().await;
 }
+
+#[tokio::test]
+async fn position_records_carry_the_profile_name() {
+    let server = TestServer::start().await;
+    let mut viewer = server.viewer("v", "g").await;
+    let mut device = server.device("bus", "g").await;
+    device.pos(1.0, 2.0).await;
+    viewer.until_update(|u| u["id"] == "bus").await;
+    let (status, body) = send(
+        &server,
+        "PUT",
+        "/v1/devices/bus/profile?id=bus&groups=g",
+        &[("content-type", b"application/json")],
+        r#"{"name":"Bus 17"}"#,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let update = viewer
+        .until_update(|u| u["id"] == "bus" && u.get("name").is_some())
+        .await;
+    assert_eq!(
+        update["name"], "Bus 17",
+        "a batch record when the name changed"
+    );
+    assert_eq!(update["lat"], 1.0);
+
+    for codec in [None, Some("beacon.v1.msgpack")] {
+        let mut late = server
+            .connect_with("id=late&groups=g&role=viewer", codec)
+            .await;
+        late.expect("welcome").await;
+        let snapshot = late.expect("snapshot").await;
+        let bus = snapshot["devices"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|d| d["id"] == "bus")
+            .unwrap_or_else(|| panic!("{snapshot}"))
+            .clone();
+        assert_eq!(bus["name"], "Bus 17", "every snapshot: {bus}");
+    }
+    server.stop().await;
+}

@@ -1,9 +1,11 @@
 //! Sending one prepared frame to every subscriber of a group at once, outside the tick: for
 //! frames that are not coalesced (events).
 
+use std::borrow::Cow;
+
 use super::state::{Hub, lock};
 use crate::outbox::{Prepared, Push};
-use crate::protocol::Codec;
+use crate::protocol::{Codec, PositionRecord, ServerMessage};
 
 impl Hub {
     /// Hands `frames` (one per codec, `None` for a codec nobody needs) to every local
@@ -41,5 +43,32 @@ impl Hub {
             Some(g) => lock(&g).codecs,
             None => [0; Codec::ALL.len()],
         }
+    }
+
+    /// Sends `device`'s latest position in `group` with its new profile `name` to the group's
+    /// local subscribers, as a one-record `batch`, when the group holds a position of it.
+    pub fn announce_name(&self, group: &str, device: &str, name: &str) {
+        let Some(g) = self.groups.get(group).map(|g| g.clone()) else {
+            return;
+        };
+        let (position, in_use) = {
+            let state = lock(&g);
+            (state.positions.get(device).cloned(), state.codecs)
+        };
+        let Some(position) = position else {
+            return;
+        };
+        let records = [PositionRecord {
+            name: Some(Cow::Borrowed(name)),
+            ..PositionRecord::from(&position)
+        }];
+        let message = ServerMessage::Batch {
+            group,
+            updates: &records,
+            offline: &[],
+        };
+        let frames = Codec::ALL
+            .map(|codec| (in_use[codec.index()] > 0).then(|| Prepared::new(message.encode(codec))));
+        self.send_to_group(group, &frames);
     }
 }

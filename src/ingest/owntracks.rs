@@ -377,10 +377,18 @@ pub(crate) async fn handle(
     let (fix, tid) = match payload {
         Payload::Location { fix, tid, .. } => (fix, tid),
         Payload::Card { name, .. } => {
-            if let Some(name) = name
-                && let Err(e) = state.profiles.set_name(&identity.id, name)
-            {
-                tracing::debug!(device = %identity.id, error = %e, "card name not kept");
+            if let Some(name) = name {
+                match state.profiles.set_name(&identity.id, name.clone()) {
+                    Ok(_) => {
+                        for group in &identity.groups {
+                            let id = identity.id.as_str();
+                            state.hub.announce_name(group.as_str(), id, &name);
+                        }
+                    }
+                    Err(e) => {
+                        tracing::debug!(device = %identity.id, error = %e, "card name not kept");
+                    }
+                }
             }
             return Json(json!([])).into_response();
         }

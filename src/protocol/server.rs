@@ -89,6 +89,9 @@ pub struct PositionRecord<'a> {
     /// Battery, percent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub batt: Option<f64>,
+    /// The device's profile name: in every snapshot, and in a batch when it changed.
+    #[serde(default, borrow, skip_serializing_if = "Option::is_none")]
+    pub name: Option<Cow<'a, str>>,
 }
 
 impl<'a> From<&'a Position> for PositionRecord<'a> {
@@ -105,6 +108,7 @@ impl<'a> From<&'a Position> for PositionRecord<'a> {
             spd: p.fix.spd,
             hdg: p.fix.hdg,
             batt: p.fix.batt,
+            name: None,
         }
     }
 }
@@ -199,9 +203,21 @@ pub fn encode_refusal(refusal: &Refusal, codec: Codec) -> Frame {
     .encode(codec)
 }
 
-/// Encodes a `snapshot` of `group` from `positions`.
-pub fn encode_snapshot(group: &str, positions: &[Position], codec: Codec) -> Frame {
-    let records: Vec<PositionRecord<'_>> = positions.iter().map(PositionRecord::from).collect();
+/// Encodes a `snapshot` of `group` from `positions`, each record with the name `name_of`
+/// gives its device.
+pub fn encode_snapshot(
+    group: &str,
+    positions: &[Position],
+    name_of: &dyn Fn(&str) -> Option<String>,
+    codec: Codec,
+) -> Frame {
+    let records: Vec<PositionRecord<'_>> = positions
+        .iter()
+        .map(|p| PositionRecord {
+            name: name_of(p.device.as_str()).map(Cow::Owned),
+            ..PositionRecord::from(p)
+        })
+        .collect();
     ServerMessage::Snapshot {
         group,
         devices: &records,
@@ -224,12 +240,14 @@ mod tests {
             online: true,
         };
         let expected = r#"{"type":"snapshot","group":"g","devices":[{"id":"bus-1","lat":52.5,"lon":13.25,"ts":7,"rts":9,"online":true}]}"#;
-        let Frame::Text(text) = encode_snapshot("g", std::slice::from_ref(&position), Codec::Json)
+        let Frame::Text(text) =
+            encode_snapshot("g", std::slice::from_ref(&position), &|_| None, Codec::Json)
         else {
             panic!("JSON goes in text frames")
         };
         assert_eq!(text.as_str(), expected);
-        let Frame::Binary(bytes) = encode_snapshot("g", &[position], Codec::MsgPack) else {
+        let Frame::Binary(bytes) = encode_snapshot("g", &[position], &|_| None, Codec::MsgPack)
+        else {
             panic!("MessagePack goes in binary frames")
         };
         let value: serde_json::Value = rmp_serde::from_slice(&bytes).unwrap();

@@ -239,11 +239,12 @@ impl Session {
             relay.ready(std::slice::from_ref(group)).await;
         }
         let (hub, outlet, codec) = (&self.state.hub, &self.outlet, self.codec);
+        let profiles = &self.state.profiles;
         let fed = self
             .writer
             .feed_after(|| {
                 let positions = hub.subscribe(group, outlet);
-                protocol::encode_snapshot(group.as_str(), &positions, codec)
+                protocol::encode_snapshot(group.as_str(), &positions, &|d| profiles.name(d), codec)
             })
             .await;
         if !self.subscribed.contains(group) {
@@ -273,7 +274,13 @@ impl Session {
         debug!(id = %self.identity.id, "resyncing a lagging client");
         for group in self.subscribed.clone() {
             let positions = self.state.hub.positions(group.as_str());
-            let snapshot = protocol::encode_snapshot(group.as_str(), &positions, self.codec);
+            let profiles = &self.state.profiles;
+            let snapshot = protocol::encode_snapshot(
+                group.as_str(),
+                &positions,
+                &|d| profiles.name(d),
+                self.codec,
+            );
             self.feed(snapshot).await?;
         }
         Ok(())
