@@ -20,20 +20,28 @@ impl Hub {
             return 0;
         };
         let outlets: Vec<_> = lock(&g).subscribers.values().cloned().collect();
-        let mut delivered = 0;
+        let (mut delivered, mut sent, mut sent_bytes) = (0, 0, 0);
         for outlet in &outlets {
             let Some(frame) = &frames[outlet.codec.index()] else {
                 continue;
             };
             match outlet.outbox.push(frame) {
-                Push::Sent | Push::Queued => delivered += 1,
+                // Like the tick: frames written here are counted here, queued ones by the
+                // session that writes them.
+                Push::Sent => {
+                    delivered += 1;
+                    sent += 1;
+                    sent_bytes += frame.frame().len() as u64;
+                }
+                Push::Queued => delivered += 1,
                 Push::Full => {
                     self.metrics.drops.inc();
                 }
                 Push::Closed => {}
             }
         }
-        self.metrics.frames_out.inc_by(delivered as u64);
+        self.metrics.frames_out.inc_by(sent);
+        self.metrics.bytes_out.inc_by(sent_bytes);
         delivered
     }
 
