@@ -104,6 +104,7 @@ fn encode(c: &mut Criterion) {
                 spd: f.spd,
                 hdg: f.hdg,
                 batt: f.batt,
+                name: None,
             }
         })
         .collect();

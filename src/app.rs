@@ -12,9 +12,12 @@ use tokio_util::task::TaskTracker;
 
 use crate::auth::Authenticator;
 use crate::config::Config;
+use crate::event_bus::EventBus;
+use crate::events::EventLog;
 use crate::hub::Hub;
 use crate::limits::IpConnections;
 use crate::metrics::Metrics;
+use crate::profiles::Profiles;
 use crate::relay::Relay;
 use crate::store::Store;
 
@@ -41,6 +44,11 @@ pub(crate) struct AppState {
     pub store: Option<Arc<Store>>,
     /// The Redis relay, with `--redis-url` (set by [`crate::serve`]).
     pub relay: Option<Arc<Relay>>,
+    /// Device profiles (name, colour, OwnTracks `tid`); in `--data-dir` when set.
+    pub profiles: Arc<Profiles>,
+    /// Each group's recent events (alarms, region changes) and their fan-out, across
+    /// instances with Redis.
+    pub events: Arc<EventBus>,
 }
 
 impl AppState {
@@ -48,7 +56,24 @@ impl AppState {
     pub(crate) fn new(config: Config) -> Self {
         let metrics = Arc::new(Metrics::new());
         let hub = Arc::new(Hub::new(config.hub.clone(), metrics.clone()));
+        let profiles = Arc::new(match &config.data_dir {
+            Some(dir) => Profiles::in_dir(dir),
+            None => Profiles::in_memory(),
+        });
         AppState {
+            profiles,
+            events: Arc::new(EventBus::new(
+                match &config.data_dir {
+                    Some(dir) => EventLog::with_dir(
+                        config.ingest.events_per_group as usize,
+                        dir,
+                        config.store.retention_ms(),
+                    ),
+                    None => EventLog::new(config.ingest.events_per_group as usize),
+                },
+                hub.clone(),
+                config.redis_url.is_some(),
+            )),
             auth: Authenticator::new(config.auth.clone(), Some(metrics.clone())),
             connections: Arc::new(Semaphore::new(config.limits.max_connections)),
             per_ip: Arc::new(IpConnections::new(config.limits.max_connections_per_ip)),

@@ -17,7 +17,7 @@
 //!    writes to the socket for it.
 //! 5. `app`: the state every route and session shares.
 //! 6. Components: [`auth`] (who a request is, what it may do), `relay` (several instances as
-//!    one, through Redis), [`store`] (durable positions and history), `demo` (simulated
+//!    one, through Redis), `event_bus` (events to every subscriber, across instances), [`store`] (durable positions and history), `demo` (simulated
 //!    devices).
 //! 7. [`hub`]: latest state per group, presence, and the tick-driven, coalesced fan-out.
 //! 8. Transport: `upgrade` (the WebSocket handshake), `conn` (the byte stream under a
@@ -25,7 +25,9 @@
 //!    (the accept loop), `tls`, `limits` (message rate, connections per address).
 //! 9. [`metrics`]: the Prometheus registry and every metric family.
 //! 10. Foundations: [`config`] (every flag), [`protocol`] (wire types and codecs),
-//!     [`isotime`], `error` (the JSON error body), [`shutdown`].
+//!     [`isotime`], `error` (the JSON error body), [`shutdown`], `events` (each group's
+//!     recent events), `profiles` (device names,
+//!     colours and OwnTracks `tid`s, kept in a file with `--data-dir`).
 //! 11. [`model`]: domain types: ids, identities, fixes, positions.
 //!
 //! The public modules are the API ([`config`], [`model`], [`protocol`], [`serve`]) and the
@@ -58,10 +60,13 @@ mod app;
 mod conn;
 mod demo;
 mod error;
+mod event_bus;
+mod events;
 mod http;
 mod ingest;
 mod limits;
 mod listen;
+mod profiles;
 mod relay;
 mod server;
 mod session;

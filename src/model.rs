@@ -89,6 +89,9 @@ pub enum Role {
     Device,
     /// Watches groups only.
     Viewer,
+    /// Watches its groups like a viewer, and manages them (device profiles...); does not
+    /// publish positions.
+    Admin,
 }
 
 impl Role {
@@ -97,6 +100,7 @@ impl Role {
         match self {
             Role::Device => "device",
             Role::Viewer => "viewer",
+            Role::Admin => "admin",
         }
     }
 
@@ -105,6 +109,7 @@ impl Role {
         match s {
             "device" => Some(Role::Device),
             "viewer" => Some(Role::Viewer),
+            "admin" => Some(Role::Admin),
             _ => None,
         }
     }
@@ -115,7 +120,7 @@ impl std::str::FromStr for Role {
 
     /// The protocol's name for a role, with an error that says what is allowed (for flags).
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Role::parse(s).ok_or_else(|| format!("role must be device or viewer, not {s:?}"))
+        Role::parse(s).ok_or_else(|| format!("role must be device, viewer or admin, not {s:?}"))
     }
 }
 
@@ -133,6 +138,16 @@ pub struct Identity {
 }
 
 impl Identity {
+    /// Whether this identity may publish positions (devices only).
+    pub fn may_publish(&self) -> bool {
+        self.role == Role::Device
+    }
+
+    /// Whether this identity may manage `group` (admins of the group).
+    pub fn may_manage(&self, group: &str) -> bool {
+        self.role == Role::Admin && self.may_use(group)
+    }
+
     /// Whether this identity may watch `group`.
     pub fn may_use(&self, group: &str) -> bool {
         self.groups.iter().any(|g| g.as_str() == group)
@@ -187,6 +202,30 @@ pub struct Position {
     pub rts: i64,
     /// Whether the device currently counts as online.
     pub online: bool,
+}
+
+/// Something that happened to a device at a moment (an alarm, entering or leaving a region).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Event {
+    /// Unique, and the same wherever and however often the event is seen (derived from what
+    /// the event is, so a retried report gives the same id).
+    pub id: String,
+    /// `alarm`, `region.enter`, `region.exit`.
+    pub kind: &'static str,
+    /// The device it happened to.
+    pub device: DeviceId,
+    /// The group it is reported to.
+    pub group: GroupId,
+    /// The fix time that caused it, ms since the epoch.
+    pub ts: i64,
+    /// Where, when known.
+    pub lat: Option<f64>,
+    /// Where, when known.
+    pub lon: Option<f64>,
+    /// The alarm's name (`alarm`).
+    pub alarm: Option<String>,
+    /// The device-side region's name (`region.*`).
+    pub region: Option<String>,
 }
 
 /// Milliseconds since the Unix epoch, by the system clock.

@@ -80,6 +80,14 @@ pub async fn serve(
     if let Some(relay) = &state.relay {
         background.spawn(relay.clone().run(state.shutdown.clone()));
     }
+    if let Some(url) = &state.config.redis_url {
+        background.spawn(
+            state
+                .events
+                .clone()
+                .run(url.clone(), state.shutdown.clone()),
+        );
+    }
     background.spawn(state.hub.clone().run_ticker(state.shutdown.clone()));
     background.spawn(state.hub.clone().run_sweeper(state.shutdown.clone()));
     if state.config.demo > 0 {

@@ -282,7 +282,7 @@ async fn a_token_for_another_audience_is_refused_with_401() {
 #[tokio::test]
 async fn a_role_beacon_does_not_know_is_refused_with_403() {
     let server = jwt_server(|_| {}).await;
-    let token = hs256(&claims("root", &["fleet"], "admin", 600));
+    let token = hs256(&claims("root", &["fleet"], "superuser", 600));
     let (status, body) = refusal(connect_bearer(&server, &token).await);
     assert_eq!(status, 403, "{body}");
     server.stop().await;

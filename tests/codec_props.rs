@@ -28,7 +28,7 @@ prop_compose! {
         id in id(),
         lat in -90.0f64..=90.0,
         lon in -180.0f64..=180.0,
-        ts in 0i64..=NOW,
+        ts in protocol::MIN_FIX_TS_MS..=NOW,
         rts in 0i64..=NOW,
         online in any::<bool>(),
         acc in proptest::option::of(0.0f64..1e4),
@@ -37,7 +37,7 @@ prop_compose! {
         hdg in proptest::option::of(0.0f64..=360.0),
         batt in proptest::option::of(0.0f64..=100.0),
     ) -> PositionRecord<'static> {
-        PositionRecord { id: Cow::Owned(id), lat, lon, ts, rts, online, acc, alt, spd, hdg, batt }
+        PositionRecord { id: Cow::Owned(id), lat, lon, ts, rts, online, acc, alt, spd, hdg, batt, name: None }
     }
 }
 

@@ -103,7 +103,11 @@ async fn post_a_list_is_all_or_nothing() {
     let (status, body) = post(
         &server,
         "id=t&groups=g",
-        r#"[{"lat":1,"lon":1,"ts":1000},{"lat":2,"lon":2,"ts":2000}]"#,
+        &format!(
+            r#"[{{"lat":1,"lon":1,"ts":{}}},{{"lat":2,"lon":2,"ts":{}}}]"#,
+            beacon::model::now_ms() - 2000,
+            beacon::model::now_ms() - 1000
+        ),
     )
     .await;
     assert_eq!((status, body["accepted"].as_u64()), (200, Some(2)));

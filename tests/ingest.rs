@@ -421,10 +421,11 @@ async fn owntracks_ignores_other_types_and_refuses_what_it_cannot_map() {
     let server = TestServer::start().await;
     let headers = [("x-limit-u", "jane"), ("x-limit-d", "pixel")];
     for body in [
-        json!({"_type": "transition", "event": "enter", "desc": "Home", "tst": 1, "lat": 1,
-               "lon": 2, "acc": 5, "t": "c", "tid": "el", "wtst": 1})
+        // A transition is an event (tests/events.rs); it is not a position either.
+        json!({"_type": "transition", "event": "enter", "desc": "Home", "tst": recent_s(),
+               "lat": 1, "lon": 2, "acc": 5, "t": "c", "tid": "el", "wtst": recent_s()})
         .to_string(),
-        json!({"_type": "lwt", "tst": 1}).to_string(),
+        json!({"_type": "lwt", "tst": recent_s()}).to_string(),
         json!({"_type": "encrypted", "data": "bm9wZQ=="}).to_string(),
         json!({"_type": "waypoint", "desc": "Home", "lat": 1, "lon": 2, "rad": 50, "tst": 1})
             .to_string(),

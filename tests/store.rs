@@ -245,8 +245,9 @@ async fn retention_removes_old_history_at_start() {
     report_written(&server, "old", 1.0, now - 10 * day).await;
     report_written(&server, "mixed", 1.0, now - 10 * day).await;
     report_written(&server, "mixed", 2.0, now - 60_000).await;
-    // Older than the window already: never stored.
-    report_written(&server, "ancient", 1.0, now - 40 * day).await;
+    // Older than the window already: answered 200, counted, never stored.
+    report(&server, "ancient", "g", 1.0, 13.0, now - 40 * day).await;
+    assert_eq!(server.metric("beacon_ingest_too_old_total").await, 1.0);
     assert_eq!(times(&track(&server, "old", "").await.1).len(), 1);
     assert_eq!(times(&track(&server, "mixed", "").await.1).len(), 2);
     assert!(times(&track(&server, "ancient", "").await.1).is_empty());

@@ -53,16 +53,16 @@ async fn fan_out_in(protocol: &str) {
         .await;
     v.skip_greeting(1).await;
 
-    a.send(
-        json!({"type": "pos", "lat": 52.52, "lon": 13.405, "ts": 1_763_780_000_100i64,
-                  "acc": 5, "alt": 40.5, "spd": 7.9, "hdg": 270, "batt": 81, "seq": 41}),
-    )
-    .await;
+    // A recent fix time: one older than the retention (`--retention-secs`) is refused.
+    let ts = beacon::model::now_ms() - 1_000;
+    a.send(json!({"type": "pos", "lat": 52.52, "lon": 13.405, "ts": ts,
+                  "acc": 5, "alt": 40.5, "spd": 7.9, "hdg": 270, "batt": 81, "seq": 41}))
+        .await;
     for client in [&mut a, &mut b, &mut v] {
         let u = client.until_update(|u| u["id"] == "a").await;
         assert_eq!(u["lat"], 52.52);
         assert_eq!(u["lon"], 13.405);
-        assert_eq!(u["ts"], 1_763_780_000_100i64);
+        assert_eq!(u["ts"], ts);
         assert_eq!(u["online"], true);
         assert_eq!(u["spd"], 7.9);
         assert_eq!(u["hdg"], 270.0);
@@ -139,14 +139,14 @@ async fn malformed_identity_is_refused_before_upgrade() {
     for query in [
         "groups=g",
         "id=a%20b",
-        "id=a&role=admin",
+        "id=a&role=superuser",
         "id=a&groups=,",
         "id=a&groups=x/y",
     ] {
         let err = server.try_connect(query, None).await.err().expect(query);
         assert!(err.to_string().contains("400"), "{query}: {err}");
     }
-    let body = reqwest::get(server.http("/v1/ws?id=a&role=admin"))
+    let body = reqwest::get(server.http("/v1/ws?id=a&role=superuser"))
         .await
         .unwrap()
         .json::<Value>()
@@ -214,10 +214,11 @@ async fn fixes_within_one_tick_coalesce_to_the_latest() {
 async fn older_fix_does_not_replace_newer() {
     let server = TestServer::start().await;
     let mut a = server.device("a", "g").await;
-    a.send(json!({"type": "pos", "lat": 1.0, "lon": 0.0, "ts": 2_000}))
+    let now = beacon::model::now_ms();
+    a.send(json!({"type": "pos", "lat": 1.0, "lon": 0.0, "ts": now - 1_000}))
         .await;
     a.until_update(|u| u["lat"] == 1.0).await;
-    a.send(json!({"type": "pos", "lat": 2.0, "lon": 0.0, "ts": 1_000}))
+    a.send(json!({"type": "pos", "lat": 2.0, "lon": 0.0, "ts": now - 2_000}))
         .await;
     a.sync().await;
     let body = server.get_json("/v1/groups/g/positions").await;

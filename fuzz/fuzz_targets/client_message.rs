@@ -16,6 +16,7 @@ fuzz_target!(|data: &[u8]| {
         assert!((-90.0..=90.0).contains(&fix.lat));
         assert!((-180.0..=180.0).contains(&fix.lon));
         assert!(fix.ts <= NOW + protocol::MAX_FUTURE_MS);
+        assert!(fix.ts >= protocol::MIN_FIX_TS_MS);
         assert!(fix.hdg.is_none_or(|h| (0.0..=360.0).contains(&h)));
         assert!(fix.batt.is_none_or(|b| (0.0..=100.0).contains(&b)));
     }

@@ -225,7 +225,7 @@ impl Verifier {
             None | Some(Value::Null) => names.default_role,
             Some(Value::String(role)) => Role::parse(role).ok_or_else(|| {
                 AuthError::Forbidden(format!(
-                    "role {:?} is neither device nor viewer",
+                    "role {:?} is none of device, viewer or admin",
                     clip(role)
                 ))
             })?,
@@ -233,11 +233,13 @@ impl Verifier {
                 let has = |name: &str| roles.iter().any(|r| r.as_str() == Some(name));
                 if has("device") {
                     Role::Device
+                } else if has("admin") {
+                    Role::Admin
                 } else if has("viewer") {
                     Role::Viewer
                 } else {
                     return Err(AuthError::Forbidden(
-                        "the token's roles include neither device nor viewer".into(),
+                        "the token's roles include none of device, viewer or admin".into(),
                     ));
                 }
             }
@@ -419,7 +421,7 @@ mod tests {
                 "claims",
             ),
             (
-                serde_json::json!({"sub": "a", "groups": ["a"], "exp": exp(), "role": "admin"}),
+                serde_json::json!({"sub": "a", "groups": ["a"], "exp": exp(), "role": "root"}),
                 "forbidden",
             ),
             (

@@ -192,6 +192,9 @@ pub fn check_publish(identity: &Identity) -> Result<(), AuthError> {
         Role::Viewer => Err(AuthError::Forbidden(
             "viewers may not publish positions".into(),
         )),
+        Role::Admin => Err(AuthError::Forbidden(
+            "admins may not publish positions".into(),
+        )),
     }
 }
 
@@ -252,7 +255,10 @@ pub fn identity_from_query(query: &IdentityQuery) -> Result<Identity, AuthError>
     let role = match query.role.as_deref() {
         None | Some("") => Role::Device,
         Some(r) => Role::parse(r).ok_or_else(|| {
-            AuthError::BadRequest(format!("role must be device or viewer, not {:?}", clip(r)))
+            AuthError::BadRequest(format!(
+                "role must be device, viewer or admin, not {:?}",
+                clip(r)
+            ))
         })?,
     };
     let groups = parse_groups(query.groups.as_deref().unwrap_or("default"))?;
@@ -299,7 +305,7 @@ mod tests {
             (query(Some("a b"), None, None), "id may only"),
             (query(Some("a"), Some("x,,y z"), None), "group \"y z\""),
             (query(Some("a"), Some(","), None), "at least one"),
-            (query(Some("a"), None, Some("admin")), "role must be"),
+            (query(Some("a"), None, Some("root")), "role must be"),
         ] {
             let err = identity_from_query(&q).unwrap_err();
             assert!(matches!(err, AuthError::BadRequest(_)));

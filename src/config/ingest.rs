@@ -18,6 +18,13 @@ pub struct IngestConfig {
         value_parser = parse_group
     )]
     pub default_group: GroupId,
+
+    /// Events (alarms, region changes) kept per group for `GET /v1/groups/{group}/events`,
+    /// in memory and, with `--data-dir`, on disk; the oldest go first. Default 1000. Range
+    /// 1-100000.
+    #[arg(long, env = "BEACON_EVENTS_PER_GROUP", default_value_t = 1000,
+          value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub events_per_group: u32,
 }
 
 fn parse_group(text: &str) -> Result<GroupId, String> {

@@ -110,6 +110,17 @@ impl Config {
     pub fn shutdown_grace(&self) -> Duration {
         Duration::from_secs(self.shutdown_grace_secs)
     }
+
+    /// The oldest fix time accepted at `now_ms`: a fix before it would be lost at once. With
+    /// `--data-dir` that is the history retention (`--history-retention-days`, by fix time);
+    /// without, the hub's `--retention-secs`, the longest anything of a fix is kept.
+    pub fn oldest_fix_ms(&self, now_ms: i64) -> i64 {
+        let window_ms = match self.data_dir {
+            Some(_) => self.store.retention_ms(),
+            None => i64::try_from(self.hub.retention_secs.saturating_mul(1000)).unwrap_or(i64::MAX),
+        };
+        now_ms.saturating_sub(window_ms)
+    }
 }
 
 /// Optional TLS. Both flags or neither.

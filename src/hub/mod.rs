@@ -44,11 +44,14 @@
 //! 5. `tick.rs`: the ticker, both flushes and the fan-out.
 //! 6. `sweep.rs`: the sweeper (stale presence, retention, empty groups); marks devices offline
 //!    through `updates.rs`.
+//! 7. `send.rs`: one frame to every subscriber of a group at once, outside the tick (events, a
+//!    device's new profile name as a one-record batch).
 //!
 //! This file only declares the modules and re-exports what callers use.
 
 mod due;
 mod pending;
+mod send;
 mod state;
 mod sweep;
 mod tick;

@@ -12,7 +12,8 @@ use serde_json::{Map, Value};
 use crate::app::AppState;
 use crate::auth::{AuthError, IdentityQuery};
 use crate::error::error_response;
-use crate::model::{Fix, Identity, Role};
+use crate::events::event_id;
+use crate::model::{Event, Fix, Identity};
 use crate::protocol::{RawMessage, validate_fix};
 
 /// Why an app's request could not be turned into fixes.
@@ -191,10 +192,11 @@ pub(crate) async fn identify_device(
         None => Cow::Borrowed(headers),
     };
     let identity = state.auth.identify(&headers, &query).await?;
-    if identity.role == Role::Viewer {
-        return Err(AuthError::Forbidden(
-            "viewers may not publish positions".into(),
-        ));
+    if !identity.may_publish() {
+        return Err(AuthError::Forbidden(format!(
+            "{}s may not publish positions",
+            identity.role.as_str()
+        )));
     }
     Ok(identity)
 }
@@ -203,6 +205,77 @@ pub(crate) async fn identify_device(
 pub(super) fn refused(e: &AuthError) -> Response {
     error_response(e.status(), e.kind(), e.to_string())
 }
+
+/// Publishes the fixes of a phone app, minus those too old for the history retention: the app
+/// still gets 200 (so its queue moves on), and each dropped fix is counted in
+/// `beacon_ingest_too_old_total` and logged (device and fix time, never a credential).
+/// Returns the fixes kept.
+pub(super) fn publish_app(
+    state: &AppState,
+    identity: &Identity,
+    app: &'static str,
+    fixes: &[Fix],
+    now: i64,
+) -> Vec<Fix> {
+    let oldest = state.config.oldest_fix_ms(now);
+    let (kept, dropped): (Vec<Fix>, Vec<Fix>) =
+        fixes.iter().cloned().partition(|fix| fix.ts >= oldest);
+    if let Some(newest) = dropped.iter().map(|fix| fix.ts).max() {
+        state.metrics.ingest_too_old.inc_by(dropped.len() as u64);
+        tracing::warn!(
+            device = %identity.id,
+            app,
+            fixes = dropped.len(),
+            newest_ts_ms = newest,
+            oldest_kept_ms = oldest,
+            "phone-app fixes older than the history retention dropped"
+        );
+    }
+    publish(state, identity, &kept, now);
+    kept
+}
+
+/// Records an event of `kind` caused by `fix` in each of the device's groups; each new one (not
+/// a retry) goes to the group's subscribers on every instance ([`crate::event_bus`]).
+pub(super) fn record_event(
+    state: &AppState,
+    identity: &Identity,
+    kind: &'static str,
+    fix: &Fix,
+    name: &str,
+) {
+    for group in &identity.groups {
+        let event = Event {
+            id: event_id(kind, &identity.id, group, fix.ts, name),
+            kind,
+            device: identity.id.clone(),
+            group: group.clone(),
+            ts: fix.ts,
+            lat: Some(fix.lat),
+            lon: Some(fix.lon),
+            alarm: (kind == "alarm").then(|| name.to_owned()),
+            region: kind.starts_with("region.").then(|| name.to_owned()),
+        };
+        if state.events.record(&event) {
+            tracing::info!(device = %identity.id, group = %group, kind, name, "event");
+        }
+    }
+}
+
+/// An app's event name (alarm, region) made safe to keep: control characters dropped, at
+/// most [`MAX_EVENT_NAME_CHARS`] characters.
+pub(super) fn event_name(text: &str) -> Option<String> {
+    let name: String = text
+        .chars()
+        .filter(|c| !c.is_control())
+        .take(MAX_EVENT_NAME_CHARS)
+        .collect();
+    let name = name.trim();
+    (!name.is_empty()).then(|| name.to_owned())
+}
+
+/// Longest alarm or region name kept, in characters.
+pub(crate) const MAX_EVENT_NAME_CHARS: usize = 64;
 
 /// Publishes fixes that arrived over HTTP, from any ingest route. Such devices hold no
 /// socket: their presence follows the stale window.

@@ -22,7 +22,7 @@ use serde_json::{Map, Value};
 
 use super::common::{
     self, Credentials, IngestError, Params, epoch_to_ms, identify_device, json_number, known,
-    publish, validate,
+    publish_app, validate,
 };
 use crate::app::AppState;
 use crate::isotime;
@@ -39,6 +39,8 @@ pub(crate) struct Report {
     pub device: String,
     /// The validated fixes, in the order sent.
     pub fixes: Vec<Fix>,
+    /// `alarm=<name>` (Traccar Client's `sos`...): an event at the last fix.
+    pub alarm: Option<String>,
 }
 
 /// How the body is encoded.
@@ -113,11 +115,12 @@ fn legacy(params: &Params, now: i64) -> Result<Report, IngestError> {
         lat,
         lon,
         ts,
-        acc: known(params.number("accuracy")?),
+        acc: given(known(params.number("accuracy")?)),
         alt: params.number("altitude")?,
         spd: known(params.number("speed")?).map(|knots| knots * KNOTS_TO_MPS),
         hdg: known(heading),
-        batt: params.number("batt")?,
+        // OsmAnd sends `batt=-1` when it does not know the level.
+        batt: known(params.number("batt")?),
         ..RawMessage::default()
     };
     let names = [
@@ -131,7 +134,14 @@ fn legacy(params: &Params, now: i64) -> Result<Report, IngestError> {
     Ok(Report {
         device: device.to_owned(),
         fixes: vec![fix],
+        alarm: params.get("alarm").and_then(common::event_name),
     })
+}
+
+/// An accuracy of exactly 0 is Traccar Client's "not given" (version 8 sends `accuracy=0.0`
+/// when the platform reported none): no real fix is exact to the millimetre.
+fn given(accuracy: Option<f64>) -> Option<f64> {
+    accuracy.filter(|acc| *acc > 0.0)
 }
 
 /// `timestamp`: epoch seconds, epoch ms, or ISO-8601 (also `yyyy-MM-dd HH:mm:ss`, UTC).
@@ -189,7 +199,15 @@ fn json(query: &Params, body: &[u8], now: i64, max_fixes: usize) -> Result<Repor
         }
         None => return Err(IngestError::BadRequest("location is required".into())),
     };
-    Ok(Report { device, fixes })
+    let alarm = match obj.get("alarm") {
+        Some(Value::String(name)) => common::event_name(name),
+        _ => query.get("alarm").and_then(common::event_name),
+    };
+    Ok(Report {
+        device,
+        fixes,
+        alarm,
+    })
 }
 
 /// One `location` object of the JSON shape; `path` names it in refusals.
@@ -232,7 +250,7 @@ fn json_fix(location: &Map<String, Value>, path: &str, now: i64) -> Result<Fix, 
         lat: json_number(coords, "latitude", &field("latitude"))?,
         lon: json_number(coords, "longitude", &field("longitude"))?,
         ts,
-        acc: known(json_number(coords, "accuracy", &field("accuracy"))?),
+        acc: given(known(json_number(coords, "accuracy", &field("accuracy"))?)),
         alt: json_number(coords, "altitude", &field("altitude"))?,
         spd: known(json_number(coords, "speed", &field("speed"))?),
         hdg: known(json_number(coords, "heading", &field("heading"))?),
@@ -305,7 +323,12 @@ async fn ingest(
         Ok(identity) => identity,
         Err(e) => return common::refused(&e),
     };
-    publish(state, &identity, &report.fixes, now);
+    let kept = publish_app(state, &identity, "osmand", &report.fixes, now);
+    if let Some(alarm) = &report.alarm
+        && let Some(fix) = kept.last()
+    {
+        common::record_event(state, &identity, "alarm", fix, alarm);
+    }
     StatusCode::OK.into_response()
 }
 

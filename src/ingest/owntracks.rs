@@ -26,7 +26,9 @@ use super::common::{
     self, Credentials, IngestError, Params, basic_auth, identify_device, json_number, known,
 };
 use crate::app::AppState;
+use crate::config::AuthMode;
 use crate::model::{DeviceId, Fix, MAX_ID_LEN, Position, now_ms};
+use crate::profiles::MAX_NAME_CHARS;
 use crate::protocol::RawMessage;
 
 /// Most `location` messages in one answer. A group larger than this shows its most recently
@@ -45,9 +47,73 @@ pub(crate) enum Payload {
         fix: Fix,
         /// The message's `topic`, when it has one (iOS sends it in HTTP mode).
         topic: Option<String>,
+        /// The tracker id the phone chose (`tid`), when it sent one.
+        tid: Option<String>,
     },
-    /// Anything else: another `_type`, or an empty body.
+    /// A `_type: card` message: how the user wants to be shown.
+    Card {
+        /// The `name`, cut to a profile name's rules; `None` when nothing usable is left.
+        name: Option<String>,
+        /// The message's `topic`, when it has one.
+        topic: Option<String>,
+    },
+    /// A `_type: transition` message: the phone entered or left one of its regions.
+    Transition {
+        /// The point and time of the transition.
+        fix: Fix,
+        /// `region.enter` or `region.exit`.
+        kind: &'static str,
+        /// The region's name (`desc`).
+        region: String,
+        /// The message's `topic`, when it has one.
+        topic: Option<String>,
+    },
+    /// Anything else (`lwt`, `waypoint`, `encrypted`, ...), or an empty body.
     Ignored,
+}
+
+/// A `transition`: `event` (`enter` or `leave`), `desc` (the region), and the point and time
+/// (`lat`, `lon`, `tst`, `acc`). One without a usable event or region name is ignored.
+fn transition(
+    obj: &serde_json::Map<String, Value>,
+    now: i64,
+    topic: Option<String>,
+) -> Result<Payload, IngestError> {
+    let kind = match obj.get("event").and_then(Value::as_str) {
+        Some("enter") => "region.enter",
+        Some("leave") => "region.exit",
+        _ => return Ok(Payload::Ignored),
+    };
+    let Some(region) = obj
+        .get("desc")
+        .and_then(Value::as_str)
+        .and_then(common::event_name)
+    else {
+        return Ok(Payload::Ignored);
+    };
+    let raw = RawMessage {
+        lat: json_number(obj, "lat", "lat")?,
+        lon: json_number(obj, "lon", "lon")?,
+        ts: json_number(obj, "tst", "tst")?.map(|s| s * 1000.0),
+        acc: known(json_number(obj, "acc", "acc")?),
+        ..RawMessage::default()
+    };
+    let fix = common::validate(&raw, now, &[("ts", "tst")])?;
+    Ok(Payload::Transition {
+        fix,
+        kind,
+        region,
+        topic,
+    })
+}
+
+/// A card's `name` made a valid profile name: control characters dropped, spaces trimmed, at
+/// most [`MAX_NAME_CHARS`] characters kept.
+fn card_name(name: &str) -> Option<String> {
+    let clean: String = name.chars().filter(|c| !c.is_control()).collect();
+    let clean: String = clean.trim().chars().take(MAX_NAME_CHARS).collect();
+    let clean = clean.trim();
+    (!clean.is_empty()).then(|| clean.to_owned())
 }
 
 /// Reads one POSTed message. `now` (ms) stands in for a missing `tst`.
@@ -61,8 +127,16 @@ pub(crate) fn parse(body: &[u8], now: i64) -> Result<Payload, IngestError> {
     let obj = value
         .as_object()
         .ok_or_else(|| IngestError::BadRequest("the body must be a JSON object".into()))?;
+    let topic = obj.get("topic").and_then(Value::as_str).map(str::to_owned);
     match obj.get("_type").and_then(Value::as_str) {
         Some("location") => {}
+        Some("transition") => return transition(obj, now, topic),
+        Some("card") => {
+            let name = obj.get("name").and_then(Value::as_str).and_then(card_name);
+            return Ok(Payload::Card { name, topic });
+        }
+        // `lwt` is MQTT's last will ("the app lost its connection"); over HTTP presence follows
+        // the stale window, so it changes nothing. Other types carry nothing Beacon keeps.
         Some(_) => return Ok(Payload::Ignored),
         None => return Err(IngestError::BadRequest("_type is required".into())),
     }
@@ -78,8 +152,13 @@ pub(crate) fn parse(body: &[u8], now: i64) -> Result<Payload, IngestError> {
         ..RawMessage::default()
     };
     let fix = common::validate(&raw, now, &[("ts", "tst"), ("spd", "vel"), ("hdg", "cog")])?;
-    let topic = obj.get("topic").and_then(Value::as_str).map(str::to_owned);
-    Ok(Payload::Location { fix, topic })
+    let tid = obj
+        .get("tid")
+        .and_then(Value::as_str)
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .map(str::to_owned);
+    Ok(Payload::Location { fix, topic, tid })
 }
 
 /// The user and device names of a topic `.../<user>/<device>` (at least three segments).
@@ -137,10 +216,12 @@ fn names(
     topic: Option<&str>,
     basic_user: Option<&str>,
 ) -> Result<(String, String), IngestError> {
+    // Header values are bytes: the app sends UTF-8 names as they are (`José`), which
+    // `HeaderValue::to_str` (visible ASCII only) would refuse.
     let header = |name: &str| {
         headers
             .get(name)
-            .and_then(|v| v.to_str().ok())
+            .and_then(|v| std::str::from_utf8(v.as_bytes()).ok())
             .map(str::trim)
             .filter(|v| !v.is_empty())
     };
@@ -189,10 +270,11 @@ pub(crate) fn topic(device: &DeviceId) -> String {
 }
 
 /// A position as an OwnTracks `location` message (integers where the app expects them).
-pub(crate) fn location_message(p: &Position) -> Value {
+/// `own_tid` is the `tid` the device sent itself, when it did.
+pub(crate) fn location_message(p: &Position, own_tid: Option<String>) -> Value {
     let mut msg = json!({
         "_type": "location",
-        "tid": tid(&p.device),
+        "tid": own_tid.unwrap_or_else(|| tid(&p.device)),
         "topic": topic(&p.device),
         "lat": p.fix.lat,
         "lon": p.fix.lon,
@@ -218,8 +300,12 @@ pub(crate) fn location_message(p: &Position) -> Value {
 }
 
 /// The answer to a location: every device of `groups` (each once, with its newest fix), most
-/// recent first, at most [`MAX_FRIENDS`].
-pub(crate) fn friends(positions: impl IntoIterator<Item = Position>) -> Vec<Value> {
+/// recent first, at most [`MAX_FRIENDS`]. `own_tid` gives the `tid` a device sent itself, which
+/// the answer keeps.
+pub(crate) fn friends(
+    positions: impl IntoIterator<Item = Position>,
+    own_tid: impl Fn(&DeviceId) -> Option<String>,
+) -> Vec<Value> {
     let mut latest: HashMap<DeviceId, Position> = HashMap::new();
     for p in positions {
         match latest.get(&p.device) {
@@ -232,7 +318,9 @@ pub(crate) fn friends(positions: impl IntoIterator<Item = Position>) -> Vec<Valu
     let mut all: Vec<Position> = latest.into_values().collect();
     all.sort_by(|a, b| (b.fix.ts, &b.device).cmp(&(a.fix.ts, &a.device)));
     all.truncate(MAX_FRIENDS);
-    all.iter().map(location_message).collect()
+    all.iter()
+        .map(|p| location_message(p, own_tid(&p.device)))
+        .collect()
 }
 
 /// `POST /v1/ingest/owntracks`.
@@ -247,25 +335,25 @@ pub(crate) async fn handle(
         Ok(query) => query,
         Err(e) => return e.response(),
     };
-    let (fix, topic) = match parse(&body, now) {
-        Ok(Payload::Location { fix, topic }) => (fix, topic),
+    let payload = match parse(&body, now) {
         Ok(Payload::Ignored) => return Json(json!([])).into_response(),
+        Ok(payload) => payload,
         Err(e) => return e.response(),
     };
+    let topic = match &payload {
+        Payload::Location { topic, .. }
+        | Payload::Card { topic, .. }
+        | Payload::Transition { topic, .. } => topic.clone(),
+        Payload::Ignored => None,
+    };
     let basic = basic_auth(&headers);
-    let (user, device) = match names(
+    let id = names(
         &headers,
         &query,
         topic.as_deref(),
         basic.as_ref().map(|(u, _)| u.as_str()),
-    ) {
-        Ok(names) => names,
-        Err(e) => return e.response(),
-    };
-    let id = match device_id(&user, &device) {
-        Ok(id) => id,
-        Err(e) => return e.response(),
-    };
+    )
+    .and_then(|(user, device)| device_id(&user, &device));
     let credentials = Credentials {
         token: basic
             .map(|(_, password)| password)
@@ -274,16 +362,64 @@ pub(crate) async fn handle(
             .or_else(|| query.get("access_token").map(str::to_owned)),
         groups: query.get("groups").map(str::to_owned),
     };
-    let identity = match identify_device(&state, &headers, id.as_str(), credentials).await {
-        Ok(identity) => identity,
-        Err(e) => return common::refused(&e),
+    // With tokens the token alone names the device, so credentials are judged first: a wrong
+    // password is 401 whether or not the app sent its names. Without, the names are the id.
+    let identity = match (&id, state.auth.config().mode) {
+        (Err(e), AuthMode::None) => return e.response(),
+        (id, _) => {
+            let id = id.as_ref().map_or("", |id| id.as_str());
+            match identify_device(&state, &headers, id, credentials).await {
+                Ok(identity) => identity,
+                Err(e) => return common::refused(&e),
+            }
+        }
     };
-    common::publish(&state, &identity, std::slice::from_ref(&fix), now);
+    let (fix, tid) = match payload {
+        Payload::Location { fix, tid, .. } => (fix, tid),
+        Payload::Card { name, .. } => {
+            if let Some(name) = name {
+                match state.profiles.set_name(&identity.id, name.clone()) {
+                    Ok(_) => {
+                        for group in &identity.groups {
+                            let id = identity.id.as_str();
+                            state.hub.announce_name(group.as_str(), id, &name);
+                        }
+                    }
+                    Err(e) => {
+                        tracing::debug!(device = %identity.id, error = %e, "card name not kept");
+                    }
+                }
+            }
+            return Json(json!([])).into_response();
+        }
+        Payload::Transition {
+            fix, kind, region, ..
+        } => {
+            // A transition too old to keep is answered like one kept, so the app moves on.
+            if fix.ts >= state.config.oldest_fix_ms(now) {
+                common::record_event(&state, &identity, kind, &fix, &region);
+            } else {
+                state.metrics.ingest_too_old.inc();
+            }
+            return Json(json!([])).into_response();
+        }
+        Payload::Ignored => return Json(json!([])).into_response(),
+    };
+    if let Some(tid) = tid {
+        state.profiles.set_tid(&identity.id, &tid);
+    }
+    common::publish_app(
+        &state,
+        &identity,
+        "owntracks",
+        std::slice::from_ref(&fix),
+        now,
+    );
     let positions = identity
         .groups
         .iter()
         .flat_map(|g| state.hub.positions(g.as_str()));
-    Json(friends(positions)).into_response()
+    Json(friends(positions, |d| state.profiles.tid(d.as_str()))).into_response()
 }
 
 #[cfg(test)]
@@ -299,10 +435,11 @@ mod tests {
             "acc":12,"alt":48,"batt":81,"bs":1,"conn":"w","created_at":1763779995,
             "lat":52.5162,"lon":13.3777,"m":1,"t":"u","tid":"ne","tst":1763779990,
             "vac":3,"vel":18,"cog":90}"#;
-        let Payload::Location { fix, topic } = parse(body, NOW).unwrap() else {
+        let Payload::Location { fix, topic, tid } = parse(body, NOW).unwrap() else {
             panic!("not a location")
         };
         assert_eq!(topic, None);
+        assert_eq!(tid.as_deref(), Some("ne"));
         assert_eq!(
             (fix.lat, fix.lon, fix.ts),
             (52.5162, 13.3777, 1_763_779_990_000)
@@ -315,9 +452,30 @@ mod tests {
     }
 
     #[test]
+    fn transitions_become_region_events() {
+        let body = br#"{"_type":"transition","event":"leave","desc":"Work\u0007","lat":1,"lon":2,"tst":1763779990,"t":"c"}"#;
+        let Ok(Payload::Transition {
+            fix, kind, region, ..
+        }) = parse(body, NOW)
+        else {
+            panic!("not a transition")
+        };
+        assert_eq!(
+            (kind, region.as_str(), fix.ts),
+            ("region.exit", "Work", 1_763_779_990_000)
+        );
+        let old =
+            br#"{"_type":"transition","event":"enter","desc":"home","lat":1,"lon":2,"tst":1}"#;
+        assert!(matches!(
+            parse(old, NOW),
+            Err(IngestError::InvalidPosition(_))
+        ));
+    }
+
+    #[test]
     fn other_types_and_empty_bodies_are_ignored() {
         for body in [
-            &br#"{"_type":"transition","event":"enter","desc":"home","tst":1}"#[..],
+            &br#"{"_type":"transition","event":"dwell","desc":"home","tst":1}"#[..],
             br#"{"_type":"lwt","tst":1}"#,
             br#"{"_type":"encrypted","data":"abc"}"#,
             b"",
@@ -412,11 +570,14 @@ mod tests {
             rts: ts + 10,
             online: true,
         };
-        let answer = friends([
-            p("jane:phone", 5_000),
-            p("bus-17", 9_999),
-            p("jane:phone", 7_000),
-        ]);
+        let answer = friends(
+            [
+                p("jane:phone", 5_000),
+                p("bus-17", 9_999),
+                p("jane:phone", 7_000),
+            ],
+            |_| None,
+        );
         assert_eq!(answer.len(), 2);
         assert_eq!(answer[0]["tid"], "17");
         assert_eq!(answer[0]["topic"], "owntracks/beacon/bus-17");
@@ -434,6 +595,6 @@ mod tests {
         let many: Vec<Position> = (0..MAX_FRIENDS + 5)
             .map(|i| p(&format!("d{i}"), i as i64))
             .collect();
-        assert_eq!(friends(many).len(), MAX_FRIENDS);
+        assert_eq!(friends(many, |_| None).len(), MAX_FRIENDS);
     }
 }

@@ -30,6 +30,7 @@ pub struct Metrics {
     registry: Registry,
     connections_device: Gauge,
     connections_viewer: Gauge,
+    connections_admin: Gauge,
     /// Upgrades refused because the server was full.
     pub refused_full: Counter,
     /// Upgrades refused for a bad query, token, origin or role.
@@ -44,6 +45,8 @@ pub struct Metrics {
     pub msg_in_ping: Counter,
     /// Fixes received over HTTP.
     pub msg_in_http: Counter,
+    /// Fixes from phone apps answered 200 but dropped: too old for the history retention.
+    pub ingest_too_old: Counter,
     /// Bytes received in client frames.
     pub bytes_in: Counter,
     /// Frames written to clients.
@@ -134,6 +137,7 @@ impl Metrics {
         Metrics {
             connections_device: role(Role::Device),
             connections_viewer: role(Role::Viewer),
+            connections_admin: role(Role::Admin),
             refused_full: refused_by("full"),
             refused_bad_request: refused_by("bad_request"),
             msg_in_pos: msg("pos"),
@@ -141,6 +145,11 @@ impl Metrics {
             msg_in_unsub: msg("unsub"),
             msg_in_ping: msg("ping"),
             msg_in_http: msg("http_pos"),
+            ingest_too_old: counter(
+                &mut registry,
+                "ingest_too_old",
+                "Phone-app fixes answered 200 but dropped: older than the history retention",
+            ),
             bytes_in: counter(&mut registry, "bytes_in", "Bytes of client frames received"),
             frames_out: counter(&mut registry, "frames_out", "Frames written to clients"),
             bytes_out: counter(
@@ -190,6 +199,7 @@ impl Metrics {
         match role {
             Role::Device => &self.connections_device,
             Role::Viewer => &self.connections_viewer,
+            Role::Admin => &self.connections_admin,
         }
     }
 

@@ -17,6 +17,10 @@ use crate::model::Fix;
 /// How far in the future a fix time may be, in ms (5 minutes, per the protocol).
 pub const MAX_FUTURE_MS: i64 = 5 * 60 * 1000;
 
+/// The earliest fix time accepted, ms since the epoch: 2000-01-01T00:00:00Z. Earlier times are
+/// a clock that was never set (phones send `0` or a 1970 date for "unknown"), never a real fix.
+pub const MIN_FIX_TS_MS: i64 = 946_684_800_000;
+
 /// The `id` of a `ping`, echoed unchanged in the `pong`: any number.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum PingId {
@@ -248,6 +252,9 @@ pub fn validate_fix(raw: &RawMessage<'_>, now_ms: i64) -> Result<Fix, Refusal> {
                 ));
             }
             let ts = ts as i64;
+            if ts < MIN_FIX_TS_MS {
+                return Err(invalid("ts must not be before 2000-01-01T00:00:00Z"));
+            }
             if ts > now_ms + MAX_FUTURE_MS {
                 return Err(invalid("ts must not be more than 5 minutes in the future"));
             }
@@ -278,6 +285,19 @@ pub fn validate_fix(raw: &RawMessage<'_>, now_ms: i64) -> Result<Fix, Refusal> {
             "batt must be a finite number within [0, 100]",
         )?,
     })
+}
+
+/// Refuses a fix whose time is before `oldest_ms`: it is too old for the history retention,
+/// so storing it would lose it at the next prune (`invalid_position`, naming `ts`).
+pub fn check_fix_age(fix: &Fix, oldest_ms: i64) -> Result<(), Refusal> {
+    if fix.ts < oldest_ms {
+        Err(Refusal::new(
+            ErrorCode::InvalidPosition,
+            "ts is older than the history retention",
+        ))
+    } else {
+        Ok(())
+    }
 }
 
 fn check_range(v: f64, lo: f64, hi: f64, message: &'static str) -> Result<(), Refusal> {

@@ -24,8 +24,9 @@ mod error;
 mod server;
 
 pub use client::{
-    ClientMessage, MAX_FUTURE_MS, PingId, RawMessage, decode, decode_raw, validate_fix,
+    ClientMessage, MAX_FUTURE_MS, MIN_FIX_TS_MS, PingId, RawMessage, check_fix_age, decode,
+    decode_raw, validate_fix,
 };
 pub use codec::{Codec, Frame, JSON_PROTOCOL, MSGPACK_PROTOCOL};
 pub use error::{ErrorCode, Refusal};
-pub use server::{PositionRecord, ServerMessage, encode_refusal, encode_snapshot};
+pub use server::{EventRecord, PositionRecord, ServerMessage, encode_refusal, encode_snapshot};

@@ -9,7 +9,54 @@ use tokio_tungstenite::tungstenite::Utf8Bytes;
 use super::client::PingId;
 use super::codec::{Codec, Frame};
 use super::error::{ErrorCode, Refusal};
-use crate::model::Position;
+use crate::model::{Event, Position};
+
+/// One event on the wire (`event` frames, `GET /v1/groups/{group}/events`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EventRecord<'a> {
+    /// Unique and the same everywhere the event is seen.
+    #[serde(borrow)]
+    pub id: Cow<'a, str>,
+    /// `alarm`, `region.enter`, `region.exit`.
+    #[serde(borrow)]
+    pub kind: Cow<'a, str>,
+    /// The device.
+    #[serde(borrow)]
+    pub device: Cow<'a, str>,
+    /// The group.
+    #[serde(borrow)]
+    pub group: Cow<'a, str>,
+    /// The fix time that caused it, ms.
+    pub ts: i64,
+    /// Latitude, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lat: Option<f64>,
+    /// Longitude, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lon: Option<f64>,
+    /// The alarm's name.
+    #[serde(default, borrow, skip_serializing_if = "Option::is_none")]
+    pub alarm: Option<Cow<'a, str>>,
+    /// The region's name.
+    #[serde(default, borrow, skip_serializing_if = "Option::is_none")]
+    pub region: Option<Cow<'a, str>>,
+}
+
+impl<'a> From<&'a Event> for EventRecord<'a> {
+    fn from(e: &'a Event) -> Self {
+        EventRecord {
+            id: Cow::Borrowed(&e.id),
+            kind: Cow::Borrowed(e.kind),
+            device: Cow::Borrowed(e.device.as_str()),
+            group: Cow::Borrowed(e.group.as_str()),
+            ts: e.ts,
+            lat: e.lat,
+            lon: e.lon,
+            alarm: e.alarm.as_deref().map(Cow::Borrowed),
+            region: e.region.as_deref().map(Cow::Borrowed),
+        }
+    }
+}
 
 /// One device's position as it appears in `snapshot` and `batch` frames.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -42,6 +89,9 @@ pub struct PositionRecord<'a> {
     /// Battery, percent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub batt: Option<f64>,
+    /// The device's profile name: in every snapshot, and in a batch when it changed.
+    #[serde(default, borrow, skip_serializing_if = "Option::is_none")]
+    pub name: Option<Cow<'a, str>>,
 }
 
 impl<'a> From<&'a Position> for PositionRecord<'a> {
@@ -58,6 +108,7 @@ impl<'a> From<&'a Position> for PositionRecord<'a> {
             spd: p.fix.spd,
             hdg: p.fix.hdg,
             batt: p.fix.batt,
+            name: None,
         }
     }
 }
@@ -104,6 +155,13 @@ pub enum ServerMessage<'a> {
         /// Server clock, ms.
         server_time: i64,
     },
+    /// Events of one group.
+    Event {
+        /// Group id.
+        group: &'a str,
+        /// The events, oldest first.
+        events: &'a [EventRecord<'a>],
+    },
     /// A refused message.
     Error {
         /// Protocol error code.
@@ -145,9 +203,21 @@ pub fn encode_refusal(refusal: &Refusal, codec: Codec) -> Frame {
     .encode(codec)
 }
 
-/// Encodes a `snapshot` of `group` from `positions`.
-pub fn encode_snapshot(group: &str, positions: &[Position], codec: Codec) -> Frame {
-    let records: Vec<PositionRecord<'_>> = positions.iter().map(PositionRecord::from).collect();
+/// Encodes a `snapshot` of `group` from `positions`, each record with the name `name_of`
+/// gives its device.
+pub fn encode_snapshot(
+    group: &str,
+    positions: &[Position],
+    name_of: &dyn Fn(&str) -> Option<String>,
+    codec: Codec,
+) -> Frame {
+    let records: Vec<PositionRecord<'_>> = positions
+        .iter()
+        .map(|p| PositionRecord {
+            name: name_of(p.device.as_str()).map(Cow::Owned),
+            ..PositionRecord::from(p)
+        })
+        .collect();
     ServerMessage::Snapshot {
         group,
         devices: &records,
@@ -170,12 +240,14 @@ mod tests {
             online: true,
         };
         let expected = r#"{"type":"snapshot","group":"g","devices":[{"id":"bus-1","lat":52.5,"lon":13.25,"ts":7,"rts":9,"online":true}]}"#;
-        let Frame::Text(text) = encode_snapshot("g", std::slice::from_ref(&position), Codec::Json)
+        let Frame::Text(text) =
+            encode_snapshot("g", std::slice::from_ref(&position), &|_| None, Codec::Json)
         else {
             panic!("JSON goes in text frames")
         };
         assert_eq!(text.as_str(), expected);
-        let Frame::Binary(bytes) = encode_snapshot("g", &[position], Codec::MsgPack) else {
+        let Frame::Binary(bytes) = encode_snapshot("g", &[position], &|_| None, Codec::MsgPack)
+        else {
             panic!("MessagePack goes in binary frames")
         };
         let value: serde_json::Value = rmp_serde::from_slice(&bytes).unwrap();

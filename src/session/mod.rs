@@ -249,11 +249,12 @@ impl Session {
             relay.ready(std::slice::from_ref(group)).await;
         }
         let (hub, outlet, codec) = (&self.state.hub, &self.outlet, self.codec);
+        let profiles = &self.state.profiles;
         let fed = self
             .writer
             .feed_after(|| {
                 let positions = hub.subscribe(group, outlet);
-                protocol::encode_snapshot(group.as_str(), &positions, codec)
+                protocol::encode_snapshot(group.as_str(), &positions, &|d| profiles.name(d), codec)
             })
             .await;
         if !self.subscribed.contains(group) {
@@ -283,7 +284,13 @@ impl Session {
         debug!(id = %self.identity.id, "resyncing a lagging client");
         for group in self.subscribed.clone() {
             let positions = self.state.hub.positions(group.as_str());
-            let snapshot = protocol::encode_snapshot(group.as_str(), &positions, self.codec);
+            let profiles = &self.state.profiles;
+            let snapshot = protocol::encode_snapshot(
+                group.as_str(),
+                &positions,
+                &|d| profiles.name(d),
+                self.codec,
+            );
             self.feed(snapshot).await?;
         }
         Ok(())
@@ -356,9 +363,15 @@ impl Session {
         let reply = match protocol::decode(self.codec, bytes, now) {
             Ok(ClientMessage::Pos { fix, seq }) => {
                 self.state.metrics.msg_in_pos.inc();
-                if self.identity.role == Role::Viewer {
-                    let mut refusal =
-                        Refusal::new(ErrorCode::Forbidden, "viewers may not publish positions");
+                if !self.identity.may_publish() {
+                    let message =
+                        format!("{}s may not publish positions", self.identity.role.as_str());
+                    let mut refusal = Refusal::new(ErrorCode::Forbidden, message);
+                    refusal.seq = seq;
+                    Some(self.refuse(refusal))
+                } else if let Err(mut refusal) =
+                    protocol::check_fix_age(&fix, self.state.config.oldest_fix_ms(now))
+                {
                     refusal.seq = seq;
                     Some(self.refuse(refusal))
                 } else {
