@@ -73,6 +73,7 @@ impl AppState {
                 },
                 hub.clone(),
                 config.redis_url.is_some(),
+                &config.redis.redis_prefix,
             )),
             auth: Authenticator::new(config.auth.clone(), Some(metrics.clone())),
             connections: Arc::new(Semaphore::new(config.limits.max_connections)),

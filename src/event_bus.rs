@@ -1,6 +1,6 @@
 //! Events to every subscriber, on every instance: [`EventBus::record`] keeps a new event in the
 //! log, sends it to this instance's subscribers of its group, and (with `--redis-url`)
-//! publishes it on [`EVENTS_CHANNEL`]; [`EventBus::run`] receives the other instances' events
+//! publishes it on `<prefix>:events` ([`EVENTS_CHANNEL_SUFFIX`]); [`EventBus::run`] receives the other instances' events
 //! there and does the same for them. An event already in the log (same id: its own echo, or a
 //! retry reported to two instances) is dropped, so each subscriber gets each event once.
 //!
@@ -24,8 +24,9 @@ use crate::model::{DeviceId, Event, GroupId};
 use crate::outbox::Prepared;
 use crate::protocol::{Codec, EventRecord, ServerMessage};
 
-/// The Redis channel events travel on between instances.
-pub(crate) const EVENTS_CHANNEL: &str = "beacon:events";
+/// The suffix of the Redis channel events travel on between instances: the channel is
+/// `<--redis-prefix>:events`, so deployments sharing one Redis never see each other's events.
+pub(crate) const EVENTS_CHANNEL_SUFFIX: &str = "events";
 
 /// Events waiting to be published to Redis before new ones are not published (they still
 /// reach this instance's subscribers).
@@ -42,13 +43,16 @@ const MAX_EVENT_BYTES: usize = 4096;
 pub(crate) struct EventBus {
     log: EventLog,
     hub: Arc<Hub>,
+    /// `<--redis-prefix>:events`.
+    channel: String,
     outgoing: Option<mpsc::Sender<Vec<u8>>>,
     incoming: std::sync::Mutex<Option<mpsc::Receiver<Vec<u8>>>>,
 }
 
 impl EventBus {
-    /// A bus over `log`; `redis` says whether events are published (see [`EventBus::run`]).
-    pub(crate) fn new(log: EventLog, hub: Arc<Hub>, redis: bool) -> Self {
+    /// A bus over `log`; `redis` says whether events are published (see [`EventBus::run`]) and
+    /// `prefix` is the deployment's `--redis-prefix`.
+    pub(crate) fn new(log: EventLog, hub: Arc<Hub>, redis: bool, prefix: &str) -> Self {
         let (outgoing, incoming) = if redis {
             let (tx, rx) = mpsc::channel(EVENT_QUEUE);
             (Some(tx), Some(rx))
@@ -58,6 +62,7 @@ impl EventBus {
         EventBus {
             log,
             hub,
+            channel: format!("{prefix}:{EVENTS_CHANNEL_SUFFIX}"),
             outgoing,
             incoming: std::sync::Mutex::new(incoming),
         }
@@ -116,7 +121,7 @@ impl EventBus {
         }
     }
 
-    /// Publishes this instance's events and receives the others' on [`EVENTS_CHANNEL`] until
+    /// Publishes this instance's events and receives the others' on the events channel until
     /// `shutdown`, reconnecting with backoff. Returns at once without `--redis-url`.
     pub(crate) async fn run(self: Arc<Self>, url: String, shutdown: CancellationToken) {
         let taken = self.incoming.lock().map(|mut rx| rx.take()).ok().flatten();
@@ -156,7 +161,7 @@ impl EventBus {
         outgoing: &mut mpsc::Receiver<Vec<u8>>,
     ) -> redis::RedisResult<()> {
         let mut pubsub = client.get_async_pubsub().await?;
-        pubsub.subscribe(EVENTS_CHANNEL).await?;
+        pubsub.subscribe(&self.channel).await?;
         let mut publisher = client.get_multiplexed_async_connection().await?;
         let mut messages = pubsub.on_message();
         loop {
@@ -168,7 +173,7 @@ impl EventBus {
                 bytes = outgoing.recv() => match bytes {
                     Some(bytes) => {
                         redis::cmd("PUBLISH")
-                            .arg(EVENTS_CHANNEL)
+                            .arg(&self.channel)
                             .arg(bytes)
                             .query_async::<i64>(&mut publisher)
                             .await?;

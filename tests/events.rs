@@ -144,6 +144,13 @@ async fn events_cross_instances_once() {
     let start = |url: String| TestServer::with(move |c| c.redis_url = Some(url));
     let a = start(redis.url()).await;
     let b = start(redis.url()).await;
+    // A deployment under another prefix shares the Redis but never sees these events.
+    let url = redis.url();
+    let other = TestServer::with(move |c| {
+        c.redis_url = Some(url);
+        c.redis.redis_prefix = "other".into();
+    })
+    .await;
     // Both instances listen on the events channel before anything is reported.
     let conn = redis.connection().await;
     common::eventually(|| {
@@ -152,12 +159,13 @@ async fn events_cross_instances_once() {
             let reply: redis::Value = redis::cmd("PUBSUB")
                 .arg("NUMSUB")
                 .arg("beacon:events")
+                .arg("other:events")
                 .query_async(&mut conn)
                 .await
                 .ok()?;
-            let (_, subscribers): (String, i64) =
+            let (_, ours, _, theirs): (String, i64, String, i64) =
                 redis::FromRedisValue::from_redis_value(reply).ok()?;
-            (subscribers == 2).then_some(())
+            (ours == 2 && theirs == 1).then_some(())
         }
     })
     .await;
@@ -207,6 +215,11 @@ async fn events_cross_instances_once() {
     }
     let on_a_ids = alarm_ids(&a).await;
     assert_eq!(on_a_ids.len(), 3);
+    assert!(
+        alarm_ids(&other).await.is_empty(),
+        "another prefix's instance saw these events"
+    );
+    other.stop().await;
     assert_eq!(
         on_a_ids,
         alarm_ids(&b).await,

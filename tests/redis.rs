@@ -417,7 +417,7 @@ async fn subscribes_only_to_groups_with_local_subscribers() {
     let a = instance(&redis, |_| {}).await;
     let channels = || async {
         let mut conn = redis.connection().await;
-        // Group channels only (the events channel, `beacon:events`, is always subscribed).
+        // Group channels only (the events channel, `<prefix>:events`, is always subscribed).
         let mut channels: Vec<String> = redis::cmd("PUBSUB")
             .arg("CHANNELS")
             .arg("beacon:{*")
