@@ -61,7 +61,7 @@ impl AppState {
             None => Profiles::in_memory(),
         });
         AppState {
-            profiles,
+            profiles: profiles.clone(),
             events: Arc::new(EventBus::new(
                 match &config.data_dir {
                     Some(dir) => EventLog::with_dir(
@@ -72,7 +72,9 @@ impl AppState {
                     None => EventLog::new(config.ingest.events_per_group as usize),
                 },
                 hub.clone(),
-                config.redis_url.is_some(),
+                profiles.clone(),
+                // Not over a Redis Cluster yet: see docs/redis.md, "Events and profiles".
+                config.redis_url.is_some() && !config.redis.redis_cluster,
                 &config.redis.redis_prefix,
             )),
             auth: Authenticator::new(config.auth.clone(), Some(metrics.clone())),

@@ -4,6 +4,13 @@
 //! there and does the same for them. An event already in the log (same id: its own echo, or a
 //! retry reported to two instances) is dropped, so each subscriber gets each event once.
 //!
+//! Device profiles travel the same way: [`EventBus::profile_changed`] announces a new name to
+//! this instance's subscribers and, with Redis, writes the profile to the hash
+//! `<prefix>:profiles` and publishes it on `<prefix>:profiles` in one transaction; every
+//! instance (the sender included) applies what arrives on that channel, in the order Redis
+//! delivers it, so all converge on the last change, and an instance loads the hash whenever it
+//! (re)connects.
+//!
 //! Events are rare (an alarm, a region change), so one channel for all groups costs little and
 //! needs no subscription bookkeeping. Publishing goes through a bounded queue
 //! ([`EVENT_QUEUE`]); when Redis is down events still reach local subscribers and the log.
@@ -22,11 +29,34 @@ use crate::events::{EventLog, event_kind};
 use crate::hub::Hub;
 use crate::model::{DeviceId, Event, GroupId};
 use crate::outbox::Prepared;
+use crate::profiles::{MAX_PROFILES, Profile, Profiles};
 use crate::protocol::{Codec, EventRecord, ServerMessage};
 
 /// The suffix of the Redis channel events travel on between instances: the channel is
 /// `<--redis-prefix>:events`, so deployments sharing one Redis never see each other's events.
 pub(crate) const EVENTS_CHANNEL_SUFFIX: &str = "events";
+
+/// The suffix of the Redis channel, and of the hash, that carry device profiles.
+pub(crate) const PROFILES_SUFFIX: &str = "profiles";
+
+/// Largest profile message read from Redis, in bytes; larger ones are ignored.
+const MAX_PROFILE_BYTES: usize = 1024;
+
+/// What waits to be written to Redis.
+#[derive(Debug)]
+enum Outgoing {
+    /// An event record (JSON) for the events channel.
+    Event(Vec<u8>),
+    /// A device's profile: stored in the hash and published.
+    Profile { device: String, json: Vec<u8> },
+}
+
+/// A profile as it travels between instances.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct ProfileMessage {
+    device: String,
+    profile: Profile,
+}
 
 /// Events waiting to be published to Redis before new ones are not published (they still
 /// reach this instance's subscribers).
@@ -43,16 +73,25 @@ const MAX_EVENT_BYTES: usize = 4096;
 pub(crate) struct EventBus {
     log: EventLog,
     hub: Arc<Hub>,
+    profiles: Arc<Profiles>,
     /// `<--redis-prefix>:events`.
     channel: String,
-    outgoing: Option<mpsc::Sender<Vec<u8>>>,
-    incoming: std::sync::Mutex<Option<mpsc::Receiver<Vec<u8>>>>,
+    /// `<--redis-prefix>:profiles`: the channel and the hash of profiles.
+    profiles_key: String,
+    outgoing: Option<mpsc::Sender<Outgoing>>,
+    incoming: std::sync::Mutex<Option<mpsc::Receiver<Outgoing>>>,
 }
 
 impl EventBus {
     /// A bus over `log`; `redis` says whether events are published (see [`EventBus::run`]) and
     /// `prefix` is the deployment's `--redis-prefix`.
-    pub(crate) fn new(log: EventLog, hub: Arc<Hub>, redis: bool, prefix: &str) -> Self {
+    pub(crate) fn new(
+        log: EventLog,
+        hub: Arc<Hub>,
+        profiles: Arc<Profiles>,
+        redis: bool,
+        prefix: &str,
+    ) -> Self {
         let (outgoing, incoming) = if redis {
             let (tx, rx) = mpsc::channel(EVENT_QUEUE);
             (Some(tx), Some(rx))
@@ -62,7 +101,9 @@ impl EventBus {
         EventBus {
             log,
             hub,
+            profiles,
             channel: format!("{prefix}:{EVENTS_CHANNEL_SUFFIX}"),
+            profiles_key: format!("{prefix}:{PROFILES_SUFFIX}"),
             outgoing,
             incoming: std::sync::Mutex::new(incoming),
         }
@@ -82,12 +123,57 @@ impl EventBus {
         if let Some(tx) = &self.outgoing {
             // Serializing a record of strings and numbers cannot fail.
             if let Ok(bytes) = serde_json::to_vec(&EventRecord::from(event))
-                && tx.try_send(bytes).is_err()
+                && tx.try_send(Outgoing::Event(bytes)).is_err()
             {
                 warn!(id = %event.id, "event queue to Redis full; event not published");
             }
         }
         true
+    }
+
+    /// `device`'s profile changed here (already kept in the profiles): its name goes to this
+    /// instance's subscribers, and with Redis the profile goes to the other instances.
+    pub(crate) fn profile_changed(&self, device: &DeviceId, profile: &Profile) {
+        if let Some(name) = &profile.name {
+            self.hub.announce_name_everywhere(device.as_str(), name);
+        }
+        if let Some(tx) = &self.outgoing {
+            let message = ProfileMessage {
+                device: device.as_str().to_owned(),
+                profile: profile.clone(),
+            };
+            // Serializing strings cannot fail.
+            if let Ok(json) = serde_json::to_vec(&message)
+                && tx
+                    .try_send(Outgoing::Profile {
+                        device: message.device,
+                        json,
+                    })
+                    .is_err()
+            {
+                warn!(device = %device, "queue to Redis full; profile change not shared");
+            }
+        }
+    }
+
+    /// A profile from Redis (another instance's change, our own echo, or the stored hash).
+    fn profile_received(&self, payload: &[u8]) {
+        if payload.len() > MAX_PROFILE_BYTES {
+            return;
+        }
+        let Ok(message) = serde_json::from_slice::<ProfileMessage>(payload) else {
+            debug!("unreadable profile message ignored");
+            return;
+        };
+        let Ok(device) = DeviceId::parse(&message.device) else {
+            return;
+        };
+        let name = message.profile.name.clone();
+        if self.profiles.replace(&device, message.profile)
+            && let Some(name) = name
+        {
+            self.hub.announce_name_everywhere(device.as_str(), &name);
+        }
     }
 
     /// Keeps `event` and sends it to this instance's subscribers, unless already held.
@@ -158,24 +244,47 @@ impl EventBus {
     async fn session(
         &self,
         client: &redis::Client,
-        outgoing: &mut mpsc::Receiver<Vec<u8>>,
+        outgoing: &mut mpsc::Receiver<Outgoing>,
     ) -> redis::RedisResult<()> {
         let mut pubsub = client.get_async_pubsub().await?;
         pubsub.subscribe(&self.channel).await?;
+        pubsub.subscribe(&self.profiles_key).await?;
         let mut publisher = client.get_multiplexed_async_connection().await?;
+        // Subscribed first, then loaded: a change made meanwhile arrives on the channel too.
+        let stored: Vec<Vec<u8>> = redis::cmd("HVALS")
+            .arg(&self.profiles_key)
+            .query_async(&mut publisher)
+            .await?;
+        for payload in stored.iter().take(MAX_PROFILES) {
+            self.profile_received(payload);
+        }
         let mut messages = pubsub.on_message();
         loop {
             tokio::select! {
                 message = messages.next() => match message {
+                    Some(message) if message.get_channel_name() == self.profiles_key => {
+                        self.profile_received(message.get_payload_bytes());
+                    }
                     Some(message) => self.received(message.get_payload_bytes()),
                     None => return Ok(()),
                 },
-                bytes = outgoing.recv() => match bytes {
-                    Some(bytes) => {
+                next = outgoing.recv() => match next {
+                    Some(Outgoing::Event(bytes)) => {
                         redis::cmd("PUBLISH")
                             .arg(&self.channel)
                             .arg(bytes)
                             .query_async::<i64>(&mut publisher)
+                            .await?;
+                    }
+                    Some(Outgoing::Profile { device, json }) => {
+                        // One transaction: the hash and the channel see changes in one order.
+                        redis::pipe()
+                            .atomic()
+                            .hset(&self.profiles_key, device, &json)
+                            .ignore()
+                            .publish(&self.profiles_key, &json)
+                            .ignore()
+                            .query_async::<()>(&mut publisher)
                             .await?;
                     }
                     None => return Ok(()),

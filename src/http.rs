@@ -280,13 +280,7 @@ async fn put_profile(
     };
     match state.profiles.put(&device, body.name, body.color) {
         Ok(profile) => {
-            if let Some(name) = &profile.name {
-                for group in &identity.groups {
-                    state
-                        .hub
-                        .announce_name(group.as_str(), device.as_str(), name);
-                }
-            }
+            state.events.profile_changed(&device, &profile);
             Json(profile_body(&device, &profile)).into_response()
         }
         Err(e @ ProfileError::Invalid(_)) => {

@@ -163,15 +163,33 @@ impl Profiles {
     }
 
     /// Remembers the OwnTracks `tid` of `device`: 1-2 letters or digits, else ignored.
-    pub(crate) fn set_tid(&self, device: &DeviceId, tid: &str) {
+    /// Returns the profile when it changed.
+    pub(crate) fn set_tid(&self, device: &DeviceId, tid: &str) -> Option<Profile> {
         let chars = tid.chars().count();
         if !(1..=2).contains(&chars) || !tid.chars().all(char::is_alphanumeric) {
-            return;
+            return None;
         }
         if self.lock().get(device).and_then(|p| p.tid.as_deref()) == Some(tid) {
-            return;
+            return None;
         }
-        let _ = self.change(device, |p| p.tid = Some(tid.to_owned()));
+        self.change(device, |p| p.tid = Some(tid.to_owned())).ok()
+    }
+
+    /// Takes `profile` whole for `device`, as another instance holds it (checked like a
+    /// local change). Returns whether the display name changed.
+    pub(crate) fn replace(&self, device: &DeviceId, profile: Profile) -> bool {
+        if profile.name.as_deref().and_then(name_problem).is_some()
+            || profile.color.as_deref().and_then(color_problem).is_some()
+            || profile.tid.as_ref().is_some_and(|t| t.chars().count() > 2)
+        {
+            return false;
+        }
+        if self.lock().get(device) == Some(&profile) {
+            return false;
+        }
+        let before = self.name(device.as_str());
+        let name = profile.name.clone();
+        self.change(device, |p| *p = profile).is_ok() && before != name
     }
 
     /// The `tid` a device sent, when it sent one.

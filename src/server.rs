@@ -80,7 +80,9 @@ pub async fn serve(
     if let Some(relay) = &state.relay {
         background.spawn(relay.clone().run(state.shutdown.clone()));
     }
-    if let Some(url) = &state.config.redis_url {
+    if state.config.redis_url.is_some() && state.config.redis.redis_cluster {
+        warn!("with --redis-cluster, events and profiles stay on the instance that received them");
+    } else if let Some(url) = &state.config.redis_url {
         background.spawn(
             state
                 .events

@@ -334,3 +334,51 @@ async fn position_records_carry_the_profile_name() {
     }
     server.stop().await;
 }
+
+/// Instances sharing one Redis share profiles: a name set on one reaches the subscribers of
+/// another live, both answer it, and an instance started later loads it.
+#[tokio::test]
+async fn profiles_are_shared_across_instances() {
+    let redis = common::redis_server::RedisServer::start();
+    let start = |url: String| TestServer::with(move |c| c.redis_url = Some(url));
+    let a = start(redis.url()).await;
+    let b = start(redis.url()).await;
+    let mut viewer = b.viewer("v", "g").await;
+    let mut device = a.device("bus", "g").await;
+    device.pos(1.0, 2.0).await;
+    viewer.until_update(|u| u["id"] == "bus").await;
+
+    let (status, body) = send(
+        &a,
+        "PUT",
+        "/v1/devices/bus/profile?id=bus&groups=g",
+        &[("content-type", b"application/json")],
+        r##"{"name":"Bus 17","color":"#112233"}"##,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let update = viewer
+        .until_update(|u| u["id"] == "bus" && u.get("name").is_some())
+        .await;
+    assert_eq!(
+        update["name"], "Bus 17",
+        "the other instance's subscribers hear it"
+    );
+    let on_b = b.get_json("/v1/devices/bus/profile").await;
+    assert_eq!(on_b["name"], "Bus 17");
+    assert_eq!(on_b["color"], "#112233");
+
+    let c = start(redis.url()).await;
+    let on_c = common::eventually(|| async {
+        let profile = c.get_json("/v1/devices/bus/profile").await;
+        (profile["name"] == "Bus 17").then_some(profile)
+    })
+    .await;
+    assert_eq!(
+        on_c["color"], "#112233",
+        "a later instance loads the stored profiles"
+    );
+    for server in [a, b, c] {
+        server.stop().await;
+    }
+}

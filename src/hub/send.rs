@@ -4,6 +4,7 @@
 use std::borrow::Cow;
 
 use super::state::{Hub, lock};
+use crate::model::GroupId;
 use crate::outbox::{Prepared, Push};
 use crate::protocol::{Codec, PositionRecord, ServerMessage};
 
@@ -50,6 +51,16 @@ impl Hub {
         match self.groups.get(group) {
             Some(g) => lock(&g).codecs,
             None => [0; Codec::ALL.len()],
+        }
+    }
+
+    /// Sends `device`'s new profile `name` to the local subscribers of every group holding a
+    /// position of it (see [`Hub::announce_name`]). Profiles change rarely; this walks the
+    /// group map once.
+    pub fn announce_name_everywhere(&self, device: &str, name: &str) {
+        let groups: Vec<GroupId> = self.groups.iter().map(|g| g.key().clone()).collect();
+        for group in &groups {
+            self.announce_name(group.as_str(), device, name);
         }
     }
 

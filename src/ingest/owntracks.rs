@@ -378,13 +378,8 @@ pub(crate) async fn handle(
         Payload::Location { fix, tid, .. } => (fix, tid),
         Payload::Card { name, .. } => {
             if let Some(name) = name {
-                match state.profiles.set_name(&identity.id, name.clone()) {
-                    Ok(_) => {
-                        for group in &identity.groups {
-                            let id = identity.id.as_str();
-                            state.hub.announce_name(group.as_str(), id, &name);
-                        }
-                    }
+                match state.profiles.set_name(&identity.id, name) {
+                    Ok(profile) => state.events.profile_changed(&identity.id, &profile),
                     Err(e) => {
                         tracing::debug!(device = %identity.id, error = %e, "card name not kept");
                     }
@@ -405,8 +400,10 @@ pub(crate) async fn handle(
         }
         Payload::Ignored => return Json(json!([])).into_response(),
     };
-    if let Some(tid) = tid {
-        state.profiles.set_tid(&identity.id, &tid);
+    if let Some(tid) = tid
+        && let Some(profile) = state.profiles.set_tid(&identity.id, &tid)
+    {
+        state.events.profile_changed(&identity.id, &profile);
     }
     common::publish_app(
         &state,
