@@ -58,6 +58,8 @@ pub(crate) struct ListenOptions {
     pub send_buffer_bytes: usize,
     /// Open HTTP connections per peer address (`--max-http-connections-per-ip`).
     pub per_ip: Arc<IpConnections>,
+    /// Counts the connections `per_ip` turned away.
+    pub refused_per_ip: prometheus_client::metrics::counter::Counter,
 }
 
 type MakeService = IntoMakeServiceWithConnectInfo<Router, SocketAddr>;
@@ -90,6 +92,7 @@ pub(crate) async fn run(
             },
         };
         let Some(ip_permit) = options.per_ip.try_acquire(Some(peer.ip())) else {
+            options.refused_per_ip.inc();
             debug!(ip = %peer.ip(), "closing a connection: the address holds its maximum of HTTP connections");
             drop(tcp);
             continue;

@@ -118,6 +118,7 @@ pub async fn serve(
         per_ip: std::sync::Arc::new(crate::limits::IpConnections::new(
             state.config.limits.max_http_connections_per_ip,
         )),
+        refused_per_ip: state.metrics.security.http_refused_per_ip.clone(),
     };
     let connections = crate::listen::run(listener, app, options, {
         let token = token.clone();

@@ -362,6 +362,13 @@ async fn one_address_may_hold_only_so_many_http_connections() {
     .await;
     // WebSockets do not hold a place once upgraded.
     drop(_idle_b);
+    assert!(
+        server
+            .metric("beacon_http_connections_refused_per_ip_total")
+            .await
+            >= 1.0,
+        "the refusal is counted"
+    );
     let _ws: Vec<_> = {
         let mut clients = Vec::new();
         for i in 0..4 {

@@ -50,6 +50,8 @@ pub struct SecurityMetrics {
     pub closed_idle: Counter,
     /// WebSocket pings sent.
     pub pings: Counter,
+    /// Plain HTTP connections closed at accept: their address held its maximum.
+    pub http_refused_per_ip: Counter,
 }
 
 impl SecurityMetrics {
@@ -89,6 +91,11 @@ impl SecurityMetrics {
             closed_expired: close("expired"),
             closed_idle: close("idle"),
             pings: counter(registry, "pings", "WebSocket pings sent to clients"),
+            http_refused_per_ip: counter(
+                registry,
+                "http_connections_refused_per_ip",
+                "Connections closed at accept because their address held its maximum of HTTP connections",
+            ),
         }
     }
 
