@@ -337,6 +337,29 @@ async fn a_flood_gets_every_rate_limited_error_and_a_readable_1008() {
 }
 
 #[tokio::test]
+async fn a_burst_of_upgrades_from_one_address_fits_the_default_bounds() {
+    // A carrier NAT, a fleet gateway or a browser test opens many WebSockets at once from one
+    // address; each is a plain HTTP connection until upgraded, so the default per-address HTTP
+    // bound must not reset any of them.
+    let server = TestServer::start().await;
+    let clients = futures_util::future::join_all((0..200).map(|i| {
+        let server = &server;
+        async move { server.device(&format!("burst-{i}"), "burst").await }
+    }))
+    .await;
+    assert_eq!(clients.len(), 200);
+    assert_eq!(
+        server
+            .metric("beacon_http_connections_refused_per_ip_total")
+            .await,
+        0.0,
+        "no connection of the burst was turned away"
+    );
+    drop(clients);
+    server.stop().await;
+}
+
+#[tokio::test]
 async fn one_address_may_hold_only_so_many_http_connections() {
     let server = TestServer::with(|c| c.limits.max_http_connections_per_ip = 2).await;
     let idle_a = TcpStream::connect(server.addr).await.unwrap();

@@ -50,8 +50,14 @@ pub struct Limits {
     /// peer address; past it, a new connection is closed as soon as it is accepted, before any
     /// byte is read. Counted by the TCP peer (an IPv6 client by its /64), so behind a proxy
     /// every client shares the proxy's address: raise it there or set 0 (no bound). Default
-    /// 64 (a browser opens at most 6 per host).
-    #[arg(long, env = "BEACON_MAX_HTTP_CONNECTIONS_PER_IP", default_value_t = 64)]
+    /// 500, the WebSocket bound per address: every WebSocket starts as a plain HTTP connection,
+    /// so a burst of reconnects from one address (a carrier NAT, a fleet gateway, a restart)
+    /// must fit in it.
+    #[arg(
+        long,
+        env = "BEACON_MAX_HTTP_CONNECTIONS_PER_IP",
+        default_value_t = 500
+    )]
     pub max_http_connections_per_ip: usize,
 
     /// Messages per second one connection may send, sustained (a token bucket refilled at this
