@@ -20,6 +20,7 @@ use crate::metrics::Metrics;
 use crate::profiles::Profiles;
 use crate::relay::Relay;
 use crate::store::Store;
+use crate::webhook::Webhooks;
 
 /// State shared by every handler and session. Cheap to clone.
 #[derive(Clone, Debug)]
@@ -49,6 +50,8 @@ pub(crate) struct AppState {
     /// Each group's recent events (alarms, region changes) and their fan-out, across
     /// instances with Redis.
     pub events: Arc<EventBus>,
+    /// Webhook endpoints and their deliveries; in `--data-dir` and shared through Redis.
+    pub webhooks: Arc<Webhooks>,
 }
 
 impl AppState {
@@ -62,6 +65,7 @@ impl AppState {
         });
         AppState {
             profiles: profiles.clone(),
+            webhooks: Arc::new(Webhooks::new(&config, &metrics)),
             events: Arc::new(EventBus::new(
                 match &config.data_dir {
                     Some(dir) => EventLog::with_dir(

@@ -80,6 +80,18 @@ pub(crate) struct EventBus {
     profiles_key: String,
     outgoing: Option<mpsc::Sender<Outgoing>>,
     incoming: std::sync::Mutex<Option<mpsc::Receiver<Outgoing>>>,
+    /// Where every new event goes besides the log and the subscribers (webhooks), once set.
+    sink: std::sync::OnceLock<EventSink>,
+}
+
+/// A receiver of every new event (recorded here: `true`; received from another instance:
+/// `false`), set once by the wiring. It must not wait: it runs on the event's path.
+pub(crate) struct EventSink(pub(crate) Box<dyn Fn(&Event, bool) + Send + Sync>);
+
+impl std::fmt::Debug for EventSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("EventSink")
+    }
 }
 
 impl EventBus {
@@ -106,6 +118,19 @@ impl EventBus {
             profiles_key: format!("{prefix}:{PROFILES_SUFFIX}"),
             outgoing,
             incoming: std::sync::Mutex::new(incoming),
+            sink: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// Sends every new event from now on to `sink` too (once; a second sink is ignored).
+    pub(crate) fn set_sink(&self, sink: EventSink) {
+        let _ = self.sink.set(sink);
+    }
+
+    /// Hands a new event to the sink, when one is set.
+    fn forward(&self, event: &Event, local: bool) {
+        if let Some(sink) = self.sink.get() {
+            (sink.0)(event, local);
         }
     }
 
@@ -120,6 +145,7 @@ impl EventBus {
         if !self.deliver(event) {
             return false;
         }
+        self.forward(event, true);
         if let Some(tx) = &self.outgoing {
             // Serializing a record of strings and numbers cannot fail.
             if let Ok(bytes) = serde_json::to_vec(&EventRecord::from(event))
@@ -202,8 +228,10 @@ impl EventBus {
             debug!("unreadable event message ignored");
             return;
         };
-        if let Some(event) = event_of(&record) {
-            self.deliver(&event);
+        if let Some(event) = event_of(&record)
+            && self.deliver(&event)
+        {
+            self.forward(&event, false);
         }
     }
 

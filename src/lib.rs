@@ -74,3 +74,5 @@ mod tls;
 mod track;
 mod upgrade;
 mod web;
+mod webhook;
+mod webhook_routes;

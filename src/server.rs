@@ -90,6 +90,24 @@ pub async fn serve(
                 .run(url.clone(), state.shutdown.clone()),
         );
     }
+    {
+        // Webhooks hear every new event, recorded here or received from another instance.
+        let webhooks = state.webhooks.clone();
+        state.events.set_sink(crate::event_bus::EventSink(Box::new(
+            move |event, local| webhooks.offer(event, local),
+        )));
+        let redis_url = state
+            .config
+            .redis_url
+            .clone()
+            .filter(|_| !state.config.redis.redis_cluster);
+        background.spawn(
+            state
+                .webhooks
+                .clone()
+                .run(redis_url, state.shutdown.clone()),
+        );
+    }
     background.spawn(state.hub.clone().run_ticker(state.shutdown.clone()));
     background.spawn(state.hub.clone().run_sweeper(state.shutdown.clone()));
     if state.config.demo > 0 {
@@ -192,6 +210,7 @@ pub(crate) fn router(state: AppState) -> Router {
         .merge(http::routes(&state))
         .merge(crate::ingest::routes(&state))
         .merge(crate::track::routes())
+        .merge(crate::webhook_routes::routes(&state))
         .merge(web::routes())
         .layer(state.auth.origins().cors())
         .layer(middleware::from_fn_with_state(state.clone(), origin_guard))

@@ -14,6 +14,7 @@ mod auth;
 mod ingest;
 mod limits;
 mod storage;
+mod webhooks;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -25,6 +26,7 @@ pub use auth::{AuthConfig, AuthMode};
 pub use ingest::IngestConfig;
 pub use limits::{HubConfig, Limits};
 pub use storage::{RedisConfig, StoreConfig, parse_redis_prefix};
+pub use webhooks::WebhookConfig;
 
 /// Everything `beacon serve` needs.
 #[derive(Clone, Debug, Parser)]
@@ -88,6 +90,10 @@ pub struct Config {
     /// Default 10.
     #[arg(long, env = "BEACON_SHUTDOWN_GRACE_SECS", default_value_t = 10)]
     pub shutdown_grace_secs: u64,
+
+    /// Webhook endpoints and deliveries.
+    #[command(flatten)]
+    pub webhooks: WebhookConfig,
 }
 
 impl Default for Config {

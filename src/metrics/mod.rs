@@ -17,10 +17,12 @@ use crate::protocol::ErrorCode;
 mod relay;
 mod security;
 mod store;
+mod webhook;
 
 pub use relay::RelayMetrics;
 pub use security::{AUTH_REASONS, SecurityMetrics};
 pub use store::StoreMetrics;
+pub use webhook::{WEBHOOK_OUTCOMES, WebhookMetrics};
 
 type Labels = Vec<(&'static str, &'static str)>;
 
@@ -76,6 +78,8 @@ pub struct Metrics {
     pub store: StoreMetrics,
     /// The Redis relay's metrics.
     pub relay: RelayMetrics,
+    /// Webhook deliveries (`beacon_webhook_*`).
+    pub webhook: WebhookMetrics,
 }
 
 impl Default for Metrics {
@@ -190,6 +194,7 @@ impl Metrics {
             security: SecurityMetrics::new(&mut registry, &refused),
             store: StoreMetrics::register(&mut registry),
             relay: RelayMetrics::register(&mut registry),
+            webhook: WebhookMetrics::register(&mut registry),
             registry,
         }
     }

@@ -1,0 +1,221 @@
+//! One delivery attempt: resolve and check the target, POST the signed body to exactly the
+//! checked address, read a bounded part of the answer; and the retry schedule.
+
+use std::time::{Duration, Instant};
+
+use reqwest::header::{CONTENT_TYPE, HeaderValue, USER_AGENT};
+use reqwest::redirect::Policy;
+
+use super::sign;
+use super::target::{self, TargetError};
+
+/// Most bytes of a receiver's answer read (and kept in the deliveries record); the rest is not
+/// read.
+pub(crate) const MAX_RESPONSE_BYTES: usize = 1024;
+
+/// Pauses between attempts, in units of `--webhook-retry-unit-ms` (one second by default):
+/// attempts at 0 s, 5 s, 35 s (three within a minute), then after 5 min, 30 min, 2 h, 5 h,
+/// 10 h and 10 h: nine attempts over about 27.6 hours, then the delivery is given up.
+pub(crate) const SCHEDULE: [u32; 8] = [5, 30, 300, 1800, 7200, 18_000, 36_000, 36_000];
+
+/// The pause before the next attempt once `attempts` have failed, or `None` when the schedule
+/// is over.
+pub(crate) fn retry_delay(attempts: u32, unit: Duration) -> Option<Duration> {
+    let index = usize::try_from(attempts).ok()?.checked_sub(1)?;
+    SCHEDULE.get(index).map(|&units| unit * units)
+}
+
+/// How an attempt ended.
+#[derive(Debug, PartialEq)]
+pub(crate) enum Outcome {
+    /// A 2xx answer.
+    Delivered(u16),
+    /// Another answer: retried.
+    Failed(u16),
+    /// 410: the endpoint is disabled.
+    Gone,
+    /// No complete answer in time: retried.
+    Timeout,
+    /// No connection or a broken answer: retried.
+    Error(String),
+    /// The target resolved to a refused address: retried (the name may be fixed).
+    Refused(String),
+}
+
+impl Outcome {
+    /// The `outcome` label.
+    pub(crate) fn label(&self) -> &'static str {
+        match self {
+            Outcome::Delivered(_) => "delivered",
+            Outcome::Failed(_) => "failed",
+            Outcome::Gone => "gone",
+            Outcome::Timeout => "timeout",
+            Outcome::Error(_) => "error",
+            Outcome::Refused(_) => "refused",
+        }
+    }
+
+    /// The receiver's status, when it answered.
+    pub(crate) fn status(&self) -> Option<u16> {
+        match self {
+            Outcome::Delivered(s) | Outcome::Failed(s) => Some(*s),
+            Outcome::Gone => Some(410),
+            _ => None,
+        }
+    }
+
+    /// Why it failed without an answer.
+    pub(crate) fn error(&self) -> Option<String> {
+        match self {
+            Outcome::Error(e) | Outcome::Refused(e) => Some(e.clone()),
+            Outcome::Timeout => Some("no answer in time".into()),
+            _ => None,
+        }
+    }
+}
+
+/// What one attempt sends.
+#[derive(Debug)]
+pub(crate) struct Request<'a> {
+    /// The endpoint's URL.
+    pub(crate) url: &'a str,
+    /// The endpoint's secret.
+    pub(crate) secret: &'a str,
+    /// The `webhook-id`.
+    pub(crate) webhook_id: &'a str,
+    /// The body.
+    pub(crate) body: &'a str,
+    /// `--webhook-allow-private`.
+    pub(crate) allow_private: bool,
+    /// `--webhook-timeout-ms`: the whole attempt, resolution included.
+    pub(crate) timeout: Duration,
+}
+
+/// What an attempt gave: its outcome, the start of the answer, how long it took.
+#[derive(Debug)]
+pub(crate) struct Answer {
+    /// How it ended.
+    pub(crate) outcome: Outcome,
+    /// The first [`MAX_RESPONSE_BYTES`] of the answer's body (lossy UTF-8).
+    pub(crate) response: Option<String>,
+    /// Time taken.
+    pub(crate) elapsed: Duration,
+}
+
+/// Makes one attempt, never taking longer than `request.timeout`.
+pub(crate) async fn send(request: &Request<'_>) -> Answer {
+    let started = Instant::now();
+    let (outcome, response) = match tokio::time::timeout(request.timeout, exchange(request)).await {
+        Ok(done) => done,
+        Err(_) => (Outcome::Timeout, None),
+    };
+    Answer {
+        outcome,
+        response,
+        elapsed: started.elapsed(),
+    }
+}
+
+async fn exchange(request: &Request<'_>) -> (Outcome, Option<String>) {
+    let url = match target::parse_url(request.url) {
+        Ok(url) => url,
+        Err(e) => return (Outcome::Refused(e.to_string()), None),
+    };
+    let addr = match target::resolve(&url, request.allow_private, request.timeout).await {
+        Ok(addr) => addr,
+        Err(e @ TargetError::Private(_)) => return (Outcome::Refused(e.to_string()), None),
+        Err(e) => return (Outcome::Error(e.to_string()), None),
+    };
+    // A client per attempt, pinned to the checked address (`resolve` overrides DNS for the
+    // URL's host, so TLS still checks the name), following no redirect (a redirect could lead
+    // anywhere) and using no proxy. Attempts are rare enough for this to cost nothing that
+    // matters.
+    let mut builder = reqwest::Client::builder()
+        .redirect(Policy::none())
+        .no_proxy()
+        .timeout(request.timeout);
+    if let Some(host) = url.host_str() {
+        builder = builder.resolve(host, addr);
+    }
+    let client = match builder.build() {
+        Ok(client) => client,
+        Err(e) => return (Outcome::Error(format!("http client: {e}")), None),
+    };
+    let timestamp = crate::model::now_ms() / 1000;
+    let Some(signature) =
+        sign::signature(request.secret, request.webhook_id, timestamp, request.body)
+    else {
+        return (Outcome::Error("unusable secret".into()), None);
+    };
+    let sent = client
+        .post(url)
+        .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
+        .header(USER_AGENT, HeaderValue::from_static("Beacon-Webhooks/1"))
+        .header("webhook-id", request.webhook_id)
+        .header("webhook-timestamp", timestamp.to_string())
+        .header("webhook-signature", signature)
+        .body(request.body.to_owned())
+        .send()
+        .await;
+    let mut response = match sent {
+        Ok(response) => response,
+        Err(e) if e.is_timeout() => return (Outcome::Timeout, None),
+        Err(e) => return (Outcome::Error(without_url(&e)), None),
+    };
+    let status = response.status().as_u16();
+    let mut body = Vec::new();
+    while body.len() < MAX_RESPONSE_BYTES {
+        match response.chunk().await {
+            Ok(Some(chunk)) => body.extend_from_slice(&chunk),
+            Ok(None) => break,
+            Err(e) if e.is_timeout() => return (Outcome::Timeout, None),
+            // The status is what counts; a body cut short is only noted.
+            Err(_) => break,
+        }
+    }
+    body.truncate(MAX_RESPONSE_BYTES);
+    let text = (!body.is_empty()).then(|| String::from_utf8_lossy(&body).into_owned());
+    let outcome = match status {
+        200..=299 => Outcome::Delivered(status),
+        410 => Outcome::Gone,
+        _ => Outcome::Failed(status),
+    };
+    (outcome, text)
+}
+
+/// A reqwest error's message without its URL (which the admin knows, and which may carry a
+/// token in its query).
+fn without_url(e: &reqwest::Error) -> String {
+    let mut text = String::from(if e.is_connect() {
+        "connection failed"
+    } else if e.is_body() || e.is_decode() {
+        "broken answer"
+    } else {
+        "request failed"
+    });
+    let mut source = std::error::Error::source(e);
+    while let Some(inner) = source {
+        text.push_str(": ");
+        text.push_str(&inner.to_string());
+        source = inner.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn three_attempts_within_a_minute_and_a_day_covered() {
+        let unit = Duration::from_secs(1);
+        assert_eq!(retry_delay(0, unit), None);
+        let first_three = retry_delay(1, unit).unwrap() + retry_delay(2, unit).unwrap();
+        assert!(first_three <= Duration::from_secs(60));
+        let all: Duration = (1..=SCHEDULE.len() as u32)
+            .map(|n| retry_delay(n, unit).unwrap())
+            .sum();
+        assert!(all >= Duration::from_secs(24 * 3600));
+        assert_eq!(retry_delay(SCHEDULE.len() as u32 + 1, unit), None);
+    }
+}
