@@ -86,7 +86,10 @@ pub(crate) struct EventBus {
 
 /// A receiver of every new event (recorded here: `true`; received from another instance:
 /// `false`), set once by the wiring. It must not wait: it runs on the event's path.
-pub(crate) struct EventSink(pub(crate) Box<dyn Fn(&Event, bool) + Send + Sync>);
+pub(crate) struct EventSink(pub(crate) Box<SinkFn>);
+
+/// What an [`EventSink`] calls: the event, and whether it was recorded here.
+pub(crate) type SinkFn = dyn Fn(&Event, bool) + Send + Sync;
 
 impl std::fmt::Debug for EventSink {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

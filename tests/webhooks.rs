@@ -721,7 +721,24 @@ async fn two_instances_share_webhooks_and_deliver_each_event_once() {
     assert_eq!(got[1].json()["data"]["device"], "phone-2");
     assert_signed(&got[1], created["secret"].as_str().unwrap());
 
-    // A deletion reaches the other instance too.
+    // Redis restarted empty: the instances write their definitions back, so an instance
+    // started afterwards learns them.
+    let mut redis = redis;
+    redis.kill();
+    redis.restart();
+    let url = redis.url();
+    let c = TestServer::with(move |c| {
+        c.redis_url = Some(url);
+        c.webhooks.webhook_allow_private = true;
+    })
+    .await;
+    eventually(|| async {
+        let listed = list(&c).await;
+        (listed.len() == 1 && listed[0]["id"] == created["id"]).then_some(())
+    })
+    .await;
+
+    // A deletion reaches the other instances too.
     let response = reqwest::Client::new()
         .delete(b.http(&format!(
             "/v1/groups/g/webhooks/{}?{ADMIN}",
@@ -732,8 +749,10 @@ async fn two_instances_share_webhooks_and_deliver_each_event_once() {
         .unwrap();
     assert_eq!(response.status(), 204);
     eventually(|| async { list(&a).await.is_empty().then_some(()) }).await;
+    eventually(|| async { list(&c).await.is_empty().then_some(()) }).await;
     a.stop().await;
     b.stop().await;
+    c.stop().await;
 }
 
 #[tokio::test]

@@ -28,7 +28,7 @@ mod sign;
 mod state;
 mod target;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -329,12 +329,6 @@ impl Webhooks {
     /// A new event: one delivery to each matching endpoint of its group. `local` says it was
     /// recorded on this instance (not received from another one). Never waits.
     pub(crate) fn offer(self: &Arc<Self>, event: &Event, local: bool) {
-        let body = json!({
-            "type": event.kind,
-            "timestamp": format_ms(event.ts),
-            "data": EventRecord::from(event),
-        })
-        .to_string();
         let cap = self.config.webhook_queue as usize;
         let mut inner = self.lock();
         let mut spawned = Vec::new();
@@ -345,6 +339,15 @@ impl Webhooks {
             .filter(|s| pattern::matches(&s.endpoint.events, event.kind))
             .map(|s| s.endpoint.id.clone())
             .collect();
+        if matching.is_empty() {
+            return;
+        }
+        let body = json!({
+            "type": event.kind,
+            "timestamp": format_ms(event.ts),
+            "data": EventRecord::from(event),
+        })
+        .to_string();
         for endpoint in matching {
             let webhook_id = sign::message_id(&event.id, &endpoint);
             if inner.pending.contains_key(&webhook_id) {
@@ -615,23 +618,27 @@ impl Apply for Webhooks {
         self.changed(&inner);
     }
 
-    fn replace_all(&self, endpoints: Vec<Endpoint>) {
+    fn reconcile(&self, endpoints: Vec<Endpoint>, deleted: &HashSet<String>) -> Vec<Endpoint> {
         let mut inner = self.lock();
-        let keep: std::collections::HashSet<String> =
-            endpoints.iter().map(|e| e.id.clone()).collect();
-        let gone: Vec<String> = inner
-            .endpoints
-            .keys()
-            .filter(|id| !keep.contains(*id))
-            .cloned()
-            .collect();
-        for id in gone {
-            inner.drop_pending_of(&id);
-            inner.endpoints.remove(&id);
+        for id in deleted {
+            if inner.endpoints.contains_key(id) {
+                inner.drop_pending_of(id);
+                inner.endpoints.remove(id);
+            }
         }
+        let known: HashSet<String> = endpoints.iter().map(|e| e.id.clone()).collect();
         for endpoint in endpoints {
-            inner.upsert(endpoint);
+            if !deleted.contains(&endpoint.id) {
+                inner.upsert(endpoint);
+            }
         }
+        let only_here: Vec<Endpoint> = inner
+            .endpoints
+            .values()
+            .filter(|s| !known.contains(&s.endpoint.id))
+            .map(|s| s.endpoint.clone())
+            .collect();
         self.changed(&inner);
+        only_here
     }
 }

@@ -1,16 +1,20 @@
 //! Webhooks across instances, through Redis (`--redis-url`, not with `--redis-cluster`).
 //!
-//! - Definitions: the hash `<prefix>:webhooks` maps each endpoint id to its JSON; every change
-//!   (created, deleted, disabled) is written there and published on the channel
-//!   `<prefix>:webhooks` in one transaction. Every instance, the writer included, applies what
-//!   arrives on the channel, and replaces its whole set with the hash's whenever it
-//!   (re)connects, so all converge.
+//! - Definitions: the hash `<prefix>:webhooks` maps each endpoint id to its JSON, the hash
+//!   `<prefix>:webhooks-deleted` each deleted id to when it was deleted; every change (created,
+//!   deleted, disabled) is written there and published on the channel `<prefix>:webhooks` in
+//!   one transaction. Every instance, the writer included, applies what arrives on the channel.
+//!   Whenever it (re)connects, an instance takes every endpoint of the hash, drops those
+//!   deleted meanwhile, and writes back those only it holds (created while Redis was
+//!   unreachable, or lost by a Redis restarted empty), so all converge and a Redis without
+//!   persistence loses no definition.
 //! - Claims: before the first attempt of a delivery, an instance sets
 //!   `<prefix>:webhook-claim:<webhook-id>` to its own random token with `SET NX PX`
 //!   ([`CLAIM_TTL`]). Only the instance whose token is there delivers; the others drop the
 //!   delivery. The same event seen by several instances (recorded on one and received by the
 //!   others, or reported by a phone to two of them) thus goes out from exactly one.
 
+use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -50,8 +54,9 @@ pub(crate) enum Change {
 pub(crate) trait Apply: Send + Sync {
     /// A change published by some instance (this one included).
     fn apply(&self, change: Change);
-    /// The whole set, as the hash holds it on (re)connection.
-    fn replace_all(&self, endpoints: Vec<Endpoint>);
+    /// The whole set on (re)connection: every endpoint of the hash and every deleted id.
+    /// Returns the endpoints held here that Redis knows neither way, to be written back.
+    fn reconcile(&self, endpoints: Vec<Endpoint>, deleted: &HashSet<String>) -> Vec<Endpoint>;
 }
 
 /// The Redis side of the webhooks.
@@ -59,6 +64,8 @@ pub(crate) trait Apply: Send + Sync {
 pub(crate) struct Shared {
     /// `<prefix>:webhooks`: the hash and the channel.
     key: String,
+    /// `<prefix>:webhooks-deleted`: deleted ids (tombstones).
+    deleted_key: String,
     /// `<prefix>:webhook-claim:`.
     claim_prefix: String,
     outgoing: mpsc::Sender<Change>,
@@ -75,6 +82,7 @@ impl Shared {
         let (outgoing, incoming) = mpsc::channel(QUEUE);
         Shared {
             key: format!("{prefix}:webhooks"),
+            deleted_key: format!("{prefix}:webhooks-deleted"),
             claim_prefix: format!("{prefix}:webhook-claim:"),
             outgoing,
             incoming: Mutex::new(Some(incoming)),
@@ -187,6 +195,8 @@ impl Shared {
             }
             Change::Delete(id) => {
                 pipe.hdel(&self.key, id).ignore();
+                pipe.hset(&self.deleted_key, id, crate::model::now_ms())
+                    .ignore();
             }
         }
         pipe.publish(&self.key, json).ignore();
@@ -217,11 +227,17 @@ impl Shared {
             .arg(&self.key)
             .query_async(&mut conn)
             .await?;
+        let deleted: HashSet<String> = redis::cmd("HKEYS")
+            .arg(&self.deleted_key)
+            .query_async(&mut conn)
+            .await?;
         let endpoints = stored
             .iter()
             .filter_map(|json| serde_json::from_slice::<Endpoint>(json).ok())
             .collect();
-        apply.replace_all(endpoints);
+        for endpoint in apply.reconcile(endpoints, &deleted) {
+            self.write(&mut conn, &Change::Put(endpoint)).await?;
+        }
         self.set_connection(Some(conn.clone()));
         let mut messages = pubsub.on_message();
         loop {
