@@ -30,6 +30,9 @@
 //!     colours and OwnTracks `tid`s, kept in a file with `--data-dir`).
 //! 11. [`model`]: domain types: ids, identities, fixes, positions.
 //!
+//! Webhooks add `webhook_routes` to the routes and `webhook` (endpoints and signed, retried
+//! deliveries of events) to the components.
+//!
 //! The public modules are the API ([`config`], [`model`], [`protocol`], [`serve`]) and the
 //! components that the binary, benches, fuzz targets and integration tests drive directly.
 
