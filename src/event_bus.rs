@@ -15,6 +15,9 @@
 //! needs no subscription bookkeeping. Publishing goes through a bounded queue
 //! ([`EVENT_QUEUE`]); when Redis is down events still reach local subscribers and the log.
 //!
+//! Every new event, recorded here or received from another instance, is also handed to the
+//! [`EventSink`] the wiring sets (the webhooks), which must not wait.
+//!
 //! Errors: Redis failures are logged here, where they are handled, and retried with backoff.
 
 use std::sync::Arc;

@@ -205,6 +205,90 @@ fn without_url(e: &reqwest::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A receiver answering every request with `status`, counting connections.
+    async fn receiver(
+        status: u16,
+    ) -> (
+        std::net::SocketAddr,
+        std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    ) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = accepted.clone();
+        tokio::spawn(async move {
+            while let Ok((mut socket, _)) = listener.accept().await {
+                counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                // The whole request (its body is `{}`) before answering.
+                let mut request = Vec::new();
+                let mut buffer = [0; 4096];
+                while !request.ends_with(b"\r\n\r\n{}") {
+                    match socket.read(&mut buffer).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => request.extend_from_slice(&buffer[..n]),
+                    }
+                }
+                let answer = format!(
+                    "HTTP/1.1 {status} X\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok"
+                );
+                let _ = socket.write_all(answer.as_bytes()).await;
+            }
+        });
+        (addr, accepted)
+    }
+
+    #[tokio::test]
+    async fn a_name_resolving_to_loopback_is_refused_at_delivery_time() {
+        let (addr, accepted) = receiver(200).await;
+        let url = format!("http://localhost:{}/hook", addr.port());
+        let secret = sign::new_secret();
+        let mut request = Request {
+            url: &url,
+            secret: &secret,
+            webhook_id: "msg_1",
+            body: "{}",
+            allow_private: false,
+            timeout: Duration::from_secs(5),
+        };
+        let answer = send(&request).await;
+        assert!(matches!(answer.outcome, Outcome::Refused(_)), "{answer:?}");
+        assert_eq!(
+            accepted.load(std::sync::atomic::Ordering::SeqCst),
+            0,
+            "never connected"
+        );
+
+        let direct = format!("http://{addr}/hook");
+        request.url = &direct;
+        request.allow_private = true;
+        let answer = send(&request).await;
+        assert_eq!(answer.outcome, Outcome::Delivered(200));
+        assert_eq!(answer.response.as_deref(), Some("ok"));
+    }
+
+    #[tokio::test]
+    async fn statuses_map_to_outcomes() {
+        for (status, outcome) in [
+            (410, Outcome::Gone),
+            (500, Outcome::Failed(500)),
+            (302, Outcome::Failed(302)),
+        ] {
+            let (addr, _) = receiver(status).await;
+            let url = format!("http://{addr}/hook");
+            let secret = sign::new_secret();
+            let request = Request {
+                url: &url,
+                secret: &secret,
+                webhook_id: "msg_1",
+                body: "{}",
+                allow_private: true,
+                timeout: Duration::from_secs(5),
+            };
+            assert_eq!(send(&request).await.outcome, outcome, "{status}");
+        }
+    }
 
     #[test]
     fn three_attempts_within_a_minute_and_a_day_covered() {
