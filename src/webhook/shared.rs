@@ -21,7 +21,7 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use redis::aio::MultiplexedConnection;
 use serde::{Deserialize, Serialize};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
@@ -71,7 +71,7 @@ pub(crate) struct Shared {
     outgoing: mpsc::Sender<Change>,
     incoming: Mutex<Option<mpsc::Receiver<Change>>>,
     /// The connection of the running session, for claims.
-    conn: Mutex<Option<MultiplexedConnection>>,
+    conn: watch::Sender<Option<MultiplexedConnection>>,
     /// `--redis-timeout-ms`.
     timeout: Duration,
 }
@@ -86,7 +86,7 @@ impl Shared {
             claim_prefix: format!("{prefix}:webhook-claim:"),
             outgoing,
             incoming: Mutex::new(Some(incoming)),
-            conn: Mutex::new(None),
+            conn: watch::Sender::new(None),
             timeout,
         }
     }
@@ -98,19 +98,26 @@ impl Shared {
         }
     }
 
-    fn connection(&self) -> Option<MultiplexedConnection> {
-        self.conn.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    /// The session's connection, waiting for one up to `--redis-timeout-ms` (an instance that
+    /// just started, or is reconnecting, should claim rather than guess).
+    async fn connection(&self) -> Option<MultiplexedConnection> {
+        let mut current = self.conn.subscribe();
+        let ready = tokio::time::timeout(self.timeout, current.wait_for(Option::is_some)).await;
+        match ready {
+            Ok(Ok(conn)) => conn.clone(),
+            _ => None,
+        }
     }
 
     fn set_connection(&self, conn: Option<MultiplexedConnection>) {
-        *self.conn.lock().unwrap_or_else(|e| e.into_inner()) = conn;
+        self.conn.send_replace(conn);
     }
 
     /// Claims the delivery `webhook_id` with `token`: `Ok(true)` when the claim is this
     /// instance's (now or from before a restart), `Ok(false)` when another instance holds it,
     /// `Err` when Redis cannot be asked.
     pub(crate) async fn claim(&self, webhook_id: &str, token: &str) -> Result<bool, ()> {
-        let Some(mut conn) = self.connection() else {
+        let Some(mut conn) = self.connection().await else {
             return Err(());
         };
         let key = format!("{}{webhook_id}", self.claim_prefix);
