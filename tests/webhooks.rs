@@ -826,3 +826,50 @@ async fn the_answer_read_and_the_deliveries_kept_are_bounded() {
     assert_eq!(response.len(), 1024, "at most 1 KiB of the answer is read");
     server.stop().await;
 }
+
+#[tokio::test]
+async fn with_tokens_only_an_admin_token_of_the_group_manages_webhooks() {
+    let secret = "a-test-secret-of-at-least-32-bytes!!";
+    let server = server_with(|c| {
+        c.auth.mode = beacon::config::AuthMode::Jwt;
+        c.auth.jwt_secret = Some(secret.into());
+    })
+    .await;
+    let token = |role: &str, group: &str| {
+        let claims = json!({"sub": "someone", "groups": [group], "role": role,
+                            "exp": now_ms() / 1000 + 600});
+        let key = jsonwebtoken::EncodingKey::from_secret(secret.as_bytes());
+        jsonwebtoken::encode(&jsonwebtoken::Header::default(), &claims, &key).unwrap()
+    };
+    let client = reqwest::Client::new();
+    let post = |bearer: Option<String>| {
+        let mut request = client
+            .post(server.http("/v1/groups/g/webhooks"))
+            .json(&json!({"url": "http://127.0.0.1:9/hook", "events": ["*"]}));
+        if let Some(token) = bearer {
+            request = request.bearer_auth(token);
+        }
+        request.send()
+    };
+    assert_eq!(post(None).await.unwrap().status(), 401);
+    assert_eq!(
+        post(Some(token("viewer", "g"))).await.unwrap().status(),
+        403
+    );
+    assert_eq!(
+        post(Some(token("device", "g"))).await.unwrap().status(),
+        403
+    );
+    assert_eq!(post(Some(token("admin", "h"))).await.unwrap().status(), 403);
+    let created = post(Some(token("admin", "g"))).await.unwrap();
+    assert_eq!(created.status(), 201);
+    let listed = client
+        .get(server.http("/v1/groups/g/webhooks"))
+        .bearer_auth(token("admin", "g"))
+        .send()
+        .await
+        .unwrap();
+    let listed: Value = listed.json().await.unwrap();
+    assert_eq!(listed["webhooks"].as_array().unwrap().len(), 1);
+    server.stop().await;
+}
