@@ -4,9 +4,10 @@
 //! The whole file is rewritten on each change, by one task, off the event path: serialized to
 //! `webhooks.json.tmp`, fsync'd, renamed over `webhooks.json`, and the directory fsync'd, so a
 //! crash leaves either the old file or the new one, never a mix. Changes made while a write
-//! runs go into the next one. What a crash can lose is the changes since the last completed
-//! write (normally milliseconds old): at worst an event's delivery not yet written down, or an
-//! attempt repeated after the restart (receivers deduplicate by `webhook-id`).
+//! runs, or during the [`WRITE_PAUSE`] after it, go into the next one. What a crash can lose
+//! is the changes since the last completed write (at most about [`WRITE_PAUSE`] plus one
+//! write old): at worst an event's delivery not yet written down, or an attempt repeated
+//! after the restart (receivers deduplicate by `webhook-id`).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -14,6 +15,9 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::state::{Endpoint, Pending};
+
+/// Least time between two writes of the file, so a burst of changes costs a few writes.
+pub(crate) const WRITE_PAUSE: std::time::Duration = std::time::Duration::from_millis(50);
 
 /// File name inside `--data-dir`.
 pub(crate) const FILE: &str = "webhooks.json";

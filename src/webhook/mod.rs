@@ -421,6 +421,11 @@ impl Webhooks {
                 () = shutdown.cancelled() => break,
                 () = self.dirty.notified() => self.save().await,
             }
+            // Changes made meanwhile wait for the next write: a burst costs a few writes.
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                () = tokio::time::sleep(durable::WRITE_PAUSE) => {}
+            }
         }
         tasks.close();
         tasks.wait().await;
@@ -432,20 +437,24 @@ impl Webhooks {
         let Some(path) = self.file.clone() else {
             return;
         };
-        let bytes = {
+        // Copied under the lock, serialized and written outside it.
+        let saved = {
             let inner = self.lock();
-            let saved = durable::Saved {
+            durable::Saved {
                 endpoints: inner
                     .endpoints
                     .values()
                     .map(|s| s.endpoint.clone())
                     .collect(),
                 pending: inner.pending.values().cloned().collect(),
-            };
-            // Serializing our own types cannot fail.
-            serde_json::to_vec(&saved).unwrap_or_default()
+            }
         };
-        let written = tokio::task::spawn_blocking(move || durable::write(&path, &bytes)).await;
+        let written = tokio::task::spawn_blocking(move || {
+            // Serializing our own types cannot fail.
+            let bytes = serde_json::to_vec(&saved).unwrap_or_default();
+            durable::write(&path, &bytes)
+        })
+        .await;
         match written {
             Ok(Ok(())) => {}
             Ok(Err(e)) => warn!(error = %e, "webhooks file not written"),
