@@ -175,7 +175,7 @@ async fn webhook_deliveries(
         Ok(group) => group,
         Err(refusal) => return refusal,
     };
-    match state.webhooks.deliveries(group.as_str(), &id) {
+    match state.webhooks.deliveries(group.as_str(), &id).await {
         Some(list) => Json(json!({ "deliveries": list })).into_response(),
         None => not_found(),
     }

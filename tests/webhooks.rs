@@ -707,6 +707,21 @@ async fn two_instances_share_webhooks_and_deliver_each_event_once() {
     })
     .await;
     assert_eq!(receiver.requests().len(), 1, "delivered once");
+    // Either instance shows the attempt, whichever made it.
+    let id = created["id"].as_str().unwrap();
+    for server in [&a, &b] {
+        let record = eventually(|| async {
+            let list = deliveries(server, id).await;
+            (!list.is_empty()).then_some(list)
+        })
+        .await;
+        assert_eq!(record.len(), 1, "{record:?}");
+        assert_eq!(record[0]["outcome"], "delivered");
+        assert_eq!(
+            record[0]["webhook_id"],
+            receiver.requests()[0].header("webhook-id")
+        );
+    }
 
     // An event recorded only on the instance that did not create the webhook goes out too.
     alarm(&b, "phone-2", ts + 1).await;

@@ -318,12 +318,28 @@ impl Webhooks {
         true
     }
 
-    /// The recent attempts of endpoint `id` of `group`, newest first; `None` when there is no
+    /// The recent attempts of endpoint `id` of `group`, newest first: with Redis, those of
+    /// every instance (this instance's own when Redis cannot be asked); `None` when there is no
     /// such endpoint.
-    pub(crate) fn deliveries(&self, group: &str, id: &str) -> Option<Vec<AttemptRecord>> {
-        let inner = self.lock();
-        let slot = inner.endpoints.get(id)?;
-        (slot.endpoint.group == group).then(|| slot.history.iter().rev().cloned().collect())
+    pub(crate) async fn deliveries(&self, group: &str, id: &str) -> Option<Vec<serde_json::Value>> {
+        let local: Vec<serde_json::Value> = {
+            let inner = self.lock();
+            let slot = inner.endpoints.get(id)?;
+            if slot.endpoint.group != group {
+                return None;
+            }
+            slot.history
+                .iter()
+                .rev()
+                .filter_map(|r| serde_json::to_value(r).ok())
+                .collect()
+        };
+        if let Some(shared) = &self.shared
+            && let Some(list) = shared.attempts(id, DELIVERIES_KEPT).await
+        {
+            return Some(list);
+        }
+        Some(local)
     }
 
     /// A new event: one delivery to each matching endpoint of its group. `local` says it was
@@ -540,6 +556,13 @@ impl Webhooks {
                 next_attempt_at: next.map(|d| format_ms(now_ms() + d.as_millis() as i64)),
             };
             debug!(webhook = %endpoint.id, webhook_id = %webhook_id, attempt = attempts, outcome = record.outcome, status = ?record.status, "webhook attempt");
+            if let Some(shared) = &self.shared
+                && let Ok(json) = serde_json::to_string(&record)
+            {
+                shared
+                    .record_attempt(&endpoint.id, json, DELIVERIES_KEPT)
+                    .await;
+            }
             let disabled = {
                 let mut inner = self.lock();
                 let mut disabled = None;

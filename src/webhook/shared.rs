@@ -13,6 +13,8 @@
 //!   ([`CLAIM_TTL`]). Only the instance whose token is there delivers; the others drop the
 //!   delivery. The same event seen by several instances (recorded on one and received by the
 //!   others, or reported by a phone to two of them) thus goes out from exactly one.
+//! - Attempts: each is pushed to the list `<prefix>:webhook-deliveries:<endpoint>`, trimmed to
+//!   the newest few, so every instance shows the same record of an endpoint's deliveries.
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
@@ -68,6 +70,8 @@ pub(crate) struct Shared {
     deleted_key: String,
     /// `<prefix>:webhook-claim:`.
     claim_prefix: String,
+    /// `<prefix>:webhook-deliveries:`: each endpoint's recent attempts, newest first.
+    deliveries_prefix: String,
     outgoing: mpsc::Sender<Change>,
     incoming: Mutex<Option<mpsc::Receiver<Change>>>,
     /// The connection of the running session, for claims.
@@ -84,6 +88,7 @@ impl Shared {
             key: format!("{prefix}:webhooks"),
             deleted_key: format!("{prefix}:webhooks-deleted"),
             claim_prefix: format!("{prefix}:webhook-claim:"),
+            deliveries_prefix: format!("{prefix}:webhook-deliveries:"),
             outgoing,
             incoming: Mutex::new(Some(incoming)),
             conn: watch::Sender::new(None),
@@ -111,6 +116,48 @@ impl Shared {
 
     fn set_connection(&self, conn: Option<MultiplexedConnection>) {
         self.conn.send_replace(conn);
+    }
+
+    /// Adds one attempt (`json`) to `endpoint`'s shared record, keeping the newest `kept`.
+    /// Best effort: without Redis the attempt stays in this instance's record only.
+    pub(crate) async fn record_attempt(&self, endpoint: &str, json: String, kept: usize) {
+        let Some(mut conn) = self.conn.borrow().clone() else {
+            return;
+        };
+        let key = format!("{}{endpoint}", self.deliveries_prefix);
+        let mut pipe = redis::pipe();
+        pipe.atomic()
+            .lpush(&key, json)
+            .ignore()
+            .ltrim(&key, 0, kept as isize - 1)
+            .ignore();
+        match tokio::time::timeout(self.timeout, pipe.query_async::<()>(&mut conn)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => debug!(error = %e, "webhook attempt not shared"),
+            Err(_) => debug!("webhook attempt not shared in time"),
+        }
+    }
+
+    /// `endpoint`'s shared record of attempts (every instance's), newest first; `None` when
+    /// Redis cannot be asked.
+    pub(crate) async fn attempts(
+        &self,
+        endpoint: &str,
+        kept: usize,
+    ) -> Option<Vec<serde_json::Value>> {
+        let mut conn = self.conn.borrow().clone()?;
+        let key = format!("{}{endpoint}", self.deliveries_prefix);
+        let mut command = redis::cmd("LRANGE");
+        command.arg(&key).arg(0).arg(kept as isize - 1);
+        let read = command.query_async::<Vec<Vec<u8>>>(&mut conn);
+        match tokio::time::timeout(self.timeout, read).await {
+            Ok(Ok(list)) => Some(
+                list.iter()
+                    .filter_map(|json| serde_json::from_slice(json).ok())
+                    .collect(),
+            ),
+            _ => None,
+        }
     }
 
     /// Claims the delivery `webhook_id` with `token`: `Ok(true)` when the claim is this
@@ -204,6 +251,7 @@ impl Shared {
                 pipe.hdel(&self.key, id).ignore();
                 pipe.hset(&self.deleted_key, id, crate::model::now_ms())
                     .ignore();
+                pipe.del(format!("{}{id}", self.deliveries_prefix)).ignore();
             }
         }
         pipe.publish(&self.key, json).ignore();

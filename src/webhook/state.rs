@@ -3,8 +3,8 @@
 
 use serde::{Deserialize, Serialize};
 
-/// Attempts kept per endpoint for `GET .../webhooks/{id}/deliveries` (the oldest go first).
-/// In memory only: a restart starts a fresh record.
+/// Attempts kept per endpoint for `GET .../webhooks/{id}/deliveries` (the oldest go first),
+/// in memory and, with Redis, in the endpoint's shared list.
 pub(crate) const DELIVERIES_KEPT: usize = 100;
 
 /// One endpoint, as kept on disk and in Redis. Its `secret` leaves the server only in the
