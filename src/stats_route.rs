@@ -1,0 +1,1 @@
+//! Statistics routes (placeholder).
