@@ -67,8 +67,9 @@ fn bad_request(message: String) -> Response {
     error_response(StatusCode::BAD_REQUEST, "bad_request", message)
 }
 
-/// `from`/`to`: an integer is ms since the epoch; anything else must be ISO-8601.
-fn parse_time(name: &str, text: &str) -> Result<i64, String> {
+/// `from`/`to`: an integer is ms since the epoch; anything else must be ISO-8601. Shared with
+/// the statistics routes, which read the same history.
+pub(crate) fn parse_time(name: &str, text: &str) -> Result<i64, String> {
     let text = text.trim();
     if let Ok(ms) = text.parse::<i64>() {
         return Ok(ms);
@@ -160,21 +161,13 @@ async fn track(
         Err(e) => return error_response(e.status(), e.kind(), e.to_string()),
     };
     let Some(store) = &state.store else {
-        return error_response(
-            StatusCode::NOT_FOUND,
-            "no_history",
-            "history needs --data-dir: this server keeps positions in memory only".into(),
-        );
+        return no_history();
     };
     let track = match store.track(&device, &scope, query).await {
         Ok(track) => track,
         Err(e) => {
             error!(error = %e, device = %device, "track query failed");
-            return error_response(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "store_error",
-                "the history could not be read".into(),
-            );
+            return history_unreadable();
         }
     };
     match format {
@@ -196,6 +189,24 @@ async fn track(
         )
             .into_response(),
     }
+}
+
+/// 404 `no_history`: without `--data-dir` nothing is kept to read.
+pub(crate) fn no_history() -> Response {
+    error_response(
+        StatusCode::NOT_FOUND,
+        "no_history",
+        "history needs --data-dir: this server keeps positions in memory only".into(),
+    )
+}
+
+/// 500 `store_error`: the store failed a read (logged by the caller, where it is handled).
+pub(crate) fn history_unreadable() -> Response {
+    error_response(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "store_error",
+        "the history could not be read".into(),
+    )
 }
 
 /// One point in the JSON answer: the protocol's field names, absent fields left out.

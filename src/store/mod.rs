@@ -45,6 +45,7 @@
 
 mod error;
 mod queue;
+mod scan;
 mod scope;
 mod wal;
 mod writer;
@@ -269,28 +270,9 @@ impl Store {
         query: TrackQuery,
     ) -> Result<Track, StoreError> {
         let device = device.as_str().to_owned();
-        // Each readable group as `,g,`, matched inside the point's `grps` column.
-        let groups: Option<Vec<String>> = match scope {
-            HistoryScope::All => None,
-            HistoryScope::Groups(groups) => Some(
-                groups
-                    .iter()
-                    .map(|g| writer::groups_column(std::slice::from_ref(g)))
-                    .collect(),
-            ),
-        };
+        let (filter, groups) = scan::scope_filter(scope, 5);
         self.readers
             .run(move |conn| {
-                let filter = match &groups {
-                    None => String::new(),
-                    Some(groups) if groups.is_empty() => " AND 0".to_owned(),
-                    Some(groups) => {
-                        let terms: Vec<String> = (0..groups.len())
-                            .map(|i| format!("instr(grps, ?{}) > 0", i + 5))
-                            .collect();
-                        format!(" AND ({})", terms.join(" OR "))
-                    }
-                };
                 let mut stmt = conn.prepare_cached(&format!(
                     "SELECT ts, rts, lat, lon, acc, alt, spd, hdg, batt FROM track
                      WHERE device = ?1 AND ts >= ?2 AND ts <= ?3{filter}
@@ -299,7 +281,7 @@ impl Store {
                 let fetch = i64::try_from(query.limit).unwrap_or(i64::MAX - 1) + 1;
                 let mut values: Vec<&dyn rusqlite::ToSql> =
                     vec![&device, &query.from, &query.to, &fetch];
-                for g in groups.iter().flatten() {
+                for g in &groups {
                     values.push(g);
                 }
                 let mut points = stmt
