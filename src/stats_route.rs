@@ -33,6 +33,7 @@ use tracing::{debug, error};
 use crate::app::AppState;
 use crate::auth::IdentityQuery;
 use crate::error::error_response;
+use crate::metrics::Metrics;
 use crate::model::{DeviceId, Fix, GroupId, now_ms};
 use crate::stats::{Rules, Stats, Summary};
 use crate::store::{HistoryScope, Store, StoreError};
@@ -148,6 +149,7 @@ impl From<&Rules> for RulesRecord {
 
 /// One pass over the range of `device`'s history that `scope` admits.
 async fn compute(
+    metrics: &Metrics,
     store: &Store,
     device: &DeviceId,
     scope: &HistoryScope,
@@ -160,6 +162,12 @@ async fn compute(
         .scan(device, scope, from, to, Stats::new(rules), visit)
         .await?;
     let summary = stats.finish();
+    metrics.stats.computed.inc();
+    metrics.stats.points_read.inc_by(summary.points);
+    metrics
+        .stats
+        .seconds
+        .observe(started.elapsed().as_secs_f64());
     debug!(
         device = %device,
         points = summary.points,
@@ -210,7 +218,7 @@ async fn device_stats(
     let Some(store) = &state.store else {
         return no_history();
     };
-    match compute(store, &device, &scope, range, rules).await {
+    match compute(&state.metrics, store, &device, &scope, range, rules).await {
         Ok(summary) => Json(DeviceAnswer {
             device: device.as_str(),
             from: range.0,
@@ -345,7 +353,7 @@ async fn group_stats(
     for device in &devices {
         // The track's rule, for the identity already checked against the group.
         let scope = HistoryScope::for_reader(reader.as_ref(), device);
-        match compute(store, device, &scope, range, rules).await {
+        match compute(&state.metrics, store, device, &scope, range, rules).await {
             Ok(summary) => lines.push(DeviceLine::new(device, summary)),
             Err(e) => {
                 error!(error = %e, device = %device, "statistics query failed");

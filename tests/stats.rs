@@ -200,6 +200,13 @@ async fn a_day_of_driving_reads_back_as_two_trips_and_a_stop() {
     assert_eq!(long["stops"].as_array().unwrap().len(), 0, "{long}");
     assert_eq!(long["trips"].as_array().unwrap().len(), 1, "{long}");
     assert_eq!(long["rules"]["stop_min_s"], 1200.0);
+
+    // Three answers of 2101, 600 and 2101 points were computed and counted.
+    assert_eq!(server.metric("beacon_stats_computed_total").await, 3.0);
+    assert_eq!(
+        server.metric("beacon_stats_points_read_total").await,
+        4802.0
+    );
     server.stop().await;
 }
 

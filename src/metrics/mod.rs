@@ -16,10 +16,12 @@ use crate::protocol::ErrorCode;
 
 mod relay;
 mod security;
+mod stats;
 mod store;
 
 pub use relay::RelayMetrics;
 pub use security::{AUTH_REASONS, SecurityMetrics};
+pub use stats::StatsMetrics;
 pub use store::StoreMetrics;
 
 type Labels = Vec<(&'static str, &'static str)>;
@@ -74,6 +76,8 @@ pub struct Metrics {
     pub security: SecurityMetrics,
     /// The durable store's figures (`beacon_store_*`).
     pub store: StoreMetrics,
+    /// The statistics routes' figures (`beacon_stats_*`).
+    pub stats: StatsMetrics,
     /// The Redis relay's metrics.
     pub relay: RelayMetrics,
 }
@@ -189,6 +193,7 @@ impl Metrics {
             tick_seconds,
             security: SecurityMetrics::new(&mut registry, &refused),
             store: StoreMetrics::register(&mut registry),
+            stats: StatsMetrics::register(&mut registry),
             relay: RelayMetrics::register(&mut registry),
             registry,
         }
