@@ -520,8 +520,10 @@ mod tests {
     #[test]
     fn gpx_course_and_no_float_noise() {
         let mut t = track(1);
-        t.points[0].fix.lat = 52.400500000000001;
-        t.points[0].fix.lon = 13.400500000000001;
+        // One unit in the last place above 52.4005 and 13.4005: what float sums hand over.
+        t.points[0].fix.lat = f64::from_bits(52.4005f64.to_bits() + 1);
+        t.points[0].fix.lon = f64::from_bits(13.4005f64.to_bits() + 1);
+        assert_eq!(t.points[0].fix.lon.to_string(), "13.400500000000001");
         t.points[0].fix.spd = None;
         t.points[0].fix.hdg = Some(271.25);
         let text = String::from_utf8(gpx("x", &t).unwrap()).unwrap();

@@ -411,11 +411,8 @@ fn read_gpx(text: &str) -> (String, Vec<(String, String)>, Vec<String>) {
                     _ => {}
                 }
             }
-            Event::GeneralRef(r) => {
-                if inside.last().map(String::as_str) == Some("name") {
-                    let c = quick_xml::escape::resolve_xml_entity(&r).unwrap();
-                    name.push_str(c);
-                }
+            Event::GeneralRef(r) if inside.last().map(String::as_str) == Some("name") => {
+                name.push_str(quick_xml::escape::resolve_xml_entity(&r).unwrap());
             }
             Event::Eof => break,
             _ => {}
