@@ -313,6 +313,58 @@ async fn group_statistics_come_in_bounded_pages() {
 }
 
 #[tokio::test]
+async fn a_group_of_a_thousand_devices_is_read_in_pages_of_at_most_a_hundred() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = with_store(dir.path(), |_| {}).await;
+    let t0 = (now_ms() - 600_000) / 1000 * 1000;
+    let client = reqwest::Client::new();
+    for i in 0..1000 {
+        let fixes = json!([
+            {"lat": 52.5, "lon": 13.4, "ts": t0},
+            {"lat": 52.501, "lon": 13.4, "ts": t0 + 10_000},
+        ]);
+        let response = client
+            .post(server.http(&format!("/v1/positions?id=d{i:04}&groups=big")))
+            .json(&fixes)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+    }
+    server.wait_metric(WRITTEN, |v| v >= 2000.0).await;
+
+    let (status, refused) = get(&server, "/v1/groups/big/stats?limit=1000").await;
+    assert_eq!(status, 400, "{refused}");
+    let (_, first) = get(&server, "/v1/groups/big/stats").await;
+    assert_eq!(first["devices"].as_array().unwrap().len(), 20);
+    let mut seen = 0;
+    let mut cursor = String::new();
+    let mut pages = 0;
+    loop {
+        let (status, page) = get(
+            &server,
+            &format!("/v1/groups/big/stats?limit=100&cursor={cursor}"),
+        )
+        .await;
+        assert_eq!(status, 200, "{page}");
+        pages += 1;
+        let devices = page["devices"].as_array().unwrap();
+        assert_eq!(devices.len(), 100);
+        for (k, line) in devices.iter().enumerate() {
+            assert_eq!(line["device"], format!("d{:04}", seen + k));
+            assert!(within(&line["distance_m"], 111.2, 0.01), "{line}");
+        }
+        seen += devices.len();
+        match page["next_cursor"].as_str() {
+            Some(next) => cursor = next.to_owned(),
+            None => break,
+        }
+    }
+    assert_eq!((pages, seen), (10, 1000));
+    server.stop().await;
+}
+
+#[tokio::test]
 async fn statistics_follow_the_rights_of_the_track() {
     let dir = tempfile::tempdir().unwrap();
     let server = with_store(dir.path(), |c| {
