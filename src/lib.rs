@@ -28,6 +28,9 @@
 //!     [`isotime`], `error` (the JSON error body), [`shutdown`], `events` (each group's
 //!     recent events), `profiles` (device names,
 //!     colours and OwnTracks `tid`s, kept in a file with `--data-dir`).
+//!     [`stats`] (distance, speeds, trips and stops of a history; pure computation) sits here
+//!     too, and `stats_route` (`/v1/devices/{id}/stats`, `/v1/groups/{group}/stats`) with the
+//!     routes.
 //! 11. [`model`]: domain types: ids, identities, fixes, positions.
 //!
 //! Webhooks add `webhook_routes` to the routes and `webhook` (endpoints and signed, retried
@@ -55,6 +58,7 @@ pub mod isotime;
 pub mod metrics;
 pub mod outbox;
 pub mod shutdown;
+pub mod stats;
 pub mod store;
 
 // Internals.
@@ -73,6 +77,7 @@ mod profiles;
 mod relay;
 mod server;
 mod session;
+mod stats_route;
 mod tls;
 mod track;
 mod upgrade;

@@ -211,6 +211,7 @@ pub(crate) fn router(state: AppState) -> Router {
         .merge(crate::ingest::routes(&state))
         .merge(crate::track::routes())
         .merge(crate::webhook_routes::routes(&state))
+        .merge(crate::stats_route::routes())
         .merge(web::routes())
         .layer(state.auth.origins().cors())
         .layer(middleware::from_fn_with_state(state.clone(), origin_guard))

@@ -16,11 +16,13 @@ use crate::protocol::ErrorCode;
 
 mod relay;
 mod security;
+mod stats;
 mod store;
 mod webhook;
 
 pub use relay::RelayMetrics;
 pub use security::{AUTH_REASONS, SecurityMetrics};
+pub use stats::StatsMetrics;
 pub use store::StoreMetrics;
 pub use webhook::{WEBHOOK_OUTCOMES, WebhookMetrics};
 
@@ -76,6 +78,8 @@ pub struct Metrics {
     pub security: SecurityMetrics,
     /// The durable store's figures (`beacon_store_*`).
     pub store: StoreMetrics,
+    /// The statistics routes' figures (`beacon_stats_*`).
+    pub stats: StatsMetrics,
     /// The Redis relay's metrics.
     pub relay: RelayMetrics,
     /// Webhook deliveries (`beacon_webhook_*`).
@@ -193,6 +197,7 @@ impl Metrics {
             tick_seconds,
             security: SecurityMetrics::new(&mut registry, &refused),
             store: StoreMetrics::register(&mut registry),
+            stats: StatsMetrics::register(&mut registry),
             relay: RelayMetrics::register(&mut registry),
             webhook: WebhookMetrics::register(&mut registry),
             registry,

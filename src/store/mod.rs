@@ -269,28 +269,9 @@ impl Store {
         query: TrackQuery,
     ) -> Result<Track, StoreError> {
         let device = device.as_str().to_owned();
-        // Each readable group as `,g,`, matched inside the point's `grps` column.
-        let groups: Option<Vec<String>> = match scope {
-            HistoryScope::All => None,
-            HistoryScope::Groups(groups) => Some(
-                groups
-                    .iter()
-                    .map(|g| writer::groups_column(std::slice::from_ref(g)))
-                    .collect(),
-            ),
-        };
+        let (filter, groups) = scope.sql_filter(5);
         self.readers
             .run(move |conn| {
-                let filter = match &groups {
-                    None => String::new(),
-                    Some(groups) if groups.is_empty() => " AND 0".to_owned(),
-                    Some(groups) => {
-                        let terms: Vec<String> = (0..groups.len())
-                            .map(|i| format!("instr(grps, ?{}) > 0", i + 5))
-                            .collect();
-                        format!(" AND ({})", terms.join(" OR "))
-                    }
-                };
                 let mut stmt = conn.prepare_cached(&format!(
                     "SELECT ts, rts, lat, lon, acc, alt, spd, hdg, batt FROM track
                      WHERE device = ?1 AND ts >= ?2 AND ts <= ?3{filter}
@@ -299,7 +280,7 @@ impl Store {
                 let fetch = i64::try_from(query.limit).unwrap_or(i64::MAX - 1) + 1;
                 let mut values: Vec<&dyn rusqlite::ToSql> =
                     vec![&device, &query.from, &query.to, &fetch];
-                for g in groups.iter().flatten() {
+                for g in &groups {
                     values.push(g);
                 }
                 let mut points = stmt
@@ -314,6 +295,71 @@ impl Store {
                 points.truncate(query.limit);
                 points.reverse();
                 Ok(Track { points, truncated })
+            })
+            .await
+    }
+
+    /// Hands every point of `device` with a fix time in `from..=to` that `scope` admits to
+    /// `visit`, oldest first, on the blocking pool, and gives back `state`. Nothing is collected:
+    /// memory stays what `state` holds, whatever the length of the range.
+    pub async fn scan<S: Send + 'static>(
+        &self,
+        device: &DeviceId,
+        scope: &HistoryScope,
+        from: i64,
+        to: i64,
+        mut state: S,
+        visit: fn(&mut S, &Fix),
+    ) -> Result<S, StoreError> {
+        let device = device.as_str().to_owned();
+        let (filter, groups) = scope.sql_filter(4);
+        self.readers
+            .run(move |conn| {
+                let mut stmt = conn.prepare_cached(&format!(
+                    "SELECT ts, rts, lat, lon, acc, alt, spd, hdg, batt FROM track
+                     WHERE device = ?1 AND ts >= ?2 AND ts <= ?3{filter}
+                     ORDER BY ts ASC"
+                ))?;
+                let mut values: Vec<&dyn rusqlite::ToSql> = vec![&device, &from, &to];
+                for g in &groups {
+                    values.push(g);
+                }
+                let mut rows = stmt.query(values.as_slice())?;
+                while let Some(row) = rows.next()? {
+                    visit(&mut state, &writer::read_fix(row, 0)?);
+                }
+                Ok(state)
+            })
+            .await
+    }
+
+    /// Devices with a last-known position in `group` (kept as long as their history), in id
+    /// order, after `after` when given, at most `limit`.
+    pub async fn group_devices(
+        &self,
+        group: &GroupId,
+        after: Option<&DeviceId>,
+        limit: usize,
+    ) -> Result<Vec<DeviceId>, StoreError> {
+        let group = group.as_str().to_owned();
+        let after = after.map(|d| d.as_str().to_owned()).unwrap_or_default();
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.readers
+            .run(move |conn| {
+                let mut stmt = conn.prepare_cached(
+                    "SELECT DISTINCT device FROM last_known WHERE grp = ?1 AND device > ?2
+                     ORDER BY device LIMIT ?3",
+                )?;
+                let rows =
+                    stmt.query_map(params![group, after, limit], |row| row.get::<_, String>(0))?;
+                let mut out = Vec::new();
+                for row in rows {
+                    // Ids were valid when written; skip any that a hand edit broke.
+                    if let Ok(device) = DeviceId::parse(&row?) {
+                        out.push(device);
+                    }
+                }
+                Ok(out)
             })
             .await
     }

@@ -1,6 +1,7 @@
 //! Who may read which history points: the one rule, for the track route and every later
 //! reader of the history (statistics).
 
+use super::writer;
 use crate::model::{DeviceId, GroupId, Identity, Role};
 
 /// The points of a device's history a reader may see.
@@ -25,6 +26,26 @@ impl HistoryScope {
                 HistoryScope::All
             }
             Some(identity) => HistoryScope::Groups(identity.groups.clone()),
+        }
+    }
+
+    /// The rule in SQL, shared by every history read: the `AND …` clause that keeps only the
+    /// points in scope, with its parameters, numbered from `?{first}`. Each readable group is
+    /// matched as `,g,` inside the point's `grps` column.
+    pub(super) fn sql_filter(&self, first: usize) -> (String, Vec<String>) {
+        match self {
+            HistoryScope::All => (String::new(), Vec::new()),
+            HistoryScope::Groups(groups) if groups.is_empty() => (" AND 0".to_owned(), Vec::new()),
+            HistoryScope::Groups(groups) => {
+                let terms: Vec<String> = (0..groups.len())
+                    .map(|i| format!("instr(grps, ?{}) > 0", i + first))
+                    .collect();
+                let values = groups
+                    .iter()
+                    .map(|g| writer::groups_column(std::slice::from_ref(g)))
+                    .collect();
+                (format!(" AND ({})", terms.join(" OR ")), values)
+            }
         }
     }
 
@@ -66,5 +87,22 @@ mod tests {
         assert!(scope.admits(["work"].into_iter()));
         assert!(!scope.admits(["family"].into_iter()));
         assert!(!scope.admits(std::iter::empty()));
+    }
+
+    #[test]
+    fn the_rule_in_sql() {
+        assert_eq!(HistoryScope::All.sql_filter(4), (String::new(), vec![]));
+        assert_eq!(
+            HistoryScope::Groups(vec![]).sql_filter(4),
+            (" AND 0".to_owned(), vec![])
+        );
+        let groups = ["work", "family"].map(|g| GroupId::parse(g).unwrap());
+        assert_eq!(
+            HistoryScope::Groups(groups.to_vec()).sql_filter(5),
+            (
+                " AND (instr(grps, ?5) > 0 OR instr(grps, ?6) > 0)".to_owned(),
+                vec![",work,".to_owned(), ",family,".to_owned()]
+            )
+        );
     }
 }
