@@ -14,6 +14,7 @@ use crate::auth::Authenticator;
 use crate::config::Config;
 use crate::event_bus::EventBus;
 use crate::events::EventLog;
+use crate::geofence::Geofences;
 use crate::hub::Hub;
 use crate::limits::IpConnections;
 use crate::metrics::Metrics;
@@ -49,6 +50,9 @@ pub(crate) struct AppState {
     /// Each group's recent events (alarms, region changes) and their fan-out, across
     /// instances with Redis.
     pub events: Arc<EventBus>,
+    /// Each group's geofences and proximity rule, judged on every accepted fix; in
+    /// `--data-dir` when set.
+    pub geofences: Arc<Geofences>,
 }
 
 impl AppState {
@@ -76,6 +80,11 @@ impl AppState {
                 // Not over a Redis Cluster yet: see docs/redis.md, "Events and profiles".
                 config.redis_url.is_some() && !config.redis.redis_cluster,
                 &config.redis.redis_prefix,
+            )),
+            geofences: Arc::new(Geofences::new(
+                &config.geofences,
+                config.data_dir.as_deref(),
+                metrics.geofence.clone(),
             )),
             auth: Authenticator::new(config.auth.clone(), Some(metrics.clone())),
             connections: Arc::new(Semaphore::new(config.limits.max_connections)),

@@ -75,6 +75,10 @@ pub async fn serve(
     state.auth.prepare().await?;
     state.store = crate::store::start(&state.config, &state.hub, &state.metrics).await?;
     state.relay = Relay::from_config(&state.config, &state.hub, &state.metrics)?;
+    // After the store loaded the hub: geofences judge fixes accepted from now on.
+    let bus = state.events.clone();
+    state.geofences.start(Box::new(move |event| bus.record(event)));
+    state.hub.add_observer(state.geofences.clone());
     let background = TaskTracker::new();
     background.spawn(state.auth.clone().run_refresher(state.shutdown.clone()));
     if let Some(relay) = &state.relay {
@@ -192,6 +196,7 @@ pub(crate) fn router(state: AppState) -> Router {
         .merge(http::routes(&state))
         .merge(crate::ingest::routes(&state))
         .merge(crate::track::routes())
+        .merge(crate::geofence_routes::routes(&state))
         .merge(web::routes())
         .layer(state.auth.origins().cors())
         .layer(middleware::from_fn_with_state(state.clone(), origin_guard))

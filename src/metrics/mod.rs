@@ -14,10 +14,12 @@ use prometheus_client::registry::Registry;
 use crate::model::Role;
 use crate::protocol::ErrorCode;
 
+mod geofence;
 mod relay;
 mod security;
 mod store;
 
+pub use geofence::GeofenceMetrics;
 pub use relay::RelayMetrics;
 pub use security::{AUTH_REASONS, SecurityMetrics};
 pub use store::StoreMetrics;
@@ -76,6 +78,8 @@ pub struct Metrics {
     pub store: StoreMetrics,
     /// The Redis relay's metrics.
     pub relay: RelayMetrics,
+    /// Geofences and proximity rules.
+    pub geofence: GeofenceMetrics,
 }
 
 impl Default for Metrics {
@@ -190,6 +194,7 @@ impl Metrics {
             security: SecurityMetrics::new(&mut registry, &refused),
             store: StoreMetrics::register(&mut registry),
             relay: RelayMetrics::register(&mut registry),
+            geofence: GeofenceMetrics::register(&mut registry),
             registry,
         }
     }
