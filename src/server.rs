@@ -77,7 +77,9 @@ pub async fn serve(
     state.relay = Relay::from_config(&state.config, &state.hub, &state.metrics)?;
     // After the store loaded the hub: geofences judge fixes accepted from now on.
     let bus = state.events.clone();
-    state.geofences.start(Box::new(move |event| bus.record(event)));
+    state
+        .geofences
+        .start(Box::new(move |event| bus.record(event)));
     state.hub.add_observer(state.geofences.clone());
     let background = TaskTracker::new();
     background.spawn(state.auth.clone().run_refresher(state.shutdown.clone()));

@@ -38,17 +38,38 @@ pub(crate) struct Loaded {
 #[derive(Debug)]
 pub(crate) enum Write<'a> {
     /// A fence defined or replaced.
-    Fence { group: &'a str, id: &'a str, json: String },
+    Fence {
+        group: &'a str,
+        id: &'a str,
+        json: String,
+    },
     /// A fence and its members deleted.
     DeleteFence { group: &'a str, id: &'a str },
     /// A device's state against a fence.
-    Member { group: &'a str, fence: &'a str, device: &'a str, member: Member },
+    Member {
+        group: &'a str,
+        fence: &'a str,
+        device: &'a str,
+        member: Member,
+    },
     /// A device no longer judged by a fence.
-    DeleteMember { group: &'a str, fence: &'a str, device: &'a str },
+    DeleteMember {
+        group: &'a str,
+        fence: &'a str,
+        device: &'a str,
+    },
     /// A proximity rule set (`Some`) or removed with its pairs (`None`).
-    Proximity { group: &'a str, rule: Option<ProximityRule> },
+    Proximity {
+        group: &'a str,
+        rule: Option<ProximityRule>,
+    },
     /// A pair became near (`true`) or separated.
-    Pair { group: &'a str, a: &'a str, b: &'a str, near: bool },
+    Pair {
+        group: &'a str,
+        a: &'a str,
+        b: &'a str,
+        near: bool,
+    },
 }
 
 impl Disk {
@@ -82,7 +103,9 @@ impl Disk {
         loaded.fences = s
             .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
             .collect::<Result<_, _>>()?;
-        let mut s = self.conn.prepare("SELECT grp, enter_m, exit_m FROM proximity")?;
+        let mut s = self
+            .conn
+            .prepare("SELECT grp, enter_m, exit_m FROM proximity")?;
         loaded.proximity = s
             .query_map([], |r| {
                 Ok((
@@ -161,7 +184,11 @@ impl Disk {
                             "INSERT OR REPLACE INTO proximity (grp, enter_m, exit_m)
                              VALUES (?1, ?2, ?3)",
                         )?
-                        .execute(params![group, rule.enter_m, rule.exit_m])?;
+                        .execute(params![
+                            group,
+                            rule.enter_m,
+                            rule.exit_m
+                        ])?;
                     }
                     None => {
                         tx.prepare_cached("DELETE FROM proximity WHERE grp = ?1")?

@@ -108,7 +108,11 @@ pub(crate) struct Fence {
 
 impl Fence {
     /// Validates `body` as fence `id`.
-    pub(crate) fn new(id: String, body: FenceBody, rules: &FenceRules) -> Result<Fence, FenceError> {
+    pub(crate) fn new(
+        id: String,
+        body: FenceBody,
+        rules: &FenceRules,
+    ) -> Result<Fence, FenceError> {
         let field = |m: String| FenceError::Field(m);
         let name = body.name.trim();
         let chars = name.chars().count();
@@ -205,9 +209,7 @@ impl Fence {
         if fix.acc.is_some_and(|acc| !(acc <= self.max_acc_m)) {
             return (Vec::new(), false);
         }
-        let distance = self
-            .shape
-            .distance_m(fix.lat, fix.lon, self.hysteresis_m);
+        let distance = self.shape.distance_m(fix.lat, fix.lon, self.hysteresis_m);
         let Some(m) = member else {
             let inside = distance.is_some_and(|d| d <= 0.0);
             *member = Some(Member {
@@ -388,7 +390,10 @@ mod tests {
         let f = fence(0, None);
         let mut m = None;
         f.judge(&mut m, &at(0.0, 0));
-        for (i, d) in [95.0, 110.0, 99.0, 115.0, 101.0, 90.0].into_iter().enumerate() {
+        for (i, d) in [95.0, 110.0, 99.0, 115.0, 101.0, 90.0]
+            .into_iter()
+            .enumerate()
+        {
             let (changes, _) = f.judge(&mut m, &at(d, i as i64 + 1));
             assert!(changes.is_empty(), "{d} m");
         }
@@ -418,15 +423,27 @@ mod tests {
         let f = fence(0, Some(60));
         let mut m = None;
         f.judge(&mut m, &at(500.0, 0));
-        assert_eq!(kinds(&f.judge(&mut m, &at(0.0, 100)).0), [ChangeKind::Enter]);
+        assert_eq!(
+            kinds(&f.judge(&mut m, &at(0.0, 100)).0),
+            [ChangeKind::Enter]
+        );
         assert!(f.judge(&mut m, &at(0.0, 159)).0.is_empty());
         let (changes, _) = f.judge(&mut m, &at(0.0, 160));
         assert_eq!(kinds(&changes), [ChangeKind::Dwell]);
         assert_eq!(changes[0].ts, 160_000);
         assert!(f.judge(&mut m, &at(0.0, 1000)).0.is_empty());
-        assert_eq!(kinds(&f.judge(&mut m, &at(500.0, 1001)).0), [ChangeKind::Exit]);
-        assert_eq!(kinds(&f.judge(&mut m, &at(0.0, 1002)).0), [ChangeKind::Enter]);
-        assert_eq!(kinds(&f.judge(&mut m, &at(0.0, 1062)).0), [ChangeKind::Dwell]);
+        assert_eq!(
+            kinds(&f.judge(&mut m, &at(500.0, 1001)).0),
+            [ChangeKind::Exit]
+        );
+        assert_eq!(
+            kinds(&f.judge(&mut m, &at(0.0, 1002)).0),
+            [ChangeKind::Enter]
+        );
+        assert_eq!(
+            kinds(&f.judge(&mut m, &at(0.0, 1062)).0),
+            [ChangeKind::Dwell]
+        );
     }
 
     #[test]
@@ -457,16 +474,46 @@ mod tests {
                 debounce_s: None,
             };
             f(&mut b);
-            Fence::new("x".into(), b, &RULES).map(|_| ()).map_err(|e| e.to_string())
+            Fence::new("x".into(), b, &RULES)
+                .map(|_| ())
+                .map_err(|e| e.to_string())
         };
         assert!(body(&|_| ()).is_ok());
         assert!(body(&|b| b.name = " ".into()).unwrap_err().contains("name"));
-        assert!(body(&|b| b.name = "x".repeat(65)).unwrap_err().contains("name"));
-        assert!(body(&|b| b.devices = Some(vec!["a".into(); 4])).unwrap_err().contains("devices"));
-        assert!(body(&|b| b.devices = Some(vec!["a b".into()])).unwrap_err().contains("devices"));
-        assert!(body(&|b| b.dwell_s = Some(0)).unwrap_err().contains("dwell_s"));
-        assert!(body(&|b| b.max_acc_m = Some(-1.0)).unwrap_err().contains("max_acc_m"));
-        assert!(body(&|b| b.hysteresis_m = Some(f64::NAN)).unwrap_err().contains("hysteresis_m"));
-        assert!(body(&|b| b.debounce_s = Some(7200)).unwrap_err().contains("debounce_s"));
+        assert!(
+            body(&|b| b.name = "x".repeat(65))
+                .unwrap_err()
+                .contains("name")
+        );
+        assert!(
+            body(&|b| b.devices = Some(vec!["a".into(); 4]))
+                .unwrap_err()
+                .contains("devices")
+        );
+        assert!(
+            body(&|b| b.devices = Some(vec!["a b".into()]))
+                .unwrap_err()
+                .contains("devices")
+        );
+        assert!(
+            body(&|b| b.dwell_s = Some(0))
+                .unwrap_err()
+                .contains("dwell_s")
+        );
+        assert!(
+            body(&|b| b.max_acc_m = Some(-1.0))
+                .unwrap_err()
+                .contains("max_acc_m")
+        );
+        assert!(
+            body(&|b| b.hysteresis_m = Some(f64::NAN))
+                .unwrap_err()
+                .contains("hysteresis_m")
+        );
+        assert!(
+            body(&|b| b.debounce_s = Some(7200))
+                .unwrap_err()
+                .contains("debounce_s")
+        );
     }
 }

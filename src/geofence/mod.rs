@@ -51,8 +51,8 @@ use crate::model::{DeviceId, Event, Fix, GroupId};
 use disk::{Disk, Write};
 pub(crate) use fence::FenceBody;
 use fence::{Fence, FenceError, FenceRules, Member};
-pub(crate) use proximity::ProximityRule;
 use proximity::Proximity;
+pub(crate) use proximity::ProximityRule;
 use shape::ShapeBounds;
 
 /// Most groups holding fences or a proximity rule.
@@ -144,7 +144,11 @@ fn new_id() -> String {
 impl Geofences {
     /// Rules from `config`, kept in `dir` (and loaded from it) when set. Judges nothing until
     /// [`Geofences::start`].
-    pub(crate) fn new(config: &GeofenceConfig, dir: Option<&Path>, metrics: GeofenceMetrics) -> Self {
+    pub(crate) fn new(
+        config: &GeofenceConfig,
+        dir: Option<&Path>,
+        metrics: GeofenceMetrics,
+    ) -> Self {
         let rules = FenceRules {
             shape: ShapeBounds {
                 max_vertices: config.max_geofence_vertices as usize,
@@ -193,13 +197,17 @@ impl Geofences {
             };
             let fence = serde_json::from_str::<FenceBody>(&json)
                 .map_err(|e| e.to_string())
-                .and_then(|body| Fence::new(id.clone(), body, &self.rules).map_err(|e| e.to_string()));
+                .and_then(|body| {
+                    Fence::new(id.clone(), body, &self.rules).map_err(|e| e.to_string())
+                });
             match fence {
                 Ok(fence) => {
                     lock(&self.entry(&group)).fences.insert(id, Arc::new(fence));
                     self.metrics.fences.inc();
                 }
-                Err(e) => warn!(group = %group, id, error = %e, "stored geofence no longer valid; skipped"),
+                Err(e) => {
+                    warn!(group = %group, id, error = %e, "stored geofence no longer valid; skipped")
+                }
             }
         }
         for (group, rule) in loaded.proximity {
@@ -223,7 +231,9 @@ impl Geofences {
             state.members.insert(fence, member);
         }
         for (group, a, b) in loaded.pairs {
-            let (Some(group), Ok(a), Ok(b)) = (group_of(&group), DeviceId::parse(&a), DeviceId::parse(&b)) else {
+            let (Some(group), Ok(a), Ok(b)) =
+                (group_of(&group), DeviceId::parse(&a), DeviceId::parse(&b))
+            else {
                 continue;
             };
             if let Some(p) = lock(&self.entry(&group)).proximity.as_mut() {
@@ -338,7 +348,12 @@ impl Geofences {
     /// Replaces fence `id` of `group`. Devices keep their side (the next fix is judged against
     /// the new shape and settings); devices the new `devices` list leaves out are forgotten
     /// without an event.
-    pub(crate) fn replace(&self, group: &GroupId, id: &str, body: FenceBody) -> Result<Value, RuleError> {
+    pub(crate) fn replace(
+        &self,
+        group: &GroupId,
+        id: &str,
+        body: FenceBody,
+    ) -> Result<Value, RuleError> {
         let fence = Fence::new(id.to_owned(), body, &self.rules)?;
         let rules = self
             .groups
@@ -397,9 +412,16 @@ impl Geofences {
                     continue;
                 };
                 if member.inside {
-                    let mut event = fence_event(group, device, &fence, "geofence.exit", now_ms, state.at);
+                    let mut event =
+                        fence_event(group, device, &fence, "geofence.exit", now_ms, state.at);
                     event.reason = Some("deleted".into());
-                    event.id = event_id("geofence.exit", device, group, now_ms, &format!("{id}:deleted"));
+                    event.id = event_id(
+                        "geofence.exit",
+                        device,
+                        group,
+                        now_ms,
+                        &format!("{id}:deleted"),
+                    );
                     events.push(event);
                 }
             }
@@ -412,7 +434,11 @@ impl Geofences {
     }
 
     /// Sets `group`'s proximity rule (pairs near now stay near).
-    pub(crate) fn set_proximity(&self, group: &GroupId, rule: ProximityRule) -> Result<Value, RuleError> {
+    pub(crate) fn set_proximity(
+        &self,
+        group: &GroupId,
+        rule: ProximityRule,
+    ) -> Result<Value, RuleError> {
         rule.check().map_err(RuleError::Invalid)?;
         self.change(group, |rules| {
             self.write(&[Write::Proximity {
@@ -479,7 +505,13 @@ impl Geofences {
     }
 
     /// Judges `fix` of `device` against `group`'s rules; the events it makes.
-    fn judge(&self, group: &GroupId, rules: &Mutex<GroupRules>, device: &DeviceId, fix: &Fix) -> Vec<Event> {
+    fn judge(
+        &self,
+        group: &GroupId,
+        rules: &Mutex<GroupRules>,
+        device: &DeviceId,
+        fix: &Fix,
+    ) -> Vec<Event> {
         let mut rules = lock(rules);
         let rules = &mut *rules;
         if !rules.devices.contains_key(device) && rules.devices.len() >= MAX_DEVICES_PER_GROUP {
@@ -510,7 +542,14 @@ impl Geofences {
             }
             for change in changes {
                 let kind = change.kind.event_kind();
-                let mut event = fence_event(group, device, fence, kind, change.ts, Some((change.lat, change.lon)));
+                let mut event = fence_event(
+                    group,
+                    device,
+                    fence,
+                    kind,
+                    change.ts,
+                    Some((change.lat, change.lon)),
+                );
                 event.id = event_id(kind, device, group, change.ts, id);
                 events.push(event);
             }
@@ -518,8 +557,16 @@ impl Geofences {
         let mut pairs = Vec::new();
         if let Some(p) = rules.proximity.as_mut() {
             for t in p.judge(device, fix.lat, fix.lon) {
-                let kind = if t.enter { "proximity.enter" } else { "proximity.exit" };
-                let (a, b) = if device <= &t.peer { (device, &t.peer) } else { (&t.peer, device) };
+                let kind = if t.enter {
+                    "proximity.enter"
+                } else {
+                    "proximity.exit"
+                };
+                let (a, b) = if device <= &t.peer {
+                    (device, &t.peer)
+                } else {
+                    (&t.peer, device)
+                };
                 events.push(Event {
                     id: event_id(kind, a, group, fix.ts, b.as_str()),
                     kind,

@@ -98,7 +98,12 @@ impl Proximity {
         let mut pairs: Vec<_> = self
             .near
             .iter()
-            .flat_map(|(a, peers)| peers.iter().filter(move |b| a < *b).map(move |b| (a.clone(), b.clone())))
+            .flat_map(|(a, peers)| {
+                peers
+                    .iter()
+                    .filter(move |b| a < *b)
+                    .map(move |b| (a.clone(), b.clone()))
+            })
             .collect();
         pairs.sort();
         pairs
@@ -152,11 +157,7 @@ impl Proximity {
         let dlon = dlat / lat.to_radians().cos().max(0.01);
         let envelope = AABB::from_corners([lon - dlon, lat - dlat], [lon + dlon, lat + dlat]);
         let mut entered = Vec::new();
-        for entry in self
-            .tree
-            .locate_in_envelope(&envelope)
-            .take(MAX_CANDIDATES)
-        {
+        for entry in self.tree.locate_in_envelope(&envelope).take(MAX_CANDIDATES) {
             let peer = &entry.data;
             if peer == device || self.near.get(device).is_some_and(|s| s.contains(peer)) {
                 continue;
@@ -168,7 +169,8 @@ impl Proximity {
             }
         }
         for (peer, d) in entered {
-            let full = |x: &DeviceId| self.near.get(x).map_or(0, HashSet::len) >= MAX_NEAR_PER_DEVICE;
+            let full =
+                |x: &DeviceId| self.near.get(x).map_or(0, HashSet::len) >= MAX_NEAR_PER_DEVICE;
             if full(device) || full(&peer) {
                 continue;
             }

@@ -347,7 +347,9 @@ mod tests {
             ]))
             .contains("not closed")
         );
-        assert!(err(ring(vec![vec![0.0, 0.0], vec![1.0, 0.0], vec![0.0, 0.0]])).contains("at least 4"));
+        assert!(
+            err(ring(vec![vec![0.0, 0.0], vec![1.0, 0.0], vec![0.0, 0.0]])).contains("at least 4")
+        );
         assert!(
             err(ring(vec![
                 vec![0.0, 0.0],
