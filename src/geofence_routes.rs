@@ -54,8 +54,8 @@ fn bad(message: String) -> Response {
     error_response(StatusCode::BAD_REQUEST, "bad_request", message)
 }
 
-fn group_id(group: &str) -> Result<GroupId, Response> {
-    GroupId::parse(group).map_err(|why| bad(format!("group {why}")))
+fn group_id(group: &str) -> Result<GroupId, Box<Response>> {
+    GroupId::parse(group).map_err(|why| Box::new(bad(format!("group {why}"))))
 }
 
 /// Checks that the caller may read `group`.
@@ -64,14 +64,14 @@ async fn reader(
     headers: &HeaderMap,
     identity: IdentityParams,
     group: &str,
-) -> Result<GroupId, Response> {
+) -> Result<GroupId, Box<Response>> {
     let group = group_id(group)?;
     let query = identity.map(|Query(q)| q).unwrap_or_default();
     state
         .auth
         .authorize_group_read(headers, &query, group.as_str())
         .await
-        .map_err(IntoResponse::into_response)?;
+        .map_err(|e| Box::new(e.into_response()))?;
     Ok(group)
 }
 
@@ -81,26 +81,26 @@ async fn admin(
     headers: &HeaderMap,
     identity: IdentityParams,
     group: &str,
-) -> Result<GroupId, Response> {
+) -> Result<GroupId, Box<Response>> {
     let group = group_id(group)?;
     let query = identity.map(|Query(q)| q).unwrap_or_default();
     let identity = state
         .auth
         .identify(headers, &query)
         .await
-        .map_err(IntoResponse::into_response)?;
+        .map_err(|e| Box::new(e.into_response()))?;
     if !identity.may_manage(group.as_str()) {
-        return Err(error_response(
+        return Err(Box::new(error_response(
             StatusCode::FORBIDDEN,
             "forbidden",
             format!("only admins of group {group} may change its geofences and proximity rule"),
-        ));
+        )));
     }
     Ok(group)
 }
 
 /// Decodes a JSON body, naming the field at fault.
-fn decode<T: DeserializeOwned>(body: &[u8], what: &str) -> Result<T, Response> {
+fn decode<T: DeserializeOwned>(body: &[u8], what: &str) -> Result<T, Box<Response>> {
     let mut de = serde_json::Deserializer::from_slice(body);
     serde_path_to_error::deserialize(&mut de).map_err(|e| {
         let path = e.path().to_string();
@@ -109,7 +109,7 @@ fn decode<T: DeserializeOwned>(body: &[u8], what: &str) -> Result<T, Response> {
         } else {
             format!(" at {path}")
         };
-        bad(format!("{what}{at}: {}", e.into_inner()))
+        Box::new(bad(format!("{what}{at}: {}", e.into_inner())))
     })
 }
 
@@ -135,7 +135,7 @@ async fn list(
 ) -> Response {
     match reader(&state, &headers, identity, &group).await {
         Ok(group) => Json(state.geofences.list(group.as_str())).into_response(),
-        Err(response) => response,
+        Err(response) => *response,
     }
 }
 
@@ -148,11 +148,11 @@ async fn create(
 ) -> Response {
     let group = match admin(&state, &headers, identity, &group).await {
         Ok(group) => group,
-        Err(response) => return response,
+        Err(response) => return *response,
     };
     let body: FenceBody = match decode(&body, "geofence") {
         Ok(body) => body,
-        Err(response) => return response,
+        Err(response) => return *response,
     };
     match state.geofences.create(&group, body) {
         Ok(fence) => (StatusCode::CREATED, Json(fence)).into_response(),
@@ -168,7 +168,7 @@ async fn read(
 ) -> Response {
     let group = match reader(&state, &headers, identity, &group).await {
         Ok(group) => group,
-        Err(response) => return response,
+        Err(response) => return *response,
     };
     match state.geofences.get(group.as_str(), &id) {
         Ok(fence) => Json(fence).into_response(),
@@ -185,11 +185,11 @@ async fn replace(
 ) -> Response {
     let group = match admin(&state, &headers, identity, &group).await {
         Ok(group) => group,
-        Err(response) => return response,
+        Err(response) => return *response,
     };
     let body: FenceBody = match decode(&body, "geofence") {
         Ok(body) => body,
-        Err(response) => return response,
+        Err(response) => return *response,
     };
     match state.geofences.replace(&group, &id, body) {
         Ok(fence) => Json(fence).into_response(),
@@ -205,7 +205,7 @@ async fn delete(
 ) -> Response {
     let group = match admin(&state, &headers, identity, &group).await {
         Ok(group) => group,
-        Err(response) => return response,
+        Err(response) => return *response,
     };
     match state.geofences.delete(&group, &id, now_ms()) {
         Ok(()) => StatusCode::NO_CONTENT.into_response(),
@@ -221,7 +221,7 @@ async fn read_proximity(
 ) -> Response {
     let group = match reader(&state, &headers, identity, &group).await {
         Ok(group) => group,
-        Err(response) => return response,
+        Err(response) => return *response,
     };
     match state.geofences.proximity(group.as_str()) {
         Some(rule) => Json(rule).into_response(),
@@ -242,11 +242,11 @@ async fn put_proximity(
 ) -> Response {
     let group = match admin(&state, &headers, identity, &group).await {
         Ok(group) => group,
-        Err(response) => return response,
+        Err(response) => return *response,
     };
     let rule: ProximityRule = match decode(&body, "proximity rule") {
         Ok(rule) => rule,
-        Err(response) => return response,
+        Err(response) => return *response,
     };
     match state.geofences.set_proximity(&group, rule) {
         Ok(rule) => Json(rule).into_response(),
@@ -262,7 +262,7 @@ async fn delete_proximity(
 ) -> Response {
     let group = match admin(&state, &headers, identity, &group).await {
         Ok(group) => group,
-        Err(response) => return response,
+        Err(response) => return *response,
     };
     state.geofences.clear_proximity(&group);
     StatusCode::NO_CONTENT.into_response()
