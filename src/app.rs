@@ -81,11 +81,7 @@ impl AppState {
                 config.redis_url.is_some() && !config.redis.redis_cluster,
                 &config.redis.redis_prefix,
             )),
-            geofences: Arc::new(Geofences::new(
-                &config.geofences,
-                config.data_dir.as_deref(),
-                metrics.geofence.clone(),
-            )),
+            geofences: Arc::new(Geofences::new(&config, metrics.geofence.clone())),
             auth: Authenticator::new(config.auth.clone(), Some(metrics.clone())),
             connections: Arc::new(Semaphore::new(config.limits.max_connections)),
             per_ip: Arc::new(IpConnections::new(config.limits.max_connections_per_ip)),

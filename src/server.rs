@@ -95,6 +95,12 @@ pub async fn serve(
                 .clone()
                 .run(url.clone(), state.shutdown.clone()),
         );
+        background.spawn(
+            state
+                .geofences
+                .clone()
+                .run(url.clone(), state.shutdown.clone()),
+        );
     }
     background.spawn(state.hub.clone().run_ticker(state.shutdown.clone()));
     background.spawn(state.hub.clone().run_sweeper(state.shutdown.clone()));

@@ -726,3 +726,74 @@ async fn the_bounds_hold() {
     assert_eq!(status, 201);
     server.stop().await;
 }
+
+/// An instance sharing `redis`.
+async fn instance(redis: &common::redis_server::RedisServer) -> TestServer {
+    let url = redis.url();
+    TestServer::with(|c| {
+        c.redis_url = Some(url);
+        c.redis.redis_timeout_ms = 1000;
+        c.redis.redis_backoff_max_ms = 200;
+    })
+    .await
+}
+
+#[tokio::test]
+async fn instances_share_fences_and_each_device_state() {
+    let redis = common::redis_server::RedisServer::start();
+    let a = instance(&redis).await;
+    let b = instance(&redis).await;
+    let mut viewer = a.viewer("screen", "g").await;
+    let id = create(&a, circle(json!({"debounce_s": 0}))).await;
+    // The other instance holds it too.
+    common::eventually(|| async {
+        let list = b.get_json("/v1/groups/g/geofences").await;
+        (list["geofences"][0]["id"] == id.as_str()).then_some(())
+    })
+    .await;
+
+    let b0 = base();
+    // The van reports to b: its first fix sets its side, the second enters.
+    post(&b, "van", vec![fix(b0, 0, 500.0), fix(b0, 10, 0.0)]).await;
+    // Then to a, which learnt the van is inside from b: leaving is one exit, made by a.
+    a.wait_metric("beacon_geofence_share_applied_total", |n| n >= 2.0)
+        .await;
+    post(&a, "van", vec![fix(b0, 20, 500.0)]).await;
+    // And back in through a; then the fence is deleted on b: one exit, reason deleted.
+    post(&a, "van", vec![fix(b0, 30, 0.0)]).await;
+    b.wait_metric("beacon_geofence_share_applied_total", |n| n >= 3.0)
+        .await;
+    let (status, _) = send(
+        reqwest::Method::DELETE,
+        &b,
+        &format!("/v1/groups/g/geofences/{id}?{ADMIN}"),
+        None,
+    )
+    .await;
+    assert_eq!(status, 204);
+    let events = common::eventually(|| async {
+        let listed = listed(&a).await;
+        (listed.len() >= 4).then_some(listed)
+    })
+    .await;
+    assert_eq!(
+        kinds(&events),
+        [
+            "geofence.enter",
+            "geofence.exit",
+            "geofence.enter",
+            "geofence.exit"
+        ],
+        "{events:?}"
+    );
+    assert_eq!(events[3]["reason"], "deleted");
+    let pushed = pushed(&mut viewer).await;
+    assert_eq!(pushed.len(), 4, "each event once on the socket: {pushed:?}");
+    common::eventually(|| async {
+        let list = a.get_json("/v1/groups/g/geofences").await;
+        (list["geofences"] == json!([])).then_some(())
+    })
+    .await;
+    a.stop().await;
+    b.stop().await;
+}

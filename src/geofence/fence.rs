@@ -206,7 +206,10 @@ impl Fence {
     /// exists), updating it. Returns what happened (none, a change of side, a dwell, or a change
     /// and a dwell) and whether `member` changed.
     pub(crate) fn judge(&self, member: &mut Option<Member>, fix: &Fix) -> (Vec<Change>, bool) {
-        if fix.acc.is_some_and(|acc| acc.is_nan() || acc > self.max_acc_m) {
+        if fix
+            .acc
+            .is_some_and(|acc| acc.is_nan() || acc > self.max_acc_m)
+        {
             return (Vec::new(), false);
         }
         let distance = self.shape.distance_m(fix.lat, fix.lon, self.hysteresis_m);

@@ -33,16 +33,19 @@ mod disk;
 mod fence;
 mod proximity;
 mod shape;
+mod share;
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use dashmap::DashMap;
 use serde_json::Value;
 use tracing::{info, warn};
 
-use crate::config::GeofenceConfig;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
 use crate::events::event_id;
 use crate::hub::HubObserver;
 use crate::metrics::GeofenceMetrics;
@@ -54,6 +57,7 @@ use fence::{Fence, FenceError, FenceRules, Member};
 use proximity::Proximity;
 pub(crate) use proximity::ProximityRule;
 use shape::ShapeBounds;
+use share::Shared;
 
 /// Most groups holding fences or a proximity rule.
 pub(crate) const MAX_GROUPS: usize = 10_000;
@@ -121,6 +125,12 @@ pub(crate) struct Geofences {
     /// Set once at start ([`Geofences::start`]); events made before are dropped.
     sink: OnceLock<EventSink>,
     metrics: GeofenceMetrics,
+    /// Changes for the other instances, with Redis (`share.rs`).
+    outgoing: Option<mpsc::Sender<Shared>>,
+    /// The other end, taken by [`Geofences::run`].
+    incoming: Mutex<Option<mpsc::Receiver<Shared>>>,
+    /// `--redis-prefix`.
+    prefix: String,
 }
 
 impl std::fmt::Debug for Geofences {
@@ -144,11 +154,12 @@ fn new_id() -> String {
 impl Geofences {
     /// Rules from `config`, kept in `dir` (and loaded from it) when set. Judges nothing until
     /// [`Geofences::start`].
-    pub(crate) fn new(
-        config: &GeofenceConfig,
-        dir: Option<&Path>,
-        metrics: GeofenceMetrics,
-    ) -> Self {
+    pub(crate) fn new(config: &Config, metrics: GeofenceMetrics) -> Self {
+        let dir = config.data_dir.as_deref();
+        // Not over a Redis Cluster, like the event bus (docs/redis.md, "Events and profiles").
+        let redis = config.redis_url.is_some() && !config.redis.redis_cluster;
+        let prefix = config.redis.redis_prefix.clone();
+        let config = &config.geofences;
         let rules = FenceRules {
             shape: ShapeBounds {
                 max_vertices: config.max_geofence_vertices as usize,
@@ -166,7 +177,15 @@ impl Geofences {
             disk: None,
             sink: OnceLock::new(),
             metrics,
+            outgoing: None,
+            incoming: Mutex::new(None),
+            prefix,
         };
+        if redis {
+            let (tx, rx) = mpsc::channel(share::QUEUE);
+            this.outgoing = Some(tx);
+            this.incoming = Mutex::new(Some(rx));
+        }
         if let Some(dir) = dir {
             match Disk::open(dir) {
                 Ok(disk) => {
@@ -323,26 +342,8 @@ impl Geofences {
 
     /// Creates a fence in `group`; its stored form.
     pub(crate) fn create(&self, group: &GroupId, body: FenceBody) -> Result<Value, RuleError> {
-        let fence = Arc::new(Fence::new(new_id(), body, &self.rules)?);
-        let json = fence.to_json();
-        self.change(group, |rules| {
-            if rules.fences.len() >= self.max_fences {
-                return Err(RuleError::Full(format!(
-                    "a group may hold at most {} geofences",
-                    self.max_fences
-                )));
-            }
-            self.write(&[Write::Fence {
-                group: group.as_str(),
-                id: &fence.id,
-                json: stored(&json),
-            }]);
-            rules.fences.insert(fence.id.clone(), fence.clone());
-            Ok(())
-        })?;
-        self.metrics.fences.inc();
-        info!(group = %group, id = %fence.id, name = %fence.name, "geofence created");
-        Ok(json)
+        let fence = Fence::new(new_id(), body, &self.rules)?;
+        self.put_fence(group, fence, Put::Create)
     }
 
     /// Replaces fence `id` of `group`. Devices keep their side (the next fix is judged against
@@ -355,41 +356,88 @@ impl Geofences {
         body: FenceBody,
     ) -> Result<Value, RuleError> {
         let fence = Fence::new(id.to_owned(), body, &self.rules)?;
-        let rules = self
-            .groups
-            .get(group)
-            .map(|r| r.clone())
-            .ok_or_else(|| RuleError::NotFound(id.to_owned()))?;
-        let mut rules = lock(&rules);
-        if !rules.fences.contains_key(id) {
-            return Err(RuleError::NotFound(id.to_owned()));
-        }
+        self.put_fence(group, fence, Put::Replace)
+    }
+
+    /// Keeps `fence` in `group` as `put` says; shares it unless it came from elsewhere.
+    fn put_fence(&self, group: &GroupId, fence: Fence, put: Put) -> Result<Value, RuleError> {
+        let fence = Arc::new(fence);
         let json = fence.to_json();
-        let mut writes = vec![Write::Fence {
-            group: group.as_str(),
-            id,
-            json: stored(&json),
-        }];
-        let mut dropped = Vec::new();
-        for (device, state) in rules.devices.iter_mut() {
-            if !fence.covers(device) && state.members.remove(id).is_some() {
-                dropped.push(device.clone());
+        let def = stored(&json);
+        let result = self.change(group, |rules| {
+            let held = rules.fences.get(&fence.id);
+            if put == Put::Replace && held.is_none() {
+                return Err(RuleError::NotFound(fence.id.clone()));
+            }
+            if put == Put::Remote && held.is_some_and(|f| stored(&f.to_json()) == def) {
+                return Ok(None);
+            }
+            if held.is_none() && rules.fences.len() >= self.max_fences {
+                return Err(RuleError::Full(format!(
+                    "a group may hold at most {} geofences",
+                    self.max_fences
+                )));
+            }
+            let created = held.is_none();
+            let mut writes = vec![Write::Fence {
+                group: group.as_str(),
+                id: &fence.id,
+                json: def.to_string(),
+            }];
+            let mut dropped = Vec::new();
+            for (device, state) in rules.devices.iter_mut() {
+                if !fence.covers(device) && state.members.remove(&fence.id).is_some() {
+                    dropped.push(device.clone());
+                }
+            }
+            writes.extend(dropped.iter().map(|d| Write::DeleteMember {
+                group: group.as_str(),
+                fence: &fence.id,
+                device: d.as_str(),
+            }));
+            self.write(&writes);
+            rules.fences.insert(fence.id.clone(), fence.clone());
+            Ok(Some(created))
+        });
+        match result {
+            Ok(Some(created)) => {
+                if created {
+                    self.metrics.fences.inc();
+                }
+                if put == Put::Remote {
+                    self.metrics.share_applied.inc();
+                } else {
+                    self.share(Shared::Fence {
+                        group: group.as_str().to_owned(),
+                        id: fence.id.clone(),
+                        def,
+                    });
+                }
+                info!(group = %group, id = %fence.id, name = %fence.name, created, "geofence kept");
+                Ok(json)
+            }
+            Ok(None) => Ok(json),
+            Err(e) => {
+                self.forget_if_empty(group);
+                Err(e)
             }
         }
-        writes.extend(dropped.iter().map(|d| Write::DeleteMember {
-            group: group.as_str(),
-            fence: id,
-            device: d.as_str(),
-        }));
-        self.write(&writes);
-        info!(group = %group, id, "geofence replaced");
-        rules.fences.insert(id.to_owned(), Arc::new(fence));
-        Ok(json)
     }
 
     /// Deletes fence `id` of `group` at `now_ms`: each device inside gets a `geofence.exit`
     /// with `reason: "deleted"`.
     pub(crate) fn delete(&self, group: &GroupId, id: &str, now_ms: i64) -> Result<(), RuleError> {
+        self.remove_fence(group, id, now_ms)?;
+        self.share(Shared::Delete {
+            group: group.as_str().to_owned(),
+            id: id.to_owned(),
+            at: now_ms,
+        });
+        Ok(())
+    }
+
+    /// Removes fence `id` of `group`, deleted at `at`: exits for the devices inside.
+    fn remove_fence(&self, group: &GroupId, id: &str, at: i64) -> Result<(), RuleError> {
         let rules = self
             .groups
             .get(group)
@@ -413,15 +461,10 @@ impl Geofences {
                 };
                 if member.inside {
                     let mut event =
-                        fence_event(group, device, &fence, "geofence.exit", now_ms, state.at);
+                        fence_event(group, device, &fence, "geofence.exit", at, state.at);
                     event.reason = Some("deleted".into());
-                    event.id = event_id(
-                        "geofence.exit",
-                        device,
-                        group,
-                        now_ms,
-                        &format!("{id}:deleted"),
-                    );
+                    event.id =
+                        event_id("geofence.exit", device, group, at, &format!("{id}:deleted"));
                     events.push(event);
                 }
             }
@@ -440,6 +483,16 @@ impl Geofences {
         rule: ProximityRule,
     ) -> Result<Value, RuleError> {
         rule.check().map_err(RuleError::Invalid)?;
+        self.keep_proximity(group, rule)?;
+        self.share(Shared::Proximity {
+            group: group.as_str().to_owned(),
+            rule: Some(rule),
+        });
+        info!(group = %group, enter_m = rule.enter_m, exit_m = rule.exit_m, "proximity rule set");
+        Ok(serde_json::json!({ "enter_m": rule.enter_m, "exit_m": rule.exit_m }))
+    }
+
+    fn keep_proximity(&self, group: &GroupId, rule: ProximityRule) -> Result<(), RuleError> {
         self.change(group, |rules| {
             self.write(&[Write::Proximity {
                 group: group.as_str(),
@@ -450,9 +503,7 @@ impl Geofences {
                 None => rules.proximity = Some(Proximity::new(rule)),
             }
             Ok(())
-        })?;
-        info!(group = %group, enter_m = rule.enter_m, exit_m = rule.exit_m, "proximity rule set");
-        Ok(serde_json::json!({ "enter_m": rule.enter_m, "exit_m": rule.exit_m }))
+        })
     }
 
     /// `group`'s proximity rule.
@@ -464,6 +515,18 @@ impl Geofences {
 
     /// Switches `group`'s proximity rule off (no events). Returns whether there was one.
     pub(crate) fn clear_proximity(&self, group: &GroupId) -> bool {
+        let had = self.drop_proximity(group);
+        if had {
+            self.share(Shared::Proximity {
+                group: group.as_str().to_owned(),
+                rule: None,
+            });
+            info!(group = %group, "proximity rule removed");
+        }
+        had
+    }
+
+    fn drop_proximity(&self, group: &GroupId) -> bool {
         let Some(rules) = self.groups.get(group).map(|r| r.clone()) else {
             return false;
         };
@@ -480,6 +543,154 @@ impl Geofences {
         };
         self.forget_if_empty(group);
         had
+    }
+
+    /// Queues `message` for the other instances (with Redis).
+    fn share(&self, message: Shared) {
+        if let Some(tx) = &self.outgoing
+            && tx.try_send(message).is_err()
+        {
+            self.metrics.share_dropped.inc();
+            warn!("geofence queue to Redis full; change not shared");
+        }
+    }
+
+    /// Shares this instance's changes and applies the others' until `shutdown`, through Redis
+    /// at `url` (`share.rs`). Returns at once without Redis.
+    pub(crate) async fn run(self: Arc<Self>, url: String, shutdown: CancellationToken) {
+        let taken = self.incoming.lock().map(|mut rx| rx.take()).ok().flatten();
+        let Some(outgoing) = taken else {
+            return;
+        };
+        let keys = share::Keys::new(&self.prefix);
+        let this = self.clone();
+        share::run(url, keys, outgoing, move |m| this.apply(m), shutdown).await;
+    }
+
+    /// Applies a change from Redis (another instance's, our own echo, or the stored state).
+    fn apply(&self, message: Shared) {
+        let group_of = |g: &str| GroupId::parse(g).ok();
+        match message {
+            Shared::Fence { group, id, def } => {
+                let Some(group) = group_of(&group) else {
+                    return;
+                };
+                let fence = serde_json::from_value::<FenceBody>(def)
+                    .map_err(|e| e.to_string())
+                    .and_then(|b| {
+                        Fence::new(id.clone(), b, &self.rules).map_err(|e| e.to_string())
+                    });
+                match fence {
+                    Ok(fence) if valid_id(&id) => {
+                        if let Err(e) = self.put_fence(&group, fence, Put::Remote) {
+                            warn!(group = %group, id, error = %e, "shared geofence not kept");
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(e) => warn!(group = %group, id, error = %e, "shared geofence invalid here"),
+                }
+            }
+            Shared::Delete { group, id, at } => {
+                if let Some(group) = group_of(&group) {
+                    // Err: already gone (deleted here).
+                    if self.remove_fence(&group, &id, at).is_ok() {
+                        self.metrics.share_applied.inc();
+                    }
+                }
+            }
+            Shared::Proximity { group, rule } => {
+                let Some(group) = group_of(&group) else {
+                    return;
+                };
+                match rule {
+                    Some(rule) if rule.check().is_ok() => {
+                        if self.proximity(group.as_str()) != Some(rule) {
+                            match self.keep_proximity(&group, rule) {
+                                Ok(()) => {
+                                    self.metrics.share_applied.inc();
+                                }
+                                Err(e) => {
+                                    warn!(group = %group, error = %e, "shared proximity rule not kept");
+                                }
+                            }
+                        }
+                    }
+                    Some(_) => {}
+                    None => {
+                        if self.drop_proximity(&group) {
+                            self.metrics.share_applied.inc();
+                        }
+                    }
+                }
+            }
+            Shared::Member {
+                group,
+                fence,
+                device,
+                state,
+            } => {
+                let (Some(group), Ok(device)) = (group_of(&group), DeviceId::parse(&device)) else {
+                    return;
+                };
+                self.apply_member(&group, &fence, &device, state);
+            }
+            Shared::Pair { group, a, b, near } => {
+                let (Some(group), Ok(a), Ok(b)) =
+                    (group_of(&group), DeviceId::parse(&a), DeviceId::parse(&b))
+                else {
+                    return;
+                };
+                let Some(rules) = self.groups.get(&group).map(|r| r.clone()) else {
+                    return;
+                };
+                let mut rules = lock(&rules);
+                let Some(p) = rules.proximity.as_mut() else {
+                    return;
+                };
+                if p.is_near(&a, &b) == near {
+                    return;
+                }
+                if near {
+                    p.restore_pair(a.clone(), b.clone());
+                } else {
+                    p.unpair(&a, &b);
+                }
+                self.write(&[Write::Pair {
+                    group: group.as_str(),
+                    a: a.as_str(),
+                    b: b.as_str(),
+                    near,
+                }]);
+                self.metrics.share_applied.inc();
+            }
+        }
+    }
+
+    /// Takes another instance's state of `device` against `fence` when it is newer.
+    fn apply_member(&self, group: &GroupId, fence: &str, device: &DeviceId, member: Member) {
+        let Some(rules) = self.groups.get(group).map(|r| r.clone()) else {
+            return;
+        };
+        let mut rules = lock(&rules);
+        if !rules.fences.get(fence).is_some_and(|f| f.covers(device)) {
+            return;
+        }
+        if !rules.devices.contains_key(device) && rules.devices.len() >= MAX_DEVICES_PER_GROUP {
+            return;
+        }
+        let state = rules.devices.entry(device.clone()).or_default();
+        if state.members.get(fence).is_some_and(|m| m.ts >= member.ts) {
+            return;
+        }
+        state.members.insert(fence.to_owned(), member);
+        state.latest_ts = state.latest_ts.max(member.ts);
+        self.metrics.share_applied.inc();
+        self.write(&[Write::Member {
+            group: group.as_str(),
+            fence,
+            device: device.as_str(),
+            member,
+        }]);
     }
 
     /// Starts judging: events go to `sink` from now on. Called once, after the hub holds its
@@ -604,18 +815,55 @@ impl Geofences {
             }));
             self.write(&writes);
         }
+        if self.outgoing.is_some() {
+            for (fence, member) in &changed {
+                self.share(Shared::Member {
+                    group: group.as_str().to_owned(),
+                    fence: (*fence).to_owned(),
+                    device: device.as_str().to_owned(),
+                    state: *member,
+                });
+            }
+            for (peer, near) in &pairs {
+                self.share(Shared::Pair {
+                    group: group.as_str().to_owned(),
+                    a: device.as_str().to_owned(),
+                    b: peer.as_str().to_owned(),
+                    near: *near,
+                });
+            }
+        }
         events
     }
 }
 
 /// The stored form of a fence: its definition without the id.
-fn stored(json: &Value) -> String {
+fn stored(json: &Value) -> Value {
     let mut json = json.clone();
     if let Some(map) = json.as_object_mut() {
         map.remove("id");
         map.retain(|_, v| !v.is_null());
     }
-    json.to_string()
+    json
+}
+
+/// Whether `id` is a fence id this server makes (`gf_` and hex digits).
+fn valid_id(id: &str) -> bool {
+    id.len() <= 64
+        && id
+            .strip_prefix("gf_")
+            .is_some_and(|hex| !hex.is_empty() && hex.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
+/// How a fence is kept.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Put {
+    /// A new fence from a route.
+    Create,
+    /// A replacement from a route: the fence must exist.
+    Replace,
+    /// From another instance: created or replaced, not shared again.
+    Remote,
 }
 
 /// A `geofence.*` event of `device` about `fence`.

@@ -109,8 +109,13 @@ impl Proximity {
         pairs
     }
 
+    /// Whether `a` and `b` are near.
+    pub(crate) fn is_near(&self, a: &DeviceId, b: &DeviceId) -> bool {
+        self.near.get(a).is_some_and(|s| s.contains(b))
+    }
+
     /// Forgets that `a` and `b` are near.
-    fn unpair(&mut self, a: &DeviceId, b: &DeviceId) {
+    pub(crate) fn unpair(&mut self, a: &DeviceId, b: &DeviceId) {
         for (x, y) in [(a, b), (b, a)] {
             if let Some(set) = self.near.get_mut(x) {
                 set.remove(y);

@@ -21,6 +21,10 @@ pub struct GeofenceMetrics {
     pub fences: Gauge,
     /// State writes that failed (`--data-dir`).
     pub disk_errors: Counter,
+    /// Changes not shared with other instances: the queue to Redis was full.
+    pub share_dropped: Counter,
+    /// Other instances' changes taken here (definitions, device states, pairs).
+    pub share_applied: Counter,
     events: Family<Labels, Counter>,
 }
 
@@ -33,6 +37,8 @@ impl GeofenceMetrics {
             devices_full: Counter::default(),
             fences: Gauge::default(),
             disk_errors: Counter::default(),
+            share_dropped: Counter::default(),
+            share_applied: Counter::default(),
             events: Family::default(),
         };
         let r = registry.sub_registry_with_prefix("geofence");
@@ -56,6 +62,16 @@ impl GeofenceMetrics {
             "disk_errors",
             "Geofence state writes to --data-dir that failed",
             metrics.disk_errors.clone(),
+        );
+        r.register(
+            "share_dropped",
+            "Geofence changes not shared with other instances: the queue to Redis was full",
+            metrics.share_dropped.clone(),
+        );
+        r.register(
+            "share_applied",
+            "Other instances' geofence changes taken here",
+            metrics.share_applied.clone(),
         );
         r.register(
             "events",
