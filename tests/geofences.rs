@@ -797,3 +797,54 @@ async fn instances_share_fences_and_each_device_state() {
     a.stop().await;
     b.stop().await;
 }
+
+#[tokio::test]
+async fn proximity_spans_instances() {
+    let redis = common::redis_server::RedisServer::start();
+    let a = instance(&redis).await;
+    let b = instance(&redis).await;
+    let mut viewer = a.viewer("screen", "g").await;
+    let (status, _) = send(
+        reqwest::Method::PUT,
+        &a,
+        &format!("/v1/groups/g/proximity?{ADMIN}"),
+        Some(&json!({"enter_m": 50, "exit_m": 100})),
+    )
+    .await;
+    assert_eq!(status, 200);
+    common::eventually(|| async {
+        let rule = b.get("/v1/groups/g/proximity").await;
+        (rule.status() == 200).then_some(())
+    })
+    .await;
+    let t = base();
+    // The walker reports to a, the runner to b.
+    post(&a, "walker", vec![fix(t, 0, 0.0)]).await;
+    b.wait_metric("beacon_geofence_share_applied_total", |n| n >= 2.0)
+        .await;
+    post(&b, "runner", vec![fix(t, 1, 30.0)]).await;
+    a.wait_metric("beacon_geofence_share_applied_total", |n| n >= 2.0)
+        .await;
+    post(&a, "walker", vec![fix(t, 2, -200.0)]).await;
+    let events = common::eventually(|| async {
+        let listed = listed(&a).await;
+        (listed.len() >= 2).then_some(listed)
+    })
+    .await;
+    assert_eq!(
+        kinds(&events),
+        ["proximity.enter", "proximity.exit"],
+        "{events:?}"
+    );
+    assert_eq!(
+        (&events[0]["device"], &events[0]["peer"]),
+        (&json!("runner"), &json!("walker"))
+    );
+    assert_eq!(
+        (&events[1]["device"], &events[1]["peer"]),
+        (&json!("walker"), &json!("runner"))
+    );
+    assert_eq!(pushed(&mut viewer).await.len(), 2, "each once");
+    a.stop().await;
+    b.stop().await;
+}

@@ -634,6 +634,42 @@ impl Geofences {
                 };
                 self.apply_member(&group, &fence, &device, state);
             }
+            Shared::Place {
+                group,
+                device,
+                lat,
+                lon,
+                ts,
+            } => {
+                let (Some(group), Ok(device)) = (group_of(&group), DeviceId::parse(&device)) else {
+                    return;
+                };
+                if !(lat.is_finite() && lon.is_finite()) {
+                    return;
+                }
+                let Some(rules) = self.groups.get(&group).map(|r| r.clone()) else {
+                    return;
+                };
+                let mut rules = lock(&rules);
+                let rules = &mut *rules;
+                let Some(p) = rules.proximity.as_mut() else {
+                    return;
+                };
+                if !rules.devices.contains_key(&device)
+                    && rules.devices.len() >= MAX_DEVICES_PER_GROUP
+                {
+                    return;
+                }
+                let state = rules.devices.entry(device.clone()).or_default();
+                // Our own echo (same time) or an older fix: nothing to learn.
+                if ts <= state.latest_ts {
+                    return;
+                }
+                state.latest_ts = ts;
+                state.at = Some((lat, lon));
+                p.place(&device, lat, lon);
+                self.metrics.share_applied.inc();
+            }
             Shared::Pair { group, a, b, near } => {
                 let (Some(group), Ok(a), Ok(b)) =
                     (group_of(&group), DeviceId::parse(&a), DeviceId::parse(&b))
@@ -766,6 +802,7 @@ impl Geofences {
             }
         }
         let mut pairs = Vec::new();
+        let placed = rules.proximity.is_some();
         if let Some(p) = rules.proximity.as_mut() {
             for t in p.judge(device, fix.lat, fix.lon) {
                 let kind = if t.enter {
@@ -816,6 +853,15 @@ impl Geofences {
             self.write(&writes);
         }
         if self.outgoing.is_some() {
+            if placed {
+                self.share(Shared::Place {
+                    group: group.as_str().to_owned(),
+                    device: device.as_str().to_owned(),
+                    lat: fix.lat,
+                    lon: fix.lon,
+                    ts: fix.ts,
+                });
+            }
             for (fence, member) in &changed {
                 self.share(Shared::Member {
                     group: group.as_str().to_owned(),

@@ -126,13 +126,18 @@ impl Proximity {
         }
     }
 
-    /// Moves `device` to `(lat, lon)` and returns the transitions this causes.
-    pub(crate) fn judge(&mut self, device: &DeviceId, lat: f64, lon: f64) -> Vec<Transition> {
+    /// Moves `device` to `(lat, lon)` without judging (another instance judged that fix).
+    pub(crate) fn place(&mut self, device: &DeviceId, lat: f64, lon: f64) {
         let here = [lon, lat];
         if let Some(old) = self.at.insert(device.clone(), here) {
             self.tree.remove(&Entry::new(old, device.clone()));
         }
         self.tree.insert(Entry::new(here, device.clone()));
+    }
+
+    /// Moves `device` to `(lat, lon)` and returns the transitions this causes.
+    pub(crate) fn judge(&mut self, device: &DeviceId, lat: f64, lon: f64) -> Vec<Transition> {
+        self.place(device, lat, lon);
 
         let point = Point::new(lon, lat);
         let mut out = Vec::new();

@@ -1,8 +1,8 @@
 //! Several instances as one (with `--redis-url`): definitions and state go through Redis.
 //!
 //! Every change made here (a fence defined, replaced or deleted, a proximity rule set or
-//! removed, a device's state against a fence, a pair becoming near or separating) is one
-//! [`Shared`] message. It is written to a hash, so an instance that starts or reconnects loads
+//! removed, a device's state against a fence, a pair becoming near or separating, and in
+//! groups with a proximity rule each judged fix's place) is one [`Shared`] message. It is written to a hash, so an instance that starts or reconnects loads
 //! it, and published on the channel `<prefix>:geofences`, so the running instances apply it at
 //! once; both in one transaction, so the hash and the channel see changes in one order.
 //! Definitions live in the hash `<prefix>:geofences`, states in `<prefix>:geofence-state`.
@@ -64,6 +64,15 @@ pub(crate) enum Shared {
         device: String,
         state: Member,
     },
+    /// Where a device of a group with a proximity rule was, at fix time `ts`: other
+    /// instances measure their devices against it. Published only, not kept in a hash.
+    Place {
+        group: String,
+        device: String,
+        lat: f64,
+        lon: f64,
+        ts: i64,
+    },
     /// A pair became near (`true`) or separated.
     Pair {
         group: String,
@@ -80,12 +89,15 @@ pub(crate) enum HashOp {
     Set { state: bool, field: String },
     /// `HDEL hash field`.
     Del { state: bool, field: String },
+    /// Nothing kept: published only.
+    None,
 }
 
 impl Shared {
     /// The hash entry this message sets or deletes (`state`: in the state hash).
     pub(crate) fn hash_op(&self) -> HashOp {
         match self {
+            Shared::Place { .. } => HashOp::None,
             Shared::Fence { group, id, .. } => HashOp::Set {
                 state: false,
                 field: format!("f/{group}/{id}"),
@@ -247,6 +259,7 @@ async fn session(
                             let hash = if state { &keys.state } else { &keys.definitions };
                             pipe.hdel(hash, field).ignore();
                         }
+                        HashOp::None => {}
                     }
                     pipe.publish(&keys.definitions, &json).ignore();
                     pipe.query_async::<()>(&mut publisher).await?;
