@@ -3,7 +3,7 @@
 
 use clap::Args;
 
-/// Bounds and defaults of geofences ([`crate::geofence`]).
+/// Bounds and defaults of geofences (`src/geofence/`, docs/geofences.md).
 #[derive(Clone, Debug, Args)]
 pub struct GeofenceConfig {
     /// Most geofences one group may hold; a further `POST` is refused with 409. Default 100.
