@@ -108,8 +108,14 @@ fn kinds(events: &[Value]) -> Vec<&str> {
 async fn entering_and_leaving_are_events_pushed_and_listed() {
     let server = TestServer::start().await;
     let mut viewer = server.viewer("screen", "g").await;
-    let id = create(&server, circle(json!({"debounce_s": 0}))).await;
     let b = base();
+    // A group without rules: its fixes are not judged at all.
+    post(&server, "van", vec![fix(b, -10, 0.0)]).await;
+    assert_eq!(
+        server.metric("beacon_geofence_fixes_judged_total").await,
+        0.0
+    );
+    let id = create(&server, circle(json!({"debounce_s": 0}))).await;
 
     post(&server, "van", vec![fix(b, 0, 500.0)]).await;
     assert!(
@@ -141,6 +147,11 @@ async fn entering_and_leaving_are_events_pushed_and_listed() {
         .get_json("/v1/groups/g/events?kind=geofence.exit")
         .await;
     assert_eq!(exits["events"].as_array().unwrap().len(), 1);
+    assert_eq!(
+        server.metric("beacon_geofence_fixes_judged_total").await,
+        3.0
+    );
+    assert_eq!(server.metric("beacon_geofence_events_total").await, 2.0);
     server.stop().await;
 }
 

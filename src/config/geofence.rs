@@ -48,3 +48,20 @@ pub struct GeofenceConfig {
           value_parser = clap::value_parser!(u32).range(0..=3_600))]
     pub geofence_debounce_s: u32,
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::config::Config;
+
+    #[test]
+    fn the_defaults_are_the_documented_ones() {
+        let g = Config::default().geofences;
+        assert_eq!(g.max_geofences_per_group, 100);
+        assert_eq!(g.max_geofence_vertices, 1000);
+        assert_eq!(g.max_geofence_devices, 1000);
+        assert_eq!(g.max_geofence_radius_m, 100_000);
+        assert_eq!(g.geofence_max_acc_m, 100);
+        assert_eq!(g.geofence_hysteresis_m, 20);
+        assert_eq!(g.geofence_debounce_s, 10);
+    }
+}

@@ -318,6 +318,26 @@ mod tests {
     }
 
     #[test]
+    fn a_hole_is_outside() {
+        let mut rings = match square() {
+            GeometryBody::Polygon { coordinates } => coordinates,
+            GeometryBody::Circle { .. } => unreachable!(),
+        };
+        rings.push(vec![
+            vec![13.0004, 52.5004],
+            vec![13.0006, 52.5004],
+            vec![13.0006, 52.5006],
+            vec![13.0004, 52.5006],
+            vec![13.0004, 52.5004],
+        ]);
+        let shape =
+            Shape::from_body(&GeometryBody::Polygon { coordinates: rings }, BOUNDS).unwrap();
+        let centre = shape.distance_m(52.5005, 13.0005, 100.0).unwrap();
+        assert!(centre > 5.0 && centre < 8.0, "{centre}");
+        assert!(shape.distance_m(52.5002, 13.0002, 0.0).unwrap() < 0.0);
+    }
+
+    #[test]
     fn circle_distances_are_signed_metres() {
         let shape = Shape::from_body(
             &GeometryBody::Circle {
