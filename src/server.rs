@@ -79,7 +79,7 @@ pub async fn serve(
     let bus = state.events.clone();
     state
         .geofences
-        .start(Box::new(move |event| bus.record(event)));
+        .start(Box::new(move |event| bus.record(event)), &state.hub);
     state.hub.add_observer(state.geofences.clone());
     let background = TaskTracker::new();
     background.spawn(state.auth.clone().run_refresher(state.shutdown.clone()));

@@ -446,6 +446,8 @@ async fn a_restart_with_a_data_dir_keeps_fences_and_sides() {
     let b = base();
     post(&server, "van", vec![fix(b, 0, 500.0), fix(b, 10, 0.0)]).await;
     post(&server, "bike", vec![fix(b, 11, 20.0)]).await;
+    // Changes nothing, but is the van's newest fix.
+    post(&server, "van", vec![fix(b, 15, 0.0)]).await;
     assert_eq!(
         kinds(&listed(&server).await),
         ["geofence.enter", "proximity.enter"]
@@ -460,6 +462,8 @@ async fn a_restart_with_a_data_dir_keeps_fences_and_sides() {
         server.get_json("/v1/groups/g/proximity").await,
         json!({"enter_m": 50.0, "exit_m": 100.0})
     );
+    // Uploaded late: older than the van's newest fix before the restart, so not an exit.
+    post(&server, "van", vec![fix(b, 12, 500.0)]).await;
     // Still inside, still near: nothing new. The visit's start survived: the dwell comes at
     // 610 s, not 600 s after the restart.
     post(&server, "van", vec![fix(b, 20, 5.0)]).await;

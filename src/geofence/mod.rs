@@ -47,7 +47,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::events::event_id;
-use crate::hub::HubObserver;
+use crate::hub::{Hub, HubObserver};
 use crate::metrics::GeofenceMetrics;
 use crate::model::{DeviceId, Event, Fix, GroupId};
 
@@ -731,9 +731,27 @@ impl Geofences {
 
     /// Starts judging: events go to `sink` from now on. Called once, after the hub holds its
     /// loaded state and before the observer is added.
-    pub(crate) fn start(&self, sink: EventSink) {
+    ///
+    /// Each device's newest fix time is raised to that of its last-known position in `hub`
+    /// (loaded from the store with `--data-dir`), so a fix uploaded late after a restart is
+    /// still older than the device's latest.
+    pub(crate) fn start(&self, sink: EventSink, hub: &Hub) {
         if self.sink.set(sink).is_err() {
             warn!("geofences started twice; the first sink stays");
+        }
+        let groups: Vec<(GroupId, Arc<Mutex<GroupRules>>)> = self
+            .groups
+            .iter()
+            .map(|e| (e.key().clone(), e.value().clone()))
+            .collect();
+        for (group, rules) in groups {
+            let positions = hub.positions(group.as_str());
+            let mut rules = lock(&rules);
+            for position in positions {
+                if let Some(state) = rules.devices.get_mut(&position.device) {
+                    state.latest_ts = state.latest_ts.max(position.fix.ts);
+                }
+            }
         }
     }
 
