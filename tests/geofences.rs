@@ -809,6 +809,25 @@ async fn instances_share_fences_and_each_device_state() {
         (list["geofences"] == json!([])).then_some(())
     })
     .await;
+    // Nothing of the fence is left in Redis.
+    let conn = redis.connection().await;
+    common::eventually(|| {
+        let mut conn = conn.clone();
+        async move {
+            let definitions: Vec<String> = redis::cmd("HKEYS")
+                .arg("beacon:geofences")
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+            let states: Vec<String> = redis::cmd("HKEYS")
+                .arg("beacon:geofence-state")
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+            (definitions.is_empty() && states.is_empty()).then_some(())
+        }
+    })
+    .await;
     a.stop().await;
     b.stop().await;
 }

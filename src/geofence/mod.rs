@@ -427,23 +427,34 @@ impl Geofences {
     /// Deletes fence `id` of `group` at `now_ms`: each device inside gets a `geofence.exit`
     /// with `reason: "deleted"`.
     pub(crate) fn delete(&self, group: &GroupId, id: &str, now_ms: i64) -> Result<(), RuleError> {
-        self.remove_fence(group, id, now_ms)?;
+        let devices = self.remove_fence(group, id, now_ms)?;
         self.share(Shared::Delete {
             group: group.as_str().to_owned(),
             id: id.to_owned(),
             at: now_ms,
         });
+        if self.outgoing.is_some() {
+            // Their states in Redis go too; the other instances drop theirs on `Delete`.
+            for device in devices {
+                self.share(Shared::Forget {
+                    group: group.as_str().to_owned(),
+                    fence: id.to_owned(),
+                    device: device.as_str().to_owned(),
+                });
+            }
+        }
         Ok(())
     }
 
-    /// Removes fence `id` of `group`, deleted at `at`: exits for the devices inside.
-    fn remove_fence(&self, group: &GroupId, id: &str, at: i64) -> Result<(), RuleError> {
+    /// Removes fence `id` of `group`, deleted at `at`: exits for the devices inside. Returns
+    /// the devices that had a state against it.
+    fn remove_fence(&self, group: &GroupId, id: &str, at: i64) -> Result<Vec<DeviceId>, RuleError> {
         let rules = self
             .groups
             .get(group)
             .map(|r| r.clone())
             .ok_or_else(|| RuleError::NotFound(id.to_owned()))?;
-        let events = {
+        let (events, known) = {
             let mut rules = lock(&rules);
             let fence = rules
                 .fences
@@ -455,10 +466,12 @@ impl Geofences {
                 id,
             }]);
             let mut events = Vec::new();
+            let mut known = Vec::new();
             for (device, state) in rules.devices.iter_mut() {
                 let Some(member) = state.members.remove(id) else {
                     continue;
                 };
+                known.push(device.clone());
                 if member.inside {
                     let mut event =
                         fence_event(group, device, &fence, "geofence.exit", at, state.at);
@@ -468,12 +481,12 @@ impl Geofences {
                     events.push(event);
                 }
             }
-            events
+            (events, known)
         };
         self.forget_if_empty(group);
         info!(group = %group, id, exits = events.len(), "geofence deleted");
         self.emit(&events);
-        Ok(())
+        Ok(known)
     }
 
     /// Sets `group`'s proximity rule (pairs near now stay near).
@@ -670,6 +683,8 @@ impl Geofences {
                 p.place(&device, lat, lon);
                 self.metrics.share_applied.inc();
             }
+            // The fence is gone already (its `Delete` came first).
+            Shared::Forget { .. } => {}
             Shared::Pair { group, a, b, near } => {
                 let (Some(group), Ok(a), Ok(b)) =
                     (group_of(&group), DeviceId::parse(&a), DeviceId::parse(&b))

@@ -64,6 +64,12 @@ pub(crate) enum Shared {
         device: String,
         state: Member,
     },
+    /// A device's state against a deleted fence, removed from the state hash.
+    Forget {
+        group: String,
+        fence: String,
+        device: String,
+    },
     /// Where a device of a group with a proximity rule was, at fix time `ts`: other
     /// instances measure their devices against it. Published only, not kept in a hash.
     Place {
@@ -126,6 +132,14 @@ impl Shared {
                 device,
                 ..
             } => HashOp::Set {
+                state: true,
+                field: format!("m/{group}/{fence}/{device}"),
+            },
+            Shared::Forget {
+                group,
+                fence,
+                device,
+            } => HashOp::Del {
                 state: true,
                 field: format!("m/{group}/{fence}/{device}"),
             },
