@@ -882,3 +882,89 @@ async fn proximity_spans_instances() {
     a.stop().await;
     b.stop().await;
 }
+
+#[tokio::test]
+async fn with_tokens_readers_hold_the_group_and_admins_manage_it() {
+    const SECRET: &str = "a-test-secret-long-enough-for-hs256-signing";
+    let server = TestServer::with(|c| {
+        c.auth.mode = beacon::config::AuthMode::Jwt;
+        c.auth.jwt_secret = Some(SECRET.into());
+    })
+    .await;
+    let token = |sub: &str, groups: &[&str], role: &str| {
+        let claims =
+            json!({"sub": sub, "groups": groups, "role": role, "exp": now_ms() / 1000 + 600});
+        let key = jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes());
+        jsonwebtoken::encode(&jsonwebtoken::Header::default(), &claims, &key).unwrap()
+    };
+    let call = |method: reqwest::Method, path: &str, token: Option<String>, body: Option<Value>| {
+        let mut request = reqwest::Client::new().request(method, server.http(path));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        async move { request.send().await.unwrap().status().as_u16() }
+    };
+    let fences = "/v1/groups/g/geofences";
+    let admin = token("boss", &["g"], "admin");
+    let other_admin = token("boss2", &["h"], "admin");
+    let viewer = token("screen", &["g"], "viewer");
+    let stranger = token("screen2", &["h"], "viewer");
+    let body = circle(json!({}));
+    assert_eq!(
+        call(reqwest::Method::POST, fences, None, Some(body.clone())).await,
+        401
+    );
+    assert_eq!(
+        call(
+            reqwest::Method::POST,
+            fences,
+            Some(viewer.clone()),
+            Some(body.clone())
+        )
+        .await,
+        403
+    );
+    assert_eq!(
+        call(
+            reqwest::Method::POST,
+            fences,
+            Some(other_admin),
+            Some(body.clone())
+        )
+        .await,
+        403
+    );
+    assert_eq!(
+        call(
+            reqwest::Method::POST,
+            fences,
+            Some(admin.clone()),
+            Some(body)
+        )
+        .await,
+        201
+    );
+    assert_eq!(
+        call(reqwest::Method::GET, fences, Some(viewer), None).await,
+        200
+    );
+    assert_eq!(
+        call(reqwest::Method::GET, fences, Some(stranger.clone()), None).await,
+        403
+    );
+    assert_eq!(
+        call(
+            reqwest::Method::GET,
+            "/v1/groups/g/proximity",
+            Some(stranger),
+            None
+        )
+        .await,
+        403
+    );
+    assert_eq!(call(reqwest::Method::GET, fences, None, None).await, 401);
+    server.stop().await;
+}
