@@ -88,6 +88,9 @@ pub async fn serve(
     }
     if state.config.redis_url.is_some() && state.config.redis.redis_cluster {
         warn!("with --redis-cluster, events and profiles stay on the instance that received them");
+        warn!(
+            "with --redis-cluster, geofences and proximity rules stay on the instance that received them"
+        );
     } else if let Some(url) = &state.config.redis_url {
         background.spawn(
             state
