@@ -16,7 +16,9 @@
 //! devices and at most [`MAX_GROUPS`] groups hold rules.
 //!
 //! With `--data-dir`, definitions and every device's state against them are kept in
-//! `geofences.sqlite3` (`disk.rs`) and loaded at start.
+//! `geofences.sqlite3` (`disk.rs`) and loaded at start. With `--redis-url`, they are shared
+//! with the other instances (`share.rs`): every change here is published, every change there
+//! applied here ([`Geofences::run`]).
 //!
 //! # Layout
 //! Files import one way, each only from those listed before it (and, outside this folder, from
@@ -25,9 +27,12 @@
 //! 2. `fence.rs`: a fence's definition and the per-device state machine. Pure.
 //! 3. `proximity.rs`: near pairs over an R-tree. Pure.
 //! 4. `disk.rs`: the SQLite file.
-//! 5. this file: [`Geofences`], the map of groups, the observer, what routes call.
+//! 5. `share.rs`: the messages between instances and the Redis connection that carries them.
+//! 6. this file: [`Geofences`], the map of groups, the observer, what routes call, applying
+//!    other instances' changes.
 //!
-//! Errors: [`RuleError`] for what routes refuse; disk failures are logged here and counted.
+//! Errors: [`RuleError`] for what routes refuse; disk and Redis failures are logged where they
+//! are handled (here and in `share.rs`) and counted.
 
 mod disk;
 mod fence;
@@ -40,10 +45,9 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use dashmap::DashMap;
 use serde_json::Value;
-use tracing::{info, warn};
-
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
 
 use crate::config::Config;
 use crate::events::event_id;
@@ -63,7 +67,7 @@ use share::Shared;
 pub(crate) const MAX_GROUPS: usize = 10_000;
 
 /// Most devices one group's rules keep state for; fixes of further devices are not judged
-/// (counted in `beacon_geofence_devices_full`).
+/// (counted in `beacon_geofence_devices_full_total`).
 pub(crate) const MAX_DEVICES_PER_GROUP: usize = 100_000;
 
 /// Where events go: the event bus's `record` (kept, sent to subscribers, shared).
