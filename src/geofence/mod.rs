@@ -988,3 +988,113 @@ impl HubObserver for Geofences {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::Metrics;
+
+    /// Geofences over `dir` (if any), collecting their events.
+    fn engine(dir: Option<&std::path::Path>) -> (Geofences, Arc<Mutex<Vec<Event>>>) {
+        let mut config = Config::default();
+        config.data_dir = dir.map(|d| d.to_owned());
+        let metrics = Metrics::new();
+        let geofences = Geofences::new(&config, metrics.geofence.clone());
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let sink = seen.clone();
+        let hub = Hub::new(config.hub.clone(), Arc::new(metrics));
+        geofences.start(
+            Box::new(move |e| {
+                sink.lock().unwrap().push(e.clone());
+                true
+            }),
+            &hub,
+        );
+        (geofences, seen)
+    }
+
+    fn body() -> FenceBody {
+        serde_json::from_value(serde_json::json!({
+            "name": "yard",
+            "geometry": {"type": "Circle", "center": [0.0, 0.0], "radius_m": 100.0},
+            "debounce_s": 0,
+        }))
+        .unwrap()
+    }
+
+    /// A fix `m` metres north of (0, 0) at `s` seconds.
+    fn at(m: f64, s: i64) -> Fix {
+        Fix::new(m / 111_195.0, 0.0, s * 1000)
+    }
+
+    fn kinds(seen: &Mutex<Vec<Event>>) -> Vec<&'static str> {
+        seen.lock().unwrap().iter().map(|e| e.kind).collect()
+    }
+
+    #[test]
+    fn fixes_make_events_and_deletion_exits_the_devices_inside() {
+        let (g, seen) = engine(None);
+        let (group, van, bike) = (
+            GroupId::parse("g").unwrap(),
+            DeviceId::parse("van").unwrap(),
+            DeviceId::parse("bike").unwrap(),
+        );
+        let groups = [group.clone()];
+        let id = g.create(&group, body()).unwrap()["id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        for (m, s) in [(500.0, 0), (0.0, 1), (500.0, 2), (0.0, 3)] {
+            g.published(&van, &groups, &at(m, s), 0);
+        }
+        // Older than the van's latest: ignored.
+        g.published(&van, &groups, &at(500.0, 2), 0);
+        g.published(&bike, &groups, &at(500.0, 0), 0);
+        assert_eq!(
+            kinds(&seen),
+            ["geofence.enter", "geofence.exit", "geofence.enter"]
+        );
+        g.delete(&group, &id, 99_000).unwrap();
+        let events = seen.lock().unwrap();
+        let last = events.last().unwrap();
+        assert_eq!((last.kind, last.ts), ("geofence.exit", 99_000));
+        assert_eq!(last.reason.as_deref(), Some("deleted"));
+        assert_eq!(last.device, van);
+        assert_eq!(events.len(), 4, "the bike was outside");
+        assert!(g.groups.is_empty(), "a group without rules leaves the map");
+    }
+
+    #[test]
+    fn state_survives_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        let group = GroupId::parse("g").unwrap();
+        let van = DeviceId::parse("van").unwrap();
+        let groups = [group.clone()];
+        {
+            let (g, seen) = engine(Some(dir.path()));
+            g.create(&group, body()).unwrap();
+            g.set_proximity(
+                &group,
+                ProximityRule {
+                    enter_m: 10.0,
+                    exit_m: 20.0,
+                },
+            )
+            .unwrap();
+            g.published(&van, &groups, &at(500.0, 0), 0);
+            g.published(&van, &groups, &at(0.0, 1), 0);
+            assert_eq!(kinds(&seen), ["geofence.enter"]);
+        }
+        let (g, seen) = engine(Some(dir.path()));
+        assert_eq!(g.list("g")["geofences"].as_array().unwrap().len(), 1);
+        assert!(g.proximity("g").is_some());
+        g.published(&van, &groups, &at(0.0, 0), 0);
+        g.published(&van, &groups, &at(5.0, 2), 0);
+        assert!(
+            kinds(&seen).is_empty(),
+            "no second enter, the old fix skipped"
+        );
+        g.published(&van, &groups, &at(500.0, 3), 0);
+        assert_eq!(kinds(&seen), ["geofence.exit"]);
+    }
+}
