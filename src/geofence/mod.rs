@@ -996,8 +996,10 @@ mod tests {
 
     /// Geofences over `dir` (if any), collecting their events.
     fn engine(dir: Option<&std::path::Path>) -> (Geofences, Arc<Mutex<Vec<Event>>>) {
-        let mut config = Config::default();
-        config.data_dir = dir.map(|d| d.to_owned());
+        let config = Config {
+            data_dir: dir.map(|d| d.to_owned()),
+            ..Config::default()
+        };
         let metrics = Metrics::new();
         let geofences = Geofences::new(&config, metrics.geofence.clone());
         let seen = Arc::new(Mutex::new(Vec::new()));
