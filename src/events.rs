@@ -141,7 +141,8 @@ impl Stored {
     }
 }
 
-/// The kinds phones report and the server's rules make, as the static names events carry.
+/// The kinds phones report, as the static names events carry.
+/// The server's rules (geofences, proximity) make the `geofence.*` and `proximity.*` kinds.
 pub(crate) fn event_kind(kind: &str) -> Option<&'static str> {
     match kind {
         "alarm" => Some("alarm"),

@@ -210,8 +210,9 @@ pub struct Event {
     /// Unique, and the same wherever and however often the event is seen (derived from what
     /// the event is, so a retried report gives the same id).
     pub id: String,
-    /// `alarm`, `region.enter`, `region.exit`, `geofence.enter`, `geofence.exit`,
-    /// `geofence.dwell`, `proximity.enter`, `proximity.exit`.
+    /// `alarm`, `region.enter`, `region.exit`.
+    /// Also `geofence.enter`, `geofence.exit`, `geofence.dwell`, `proximity.enter`,
+    /// `proximity.exit`.
     pub kind: &'static str,
     /// The device it happened to.
     pub device: DeviceId,
