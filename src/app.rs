@@ -14,6 +14,7 @@ use crate::auth::Authenticator;
 use crate::config::Config;
 use crate::event_bus::EventBus;
 use crate::events::EventLog;
+use crate::geofence::Geofences;
 use crate::hub::Hub;
 use crate::limits::IpConnections;
 use crate::metrics::Metrics;
@@ -52,6 +53,9 @@ pub(crate) struct AppState {
     pub events: Arc<EventBus>,
     /// Webhook endpoints and their deliveries; in `--data-dir` and shared through Redis.
     pub webhooks: Arc<Webhooks>,
+    /// Each group's geofences and proximity rule, judged on every accepted fix; in
+    /// `--data-dir` when set.
+    pub geofences: Arc<Geofences>,
 }
 
 impl AppState {
@@ -81,6 +85,7 @@ impl AppState {
                 config.redis_url.is_some() && !config.redis.redis_cluster,
                 &config.redis.redis_prefix,
             )),
+            geofences: Arc::new(Geofences::new(&config, metrics.geofence.clone())),
             auth: Authenticator::new(config.auth.clone(), Some(metrics.clone())),
             connections: Arc::new(Semaphore::new(config.limits.max_connections)),
             per_ip: Arc::new(IpConnections::new(config.limits.max_connections_per_ip)),

@@ -341,5 +341,13 @@ fn event_of(record: &EventRecord<'_>) -> Option<Event> {
         lon: record.lon,
         alarm: record.alarm.as_ref().map(|a| a.clone().into_owned()),
         region: record.region.as_ref().map(|r| r.clone().into_owned()),
+        geofence: record.geofence.as_ref().map(|g| g.clone().into_owned()),
+        geofence_name: record
+            .geofence_name
+            .as_ref()
+            .map(|g| g.clone().into_owned()),
+        peer: record.peer.as_ref().map(|p| p.clone().into_owned()),
+        distance_m: record.distance_m,
+        reason: record.reason.as_ref().map(|r| r.clone().into_owned()),
     })
 }

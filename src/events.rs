@@ -87,6 +87,16 @@ struct Stored {
     lon: Option<f64>,
     alarm: Option<String>,
     region: Option<String>,
+    #[serde(default)]
+    geofence: Option<String>,
+    #[serde(default)]
+    geofence_name: Option<String>,
+    #[serde(default)]
+    peer: Option<String>,
+    #[serde(default)]
+    distance_m: Option<f64>,
+    #[serde(default)]
+    reason: Option<String>,
 }
 
 impl From<&Event> for Stored {
@@ -101,6 +111,11 @@ impl From<&Event> for Stored {
             lon: e.lon,
             alarm: e.alarm.clone(),
             region: e.region.clone(),
+            geofence: e.geofence.clone(),
+            geofence_name: e.geofence_name.clone(),
+            peer: e.peer.clone(),
+            distance_m: e.distance_m,
+            reason: e.reason.clone(),
         }
     }
 }
@@ -117,16 +132,27 @@ impl Stored {
             lon: self.lon,
             alarm: self.alarm,
             region: self.region,
+            geofence: self.geofence,
+            geofence_name: self.geofence_name,
+            peer: self.peer,
+            distance_m: self.distance_m,
+            reason: self.reason,
         })
     }
 }
 
 /// The kinds phones report, as the static names events carry.
+/// The server's rules (geofences, proximity) make the `geofence.*` and `proximity.*` kinds.
 pub(crate) fn event_kind(kind: &str) -> Option<&'static str> {
     match kind {
         "alarm" => Some("alarm"),
         "region.enter" => Some("region.enter"),
         "region.exit" => Some("region.exit"),
+        "geofence.enter" => Some("geofence.enter"),
+        "geofence.exit" => Some("geofence.exit"),
+        "geofence.dwell" => Some("geofence.dwell"),
+        "proximity.enter" => Some("proximity.enter"),
+        "proximity.exit" => Some("proximity.exit"),
         _ => None,
     }
 }
@@ -326,6 +352,11 @@ mod tests {
             lon: None,
             alarm: Some(name.into()),
             region: None,
+            geofence: None,
+            geofence_name: None,
+            peer: None,
+            distance_m: None,
+            reason: None,
         }
     }
 

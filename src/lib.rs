@@ -13,12 +13,14 @@
 //! 3. Routes: `admit` (`/v1/ws`: identity, codec and capacity, then the upgrade), `http`
 //!    (health, readiness, metrics, group snapshots), `ingest` (`POST /v1/positions` and the
 //!    phone apps), `track` (a device's history), `web` (the embedded map page).
+//!    `geofence_routes`: the geofences and proximity rule of a group.
 //! 4. `session`: one WebSocket from `welcome` to close; its `writer` is the only code that
 //!    writes to the socket for it.
 //! 5. `app`: the state every route and session shares.
 //! 6. Components: [`auth`] (who a request is, what it may do), `relay` (several instances as
 //!    one, through Redis), `event_bus` (events to every subscriber, across instances), [`store`] (durable positions and history), `demo` (simulated
 //!    devices).
+//!    `geofence`: geofences and proximity rules, judged on every accepted fix.
 //! 7. [`hub`]: latest state per group, presence, and the tick-driven, coalesced fan-out.
 //! 8. Transport: `upgrade` (the WebSocket handshake), `conn` (the byte stream under a
 //!    session), [`outbox`] (the write side of a connection, shared with the hub), `listen`
@@ -69,6 +71,8 @@ mod demo;
 mod error;
 mod event_bus;
 mod events;
+mod geofence;
+mod geofence_routes;
 mod http;
 mod ingest;
 mod limits;

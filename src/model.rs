@@ -211,6 +211,8 @@ pub struct Event {
     /// the event is, so a retried report gives the same id).
     pub id: String,
     /// `alarm`, `region.enter`, `region.exit`.
+    /// Also `geofence.enter`, `geofence.exit`, `geofence.dwell`, `proximity.enter`,
+    /// `proximity.exit`.
     pub kind: &'static str,
     /// The device it happened to.
     pub device: DeviceId,
@@ -226,6 +228,16 @@ pub struct Event {
     pub alarm: Option<String>,
     /// The device-side region's name (`region.*`).
     pub region: Option<String>,
+    /// The geofence's id (`geofence.*`).
+    pub geofence: Option<String>,
+    /// The geofence's name (`geofence.*`).
+    pub geofence_name: Option<String>,
+    /// The other device (`proximity.*`).
+    pub peer: Option<String>,
+    /// Distance between the two devices, metres (`proximity.*`).
+    pub distance_m: Option<f64>,
+    /// Why, when not a device's move (`deleted`: the geofence was deleted).
+    pub reason: Option<String>,
 }
 
 /// Milliseconds since the Unix epoch, by the system clock.

@@ -75,17 +75,31 @@ pub async fn serve(
     state.auth.prepare().await?;
     state.store = crate::store::start(&state.config, &state.hub, &state.metrics).await?;
     state.relay = Relay::from_config(&state.config, &state.hub, &state.metrics)?;
+    // After the store loaded the hub: geofences judge fixes accepted from now on.
+    let bus = state.events.clone();
+    state
+        .geofences
+        .start(Box::new(move |event| bus.record(event)), &state.hub);
+    state.hub.add_observer(state.geofences.clone());
     let background = TaskTracker::new();
     background.spawn(state.auth.clone().run_refresher(state.shutdown.clone()));
     if let Some(relay) = &state.relay {
         background.spawn(relay.clone().run(state.shutdown.clone()));
     }
     if state.config.redis_url.is_some() && state.config.redis.redis_cluster {
-        warn!("with --redis-cluster, events and profiles stay on the instance that received them");
+        warn!(
+            "with --redis-cluster, events, profiles, geofences, proximity rules and webhooks stay on the instance that received them"
+        );
     } else if let Some(url) = &state.config.redis_url {
         background.spawn(
             state
                 .events
+                .clone()
+                .run(url.clone(), state.shutdown.clone()),
+        );
+        background.spawn(
+            state
+                .geofences
                 .clone()
                 .run(url.clone(), state.shutdown.clone()),
         );
@@ -212,6 +226,7 @@ pub(crate) fn router(state: AppState) -> Router {
         .merge(crate::track::routes())
         .merge(crate::webhook_routes::routes(&state))
         .merge(crate::stats_route::routes())
+        .merge(crate::geofence_routes::routes(&state))
         .merge(web::routes())
         .layer(state.auth.origins().cors())
         .layer(middleware::from_fn_with_state(state.clone(), origin_guard))

@@ -9,8 +9,10 @@
 //! - `auth`: who may connect ([`AuthConfig`]);
 //! - `storage`: Redis ([`RedisConfig`]) and the durable store ([`StoreConfig`]);
 //! - `ingest`: the phone-app routes ([`IngestConfig`]).
+//! - `geofence`: bounds and noise defaults of geofences ([`GeofenceConfig`]).
 
 mod auth;
+mod geofence;
 mod ingest;
 mod limits;
 mod storage;
@@ -23,6 +25,7 @@ use std::time::Duration;
 use clap::{Args, CommandFactory, FromArgMatches, Parser, ValueEnum};
 
 pub use auth::{AuthConfig, AuthMode};
+pub use geofence::GeofenceConfig;
 pub use ingest::IngestConfig;
 pub use limits::{HubConfig, Limits};
 pub use storage::{RedisConfig, StoreConfig, parse_redis_prefix};
@@ -76,6 +79,10 @@ pub struct Config {
     /// Phone-app ingest routes (Traccar Client / OsmAnd, OwnTracks).
     #[command(flatten)]
     pub ingest: IngestConfig,
+
+    /// Geofences and proximity rules: bounds and default noise settings.
+    #[command(flatten)]
+    pub geofences: GeofenceConfig,
 
     /// Run N simulated devices inside the server, in group `demo`. Default 0 (none).
     #[arg(long, env = "BEACON_DEMO", default_value_t = 0)]

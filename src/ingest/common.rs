@@ -255,6 +255,11 @@ pub(super) fn record_event(
             lon: Some(fix.lon),
             alarm: (kind == "alarm").then(|| name.to_owned()),
             region: kind.starts_with("region.").then(|| name.to_owned()),
+            geofence: None,
+            geofence_name: None,
+            peer: None,
+            distance_m: None,
+            reason: None,
         };
         if state.events.record(&event) {
             tracing::info!(device = %identity.id, group = %group, kind, name, "event");

@@ -14,12 +14,14 @@ use prometheus_client::registry::Registry;
 use crate::model::Role;
 use crate::protocol::ErrorCode;
 
+mod geofence;
 mod relay;
 mod security;
 mod stats;
 mod store;
 mod webhook;
 
+pub use geofence::GeofenceMetrics;
 pub use relay::RelayMetrics;
 pub use security::{AUTH_REASONS, SecurityMetrics};
 pub use stats::StatsMetrics;
@@ -84,6 +86,8 @@ pub struct Metrics {
     pub relay: RelayMetrics,
     /// Webhook deliveries (`beacon_webhook_*`).
     pub webhook: WebhookMetrics,
+    /// Geofences and proximity rules.
+    pub geofence: GeofenceMetrics,
 }
 
 impl Default for Metrics {
@@ -200,6 +204,7 @@ impl Metrics {
             stats: StatsMetrics::register(&mut registry),
             relay: RelayMetrics::register(&mut registry),
             webhook: WebhookMetrics::register(&mut registry),
+            geofence: GeofenceMetrics::register(&mut registry),
             registry,
         }
     }

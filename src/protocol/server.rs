@@ -40,6 +40,21 @@ pub struct EventRecord<'a> {
     /// The region's name.
     #[serde(default, borrow, skip_serializing_if = "Option::is_none")]
     pub region: Option<Cow<'a, str>>,
+    /// The geofence's id.
+    #[serde(default, borrow, skip_serializing_if = "Option::is_none")]
+    pub geofence: Option<Cow<'a, str>>,
+    /// The geofence's name.
+    #[serde(default, borrow, skip_serializing_if = "Option::is_none")]
+    pub geofence_name: Option<Cow<'a, str>>,
+    /// The other device of a proximity event.
+    #[serde(default, borrow, skip_serializing_if = "Option::is_none")]
+    pub peer: Option<Cow<'a, str>>,
+    /// Distance between the two devices, metres.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub distance_m: Option<f64>,
+    /// Why, when not a device's move (`deleted`).
+    #[serde(default, borrow, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<Cow<'a, str>>,
 }
 
 impl<'a> From<&'a Event> for EventRecord<'a> {
@@ -54,6 +69,11 @@ impl<'a> From<&'a Event> for EventRecord<'a> {
             lon: e.lon,
             alarm: e.alarm.as_deref().map(Cow::Borrowed),
             region: e.region.as_deref().map(Cow::Borrowed),
+            geofence: e.geofence.as_deref().map(Cow::Borrowed),
+            geofence_name: e.geofence_name.as_deref().map(Cow::Borrowed),
+            peer: e.peer.as_deref().map(Cow::Borrowed),
+            distance_m: e.distance_m,
+            reason: e.reason.as_deref().map(Cow::Borrowed),
         }
     }
 }
