@@ -6,11 +6,12 @@ use clap::Args;
 /// Bounds and defaults of geofences (`src/geofence/`, docs/geofences.md).
 #[derive(Clone, Debug, Args)]
 pub struct GeofenceConfig {
-    /// Most geofences one group may hold; a further `POST` is refused with 409. Default 100.
-    /// Every accepted fix is tested against each fence of its groups (a bounding-box test
-    /// first), so this bounds the work per fix. Range 1-10000.
-    #[arg(long, env = "BEACON_MAX_GEOFENCES_PER_GROUP", default_value_t = 100,
-          value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    /// Most geofences one group may hold; a further `POST` is refused with 409. Default 10000.
+    /// A fix is judged only against the fences whose box (grown by the hysteresis margin)
+    /// holds it and those it is inside of, found in a per-group R-tree, so the work per fix
+    /// does not grow with this; it bounds memory and the tree's depth. Range 1-100000.
+    #[arg(long, env = "BEACON_MAX_GEOFENCES_PER_GROUP", default_value_t = 10_000,
+          value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub max_geofences_per_group: u32,
 
     /// Most positions of one polygon fence, all rings together. Default 1000. Range 4-100000.
@@ -56,7 +57,7 @@ mod tests {
     #[test]
     fn the_defaults_are_the_documented_ones() {
         let g = Config::default().geofences;
-        assert_eq!(g.max_geofences_per_group, 100);
+        assert_eq!(g.max_geofences_per_group, 10_000);
         assert_eq!(g.max_geofence_vertices, 1000);
         assert_eq!(g.max_geofence_devices, 1000);
         assert_eq!(g.max_geofence_radius_m, 100_000);

@@ -24,14 +24,16 @@ pub(crate) struct Disk {
 /// Everything stored, as read back at start.
 #[derive(Debug, Default)]
 pub(crate) struct Loaded {
-    /// `(group, id, definition JSON)`.
-    pub(crate) fences: Vec<(String, String, String)>,
+    /// `(group, id, definition JSON, created stamp)`.
+    pub(crate) fences: Vec<(String, String, String, i64)>,
     /// `(group, rule)`.
     pub(crate) proximity: Vec<(String, ProximityRule)>,
     /// `(group, fence, device, state)`.
     pub(crate) members: Vec<(String, String, String, Member)>,
     /// `(group, a, b)`.
     pub(crate) pairs: Vec<(String, String, String)>,
+    /// `(group, device, stamp)`: when each device was last judged after a new fence.
+    pub(crate) seen: Vec<(String, String, i64)>,
 }
 
 /// One change to write.
@@ -42,6 +44,7 @@ pub(crate) enum Write<'a> {
         group: &'a str,
         id: &'a str,
         json: String,
+        created: i64,
     },
     /// A fence and its members deleted.
     DeleteFence { group: &'a str, id: &'a str },
@@ -63,6 +66,14 @@ pub(crate) enum Write<'a> {
         group: &'a str,
         rule: Option<ProximityRule>,
     },
+    /// A device judged at `stamp`, after the group's newest fence was made.
+    Seen {
+        group: &'a str,
+        device: &'a str,
+        stamp: i64,
+    },
+    /// Every device's stamp in a group dropped (its last fence deleted).
+    DeleteSeen { group: &'a str },
     /// A pair became near (`true`) or separated.
     Pair {
         group: &'a str,
@@ -91,17 +102,28 @@ impl Disk {
                  record TEXT NOT NULL, PRIMARY KEY (grp, fence, device));
              CREATE TABLE IF NOT EXISTS pairs (
                  grp TEXT NOT NULL, a TEXT NOT NULL, b TEXT NOT NULL,
-                 PRIMARY KEY (grp, a, b));",
+                 PRIMARY KEY (grp, a, b));
+             CREATE TABLE IF NOT EXISTS seen (
+                 grp TEXT NOT NULL, device TEXT NOT NULL, stamp INTEGER NOT NULL,
+                 PRIMARY KEY (grp, device));",
         )?;
+        // Files from before fences carried their creation stamp: add the column (0, "made
+        // before any device was seen"). A second run finds it there and fails harmlessly.
+        let has_created = conn.prepare("SELECT created FROM fences LIMIT 0").is_ok();
+        if !has_created {
+            conn.execute_batch("ALTER TABLE fences ADD COLUMN created INTEGER NOT NULL DEFAULT 0")?;
+        }
         Ok(Disk { conn })
     }
 
     /// Reads everything back.
     pub(crate) fn load(&self) -> rusqlite::Result<Loaded> {
         let mut loaded = Loaded::default();
-        let mut s = self.conn.prepare("SELECT grp, id, record FROM fences")?;
+        let mut s = self
+            .conn
+            .prepare("SELECT grp, id, record, created FROM fences")?;
         loaded.fences = s
-            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
             .collect::<Result<_, _>>()?;
         let mut s = self
             .conn
@@ -131,6 +153,10 @@ impl Disk {
         loaded.pairs = s
             .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
             .collect::<Result<_, _>>()?;
+        let mut s = self.conn.prepare("SELECT grp, device, stamp FROM seen")?;
+        loaded.seen = s
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+            .collect::<Result<_, _>>()?;
         Ok(loaded)
     }
 
@@ -142,11 +168,17 @@ impl Disk {
         let tx = self.conn.transaction()?;
         for w in writes {
             match w {
-                Write::Fence { group, id, json } => {
+                Write::Fence {
+                    group,
+                    id,
+                    json,
+                    created,
+                } => {
                     tx.prepare_cached(
-                        "INSERT OR REPLACE INTO fences (grp, id, record) VALUES (?1, ?2, ?3)",
+                        "INSERT OR REPLACE INTO fences (grp, id, record, created)
+                         VALUES (?1, ?2, ?3, ?4)",
                     )?
-                    .execute(params![group, id, json])?;
+                    .execute(params![group, id, json, created])?;
                 }
                 Write::DeleteFence { group, id } => {
                     tx.prepare_cached("DELETE FROM fences WHERE grp = ?1 AND id = ?2")?
@@ -197,6 +229,20 @@ impl Disk {
                             .execute(params![group])?;
                     }
                 },
+                Write::Seen {
+                    group,
+                    device,
+                    stamp,
+                } => {
+                    tx.prepare_cached(
+                        "INSERT OR REPLACE INTO seen (grp, device, stamp) VALUES (?1, ?2, ?3)",
+                    )?
+                    .execute(params![group, device, stamp])?;
+                }
+                Write::DeleteSeen { group } => {
+                    tx.prepare_cached("DELETE FROM seen WHERE grp = ?1")?
+                        .execute(params![group])?;
+                }
                 Write::Pair { group, a, b, near } => {
                     let (a, b) = if a <= b { (a, b) } else { (b, a) };
                     let sql = if *near {

@@ -104,6 +104,13 @@ pub(crate) struct Fence {
     pub(crate) max_acc_m: f64,
     pub(crate) hysteresis_m: f64,
     pub(crate) debounce_s: u64,
+    /// `[min_lon, min_lat, max_lon, max_lat]`: where a fix may be judged anything but far
+    /// outside (the shape grown by the hysteresis margin); the group's spatial index holds it.
+    pub(crate) bbox: [f64; 4],
+    /// When this instance (or the one that defined it) made the fence, a stamp of
+    /// `Geofences::stamp` (microseconds, increasing): a device judged after it without a state
+    /// against it is far outside. Set by the engine, 0 until then.
+    pub(crate) created: i64,
 }
 
 impl Fence {
@@ -163,7 +170,10 @@ impl Fence {
                 "debounce_s must be from 0 to {MAX_DEBOUNCE_S}"
             )));
         }
+        let bbox = shape.grown_box(hysteresis_m);
         Ok(Fence {
+            bbox,
+            created: 0,
             id,
             name: name.to_owned(),
             geometry: body.geometry,
@@ -174,6 +184,18 @@ impl Fence {
             hysteresis_m,
             debounce_s,
         })
+    }
+
+    /// The state of a device known to be far outside: judged after the fence existed without
+    /// coming near it. Judging from it gives what the state its first fix made would give.
+    pub(crate) fn far_outside() -> Member {
+        Member {
+            inside: false,
+            since_ts: 0,
+            dwelled: false,
+            candidate: None,
+            ts: 0,
+        }
     }
 
     /// Whether the fence applies to `device`.
@@ -298,6 +320,14 @@ pub(crate) struct Member {
     pub(crate) candidate: Option<Candidate>,
     /// Newest fix time that changed this state.
     pub(crate) ts: i64,
+}
+
+impl Member {
+    /// Whether the state needs judging even far from the fence: inside, or a change pending.
+    /// Other states are dropped from memory (the device is then known to be far outside).
+    pub(crate) fn active(&self) -> bool {
+        self.inside || self.candidate.is_some()
+    }
 }
 
 /// The first fix on the other side, waiting for the debounce.

@@ -41,9 +41,12 @@ mod shape;
 mod share;
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use dashmap::DashMap;
+use rstar::RTree;
+use rstar::primitives::{GeomWithData, Rectangle};
 use serde_json::Value;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -100,14 +103,27 @@ struct DeviceState {
     latest_ts: i64,
     /// Where its newest judged fix was, `(lat, lon)`.
     at: Option<(f64, f64)>,
-    /// Its state against each fence, by fence id.
+    /// Its *active* states ([`Member::active`]: inside, or a change pending), by fence id:
+    /// the fences judged for it wherever it is. A fence it has no state against and that was
+    /// made before `seen` is one it is far outside of.
     members: HashMap<String, Member>,
+    /// Stamp ([`Geofences::stamp`]) of its newest judged fix; 0: never judged.
+    seen: i64,
 }
+
+/// An entry of a group's spatial index: a fence's grown box and its id.
+type IndexEntry = GeomWithData<Rectangle<[f64; 2]>, String>;
 
 /// A group's rules and state.
 #[derive(Debug, Default)]
 struct GroupRules {
     fences: BTreeMap<String, Arc<Fence>>,
+    /// Every fence's box grown by its hysteresis margin ([`Fence::bbox`]): a fix is judged
+    /// against the fences whose box holds it, plus its active states, so the cost of a fix
+    /// does not grow with the number of fences.
+    index: RTree<IndexEntry>,
+    /// Newest `created` stamp of the fences (kept when fences go).
+    newest_created: i64,
     proximity: Option<Proximity>,
     devices: HashMap<DeviceId, DeviceState>,
     /// Set when the group left the map; a writer holding it must look it up again.
@@ -118,6 +134,42 @@ impl GroupRules {
     fn is_empty(&self) -> bool {
         self.fences.is_empty() && self.proximity.is_none()
     }
+
+    /// Keeps `fence`, replacing the one with its id, in the map and the index.
+    fn insert_fence(&mut self, fence: Arc<Fence>) {
+        self.remove_fence(&fence.id);
+        self.index.insert(index_entry(&fence));
+        self.newest_created = self.newest_created.max(fence.created);
+        self.fences.insert(fence.id.clone(), fence);
+    }
+
+    /// Removes fence `id` from the map and the index.
+    fn remove_fence(&mut self, id: &str) -> Option<Arc<Fence>> {
+        let fence = self.fences.remove(id)?;
+        self.index.remove(&index_entry(&fence));
+        Some(fence)
+    }
+
+    /// The fences a fix at `(lat, lon)` of a device in `state` is judged against, in id order:
+    /// those whose box holds the point and those the device is inside of or changing sides
+    /// with.
+    fn candidates(&self, members: &HashMap<String, Member>, lat: f64, lon: f64) -> Vec<Arc<Fence>> {
+        let mut found: Vec<Arc<Fence>> = self
+            .index
+            .locate_all_at_point(&[lon, lat])
+            .filter_map(|e| self.fences.get(&e.data))
+            .chain(members.keys().filter_map(|id| self.fences.get(id)))
+            .cloned()
+            .collect();
+        found.sort_unstable_by(|a, b| a.id.cmp(&b.id));
+        found.dedup_by(|a, b| a.id == b.id);
+        found
+    }
+}
+
+fn index_entry(fence: &Fence) -> IndexEntry {
+    let [w, s, e, n] = fence.bbox;
+    GeomWithData::new(Rectangle::from_corners([w, s], [e, n]), fence.id.clone())
 }
 
 /// Geofences and proximity rules of every group, with their state.
@@ -135,6 +187,11 @@ pub(crate) struct Geofences {
     incoming: Mutex<Option<mpsc::Receiver<Shared>>>,
     /// `--redis-prefix`.
     prefix: String,
+    /// The last stamp handed out ([`Geofences::stamp`]).
+    clock: AtomicI64,
+    /// Judge every fence of a group for every fix, not only the index's candidates: the
+    /// reference the index is tested against.
+    scan_all: bool,
 }
 
 impl std::fmt::Debug for Geofences {
@@ -184,6 +241,8 @@ impl Geofences {
             outgoing: None,
             incoming: Mutex::new(None),
             prefix,
+            clock: AtomicI64::new(0),
+            scan_all: false,
         };
         if redis {
             let (tx, rx) = mpsc::channel(share::QUEUE);
@@ -214,7 +273,7 @@ impl Geofences {
             }
         };
         let group_of = |g: &str| GroupId::parse(g).ok();
-        for (group, id, json) in loaded.fences {
+        for (group, id, json, created) in loaded.fences {
             let Some(group) = group_of(&group) else {
                 continue;
             };
@@ -224,8 +283,10 @@ impl Geofences {
                     Fence::new(id.clone(), body, &self.rules).map_err(|e| e.to_string())
                 });
             match fence {
-                Ok(fence) => {
-                    lock(&self.entry(&group)).fences.insert(id, Arc::new(fence));
+                Ok(mut fence) => {
+                    fence.created = created;
+                    self.clock.fetch_max(created, Ordering::Relaxed);
+                    lock(&self.entry(&group)).insert_fence(Arc::new(fence));
                     self.metrics.fences.inc();
                 }
                 Err(e) => {
@@ -246,12 +307,22 @@ impl Geofences {
             };
             let entry = self.entry(&group);
             let mut rules = lock(&entry);
-            if !rules.fences.contains_key(&fence) {
+            let Some(created) = rules.fences.get(&fence).map(|f| f.created) else {
                 continue;
-            }
+            };
             let state = rules.devices.entry(device).or_default();
             state.latest_ts = state.latest_ts.max(member.ts);
-            state.members.insert(fence, member);
+            keep_member(state, fence, member, created);
+        }
+        for (group, device, stamp) in loaded.seen {
+            let (Some(group), Ok(device)) = (group_of(&group), DeviceId::parse(&device)) else {
+                continue;
+            };
+            let entry = self.entry(&group);
+            let mut rules = lock(&entry);
+            let state = rules.devices.entry(device).or_default();
+            state.seen = state.seen.max(stamp);
+            self.clock.fetch_max(stamp, Ordering::Relaxed);
         }
         for (group, a, b) in loaded.pairs {
             let (Some(group), Ok(a), Ok(b)) =
@@ -275,6 +346,24 @@ impl Geofences {
             .entry(group.clone())
             .or_insert_with(|| Arc::new(Mutex::new(GroupRules::default())))
             .clone()
+    }
+
+    /// A new stamp: the wall clock in microseconds, and always above every stamp handed out or
+    /// loaded before, so "made before" and "judged after" compare without ties. Comparable
+    /// between instances as far as their clocks agree.
+    fn stamp(&self) -> i64 {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX));
+        let mut next = now;
+        // `fetch_update` with a closure that always answers `Some` cannot fail.
+        let _ = self
+            .clock
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |last| {
+                next = now.max(last.saturating_add(1));
+                Some(next)
+            });
+        next
     }
 
     /// Writes `writes` to disk, when kept there; failures are logged and counted.
@@ -368,6 +457,7 @@ impl Geofences {
         let fence = Arc::new(fence);
         let json = fence.to_json();
         let def = stored(&json);
+        let mut kept_created = 0;
         let result = self.change(group, |rules| {
             let held = rules.fences.get(&fence.id);
             if put == Put::Replace && held.is_none() {
@@ -383,10 +473,19 @@ impl Geofences {
                 )));
             }
             let created = held.is_none();
+            // A new stamp unless a replacement judges the same devices: devices far outside
+            // stay known to be, and a device the fence newly covers has its first fix.
+            let stamp = match (put, held) {
+                (Put::Remote, _) if fence.created > 0 => fence.created,
+                (_, Some(held)) if held.devices == fence.devices => held.created,
+                _ => self.stamp(),
+            };
+            kept_created = stamp;
             let mut writes = vec![Write::Fence {
                 group: group.as_str(),
                 id: &fence.id,
                 json: def.to_string(),
+                created: stamp,
             }];
             let mut dropped = Vec::new();
             for (device, state) in rules.devices.iter_mut() {
@@ -400,7 +499,9 @@ impl Geofences {
                 device: d.as_str(),
             }));
             self.write(&writes);
-            rules.fences.insert(fence.id.clone(), fence.clone());
+            let mut kept = (*fence).clone();
+            kept.created = stamp;
+            rules.insert_fence(Arc::new(kept));
             Ok(Some(created))
         });
         match result {
@@ -415,6 +516,7 @@ impl Geofences {
                         group: group.as_str().to_owned(),
                         id: fence.id.clone(),
                         def,
+                        created: kept_created,
                     });
                 }
                 info!(group = %group, id = %fence.id, name = %fence.name, created, "geofence kept");
@@ -431,7 +533,7 @@ impl Geofences {
     /// Deletes fence `id` of `group` at `now_ms`: each device inside gets a `geofence.exit`
     /// with `reason: "deleted"`.
     pub(crate) fn delete(&self, group: &GroupId, id: &str, now_ms: i64) -> Result<(), RuleError> {
-        let devices = self.remove_fence(group, id, now_ms)?;
+        let (devices, unseen) = self.remove_fence(group, id, now_ms)?;
         self.share(Shared::Delete {
             group: group.as_str().to_owned(),
             id: id.to_owned(),
@@ -446,23 +548,34 @@ impl Geofences {
                     device: device.as_str().to_owned(),
                 });
             }
+            for device in unseen {
+                self.share(Shared::Unseen {
+                    group: group.as_str().to_owned(),
+                    device: device.as_str().to_owned(),
+                });
+            }
         }
         Ok(())
     }
 
     /// Removes fence `id` of `group`, deleted at `at`: exits for the devices inside. Returns
-    /// the devices that had a state against it.
-    fn remove_fence(&self, group: &GroupId, id: &str, at: i64) -> Result<Vec<DeviceId>, RuleError> {
+    /// the devices that may have a state against it (in memory, or kept since they left it),
+    /// and, when it was the group's last fence, the devices whose judged stamp was dropped.
+    fn remove_fence(
+        &self,
+        group: &GroupId,
+        id: &str,
+        at: i64,
+    ) -> Result<(Vec<DeviceId>, Vec<DeviceId>), RuleError> {
         let rules = self
             .groups
             .get(group)
             .map(|r| r.clone())
             .ok_or_else(|| RuleError::NotFound(id.to_owned()))?;
-        let (events, known) = {
+        let (events, known, unseen) = {
             let mut rules = lock(&rules);
             let fence = rules
-                .fences
-                .remove(id)
+                .remove_fence(id)
                 .ok_or_else(|| RuleError::NotFound(id.to_owned()))?;
             self.metrics.fences.dec();
             self.write(&[Write::DeleteFence {
@@ -473,6 +586,9 @@ impl Geofences {
             let mut known = Vec::new();
             for (device, state) in rules.devices.iter_mut() {
                 let Some(member) = state.members.remove(id) else {
+                    if state.seen > fence.created {
+                        known.push(device.clone());
+                    }
                     continue;
                 };
                 known.push(device.clone());
@@ -485,12 +601,25 @@ impl Geofences {
                     events.push(event);
                 }
             }
-            (events, known)
+            let mut unseen = Vec::new();
+            if rules.fences.is_empty() {
+                // No fence left to be far outside of: the stamps go with the last one.
+                for (device, state) in rules.devices.iter_mut() {
+                    if state.seen > 0 {
+                        state.seen = 0;
+                        unseen.push(device.clone());
+                    }
+                }
+                self.write(&[Write::DeleteSeen {
+                    group: group.as_str(),
+                }]);
+            }
+            (events, known, unseen)
         };
         self.forget_if_empty(group);
         info!(group = %group, id, exits = events.len(), "geofence deleted");
         self.emit(&events);
-        Ok(known)
+        Ok((known, unseen))
     }
 
     /// Sets `group`'s proximity rule (pairs near now stay near).
@@ -588,7 +717,12 @@ impl Geofences {
     fn apply(&self, message: Shared) {
         let group_of = |g: &str| GroupId::parse(g).ok();
         match message {
-            Shared::Fence { group, id, def } => {
+            Shared::Fence {
+                group,
+                id,
+                def,
+                created,
+            } => {
                 let Some(group) = group_of(&group) else {
                     return;
                 };
@@ -598,7 +732,8 @@ impl Geofences {
                         Fence::new(id.clone(), b, &self.rules).map_err(|e| e.to_string())
                     });
                 match fence {
-                    Ok(fence) if valid_id(&id) => {
+                    Ok(mut fence) if valid_id(&id) => {
+                        fence.created = created;
                         if let Err(e) = self.put_fence(&group, fence, Put::Remote) {
                             warn!(group = %group, id, error = %e, "shared geofence not kept");
                         }
@@ -687,8 +822,39 @@ impl Geofences {
                 p.place(&device, lat, lon);
                 self.metrics.share_applied.inc();
             }
-            // The fence is gone already (its `Delete` came first).
-            Shared::Forget { .. } => {}
+            // The fence is gone already (its `Delete` came first), with the group's stamps
+            // when it was the last one.
+            Shared::Forget { .. } | Shared::Unseen { .. } => {}
+            Shared::Seen {
+                group,
+                device,
+                stamp,
+            } => {
+                let (Some(group), Ok(device)) = (group_of(&group), DeviceId::parse(&device)) else {
+                    return;
+                };
+                let Some(rules) = self.groups.get(&group).map(|r| r.clone()) else {
+                    return;
+                };
+                let mut rules = lock(&rules);
+                if !rules.devices.contains_key(&device)
+                    && rules.devices.len() >= MAX_DEVICES_PER_GROUP
+                {
+                    return;
+                }
+                let state = rules.devices.entry(device.clone()).or_default();
+                if stamp <= state.seen {
+                    return;
+                }
+                state.seen = stamp;
+                self.clock.fetch_max(stamp, Ordering::Relaxed);
+                self.metrics.share_applied.inc();
+                self.write(&[Write::Seen {
+                    group: group.as_str(),
+                    device: device.as_str(),
+                    stamp,
+                }]);
+            }
             Shared::Pair { group, a, b, near } => {
                 let (Some(group), Ok(a), Ok(b)) =
                     (group_of(&group), DeviceId::parse(&a), DeviceId::parse(&b))
@@ -733,11 +899,12 @@ impl Geofences {
         if !rules.devices.contains_key(device) && rules.devices.len() >= MAX_DEVICES_PER_GROUP {
             return;
         }
+        let created = rules.fences.get(fence).map_or(0, |f| f.created);
         let state = rules.devices.entry(device.clone()).or_default();
         if state.members.get(fence).is_some_and(|m| m.ts >= member.ts) {
             return;
         }
-        state.members.insert(fence.to_owned(), member);
+        keep_member(state, fence.to_owned(), member, created);
         state.latest_ts = state.latest_ts.max(member.ts);
         self.metrics.share_applied.inc();
         self.write(&[Write::Member {
@@ -810,19 +977,41 @@ impl Geofences {
         self.metrics.fixes_judged.inc();
         state.latest_ts = fix.ts;
         state.at = Some((fix.lat, fix.lon));
+        let last_seen = state.seen;
+        let stamp = self.stamp();
+        state.seen = stamp;
+        // Judged for the first time since the group's newest fence: kept, so that a restart
+        // (or another instance) knows which fences this device is far outside of.
+        let seen_news = last_seen <= rules.newest_created;
+        let candidates: Vec<Arc<Fence>> = if self.scan_all {
+            rules.fences.values().cloned().collect()
+        } else {
+            let state = &rules.devices[device];
+            let found = rules.candidates(&state.members, fix.lat, fix.lon);
+            self.metrics.fences_judged.inc_by(found.len() as u64);
+            found
+        };
+        // Present: inserted above.
+        let Some(state) = rules.devices.get_mut(device) else {
+            return Vec::new();
+        };
         let mut events = Vec::new();
-        let mut changed: Vec<(&str, Member)> = Vec::new();
-        for (id, fence) in &rules.fences {
+        let mut changed: Vec<(String, Member)> = Vec::new();
+        for fence in &candidates {
             if !fence.covers(device) {
                 continue;
             }
-            let mut member = state.members.get(id).copied();
+            let id = &fence.id;
+            let mut member = state.members.get(id).copied().or_else(|| {
+                // Judged since the fence was made, yet without a state: far outside.
+                (last_seen > fence.created).then(Fence::far_outside)
+            });
             let (changes, dirty) = fence.judge(&mut member, fix);
             if let Some(member) = member
                 && dirty
             {
-                state.members.insert(id.clone(), member);
-                changed.push((id.as_str(), member));
+                keep_member(state, id.clone(), member, fence.created);
+                changed.push((id.clone(), member));
             }
             for change in changes {
                 let kind = change.kind.event_kind();
@@ -871,7 +1060,7 @@ impl Geofences {
                 pairs.push((t.peer, t.enter));
             }
         }
-        if self.disk.is_some() && (!changed.is_empty() || !pairs.is_empty()) {
+        if self.disk.is_some() && (!changed.is_empty() || !pairs.is_empty() || seen_news) {
             let mut writes: Vec<Write<'_>> = changed
                 .iter()
                 .map(|(fence, member)| Write::Member {
@@ -881,6 +1070,13 @@ impl Geofences {
                     member: *member,
                 })
                 .collect();
+            if seen_news {
+                writes.push(Write::Seen {
+                    group: group.as_str(),
+                    device: device.as_str(),
+                    stamp,
+                });
+            }
             writes.extend(pairs.iter().map(|(peer, near)| Write::Pair {
                 group: group.as_str(),
                 a: device.as_str(),
@@ -899,10 +1095,17 @@ impl Geofences {
                     ts: fix.ts,
                 });
             }
+            if seen_news {
+                self.share(Shared::Seen {
+                    group: group.as_str().to_owned(),
+                    device: device.as_str().to_owned(),
+                    stamp,
+                });
+            }
             for (fence, member) in &changed {
                 self.share(Shared::Member {
                     group: group.as_str().to_owned(),
-                    fence: (*fence).to_owned(),
+                    fence: fence.clone(),
                     device: device.as_str().to_owned(),
                     state: *member,
                 });
@@ -917,6 +1120,17 @@ impl Geofences {
             }
         }
         events
+    }
+}
+
+/// Keeps `member`, the state of the device of `state` against the fence `id` made at
+/// `created`: in memory when active; otherwise the device is known to be far outside.
+fn keep_member(state: &mut DeviceState, id: String, member: Member, created: i64) {
+    if member.active() {
+        state.members.insert(id, member);
+    } else {
+        state.members.remove(&id);
+        state.seen = state.seen.max(created.saturating_add(1));
     }
 }
 
@@ -1098,5 +1312,182 @@ mod tests {
         );
         g.published(&van, &groups, &at(500.0, 3), 0);
         assert_eq!(kinds(&seen), ["geofence.exit"]);
+    }
+
+    /// A fix at `(lat, lon)` at `s` seconds.
+    fn fix_at(lat: f64, lon: f64, s: i64) -> Fix {
+        Fix::new(lat, lon, s * 1000)
+    }
+
+    #[test]
+    fn an_exit_fires_far_from_every_fence() {
+        let (g, seen) = engine(None);
+        let group = GroupId::parse("g").unwrap();
+        let van = DeviceId::parse("van").unwrap();
+        let groups = [group.clone()];
+        let fence: FenceBody = serde_json::from_value(serde_json::json!({
+            "name": "depot",
+            "geometry": {"type": "Polygon", "coordinates": [[
+                [13.0, 52.5], [13.01, 52.5], [13.01, 52.51], [13.0, 52.51], [13.0, 52.5]]]},
+            "debounce_s": 10, "hysteresis_m": 50,
+        }))
+        .unwrap();
+        g.create(&group, fence).unwrap();
+        g.published(&van, &groups, &fix_at(52.505, 13.005, 0), 0);
+        // 50 km away, outside every box: the state inside is judged all the same.
+        g.published(&van, &groups, &fix_at(52.95, 13.005, 100), 0);
+        assert!(kinds(&seen).is_empty(), "the debounce holds it");
+        g.published(&van, &groups, &fix_at(52.96, 13.005, 110), 0);
+        assert_eq!(kinds(&seen), ["geofence.exit"]);
+        assert_eq!(seen.lock().unwrap()[0].ts, 100_000, "the first fix outside");
+        // Far outside now: no state kept, yet coming straight back is an enter.
+        let rules = g.groups.get(&group).unwrap().clone();
+        assert!(lock(&rules).devices[&van].members.is_empty());
+        g.published(&van, &groups, &fix_at(52.505, 13.005, 200), 0);
+        g.published(&van, &groups, &fix_at(52.505, 13.005, 210), 0);
+        assert_eq!(kinds(&seen), ["geofence.exit", "geofence.enter"]);
+    }
+
+    #[test]
+    fn a_fence_made_after_a_device_was_seen_takes_its_first_fix_silently() {
+        let (g, seen) = engine(None);
+        let group = GroupId::parse("g").unwrap();
+        let van = DeviceId::parse("van").unwrap();
+        let groups = [group.clone()];
+        let mut other = body();
+        other.geometry = shape::GeometryBody::Circle {
+            center: vec![10.0, 10.0],
+            radius_m: 100.0,
+        };
+        g.create(&group, other).unwrap();
+        g.published(&van, &groups, &at(0.0, 0), 0);
+        g.create(&group, body()).unwrap();
+        g.published(&van, &groups, &at(0.0, 1), 0);
+        assert!(kinds(&seen).is_empty(), "the first fix sets the side");
+        g.published(&van, &groups, &at(500.0, 2), 0);
+        assert_eq!(kinds(&seen), ["geofence.exit"]);
+    }
+
+    /// What an event says, without the fence's random id.
+    fn summary(e: &Event) -> (String, &'static str, i64, String, String, String) {
+        (
+            e.device.as_str().to_owned(),
+            e.kind,
+            e.ts,
+            e.geofence_name.clone().unwrap_or_default(),
+            format!("{:?}", e.lat),
+            format!("{:?}", e.lon),
+        )
+    }
+
+    /// The spatial index judges exactly what a scan of every fence judges: random fences
+    /// (circles and polygons, some for two devices only, made, replaced and deleted as devices
+    /// move) and random walks with jumps, from a fixed seed.
+    #[test]
+    fn the_index_judges_like_a_scan_of_every_fence() {
+        use rand::rngs::StdRng;
+        use rand::{Rng, SeedableRng};
+        let mut rng = StdRng::seed_from_u64(15);
+        let (indexed, by_index) = engine(None);
+        let (mut scanning, by_scan) = engine(None);
+        scanning.scan_all = true;
+        let group = GroupId::parse("g").unwrap();
+        let groups = [group.clone()];
+        let devices: Vec<DeviceId> = (0..12)
+            .map(|i| DeviceId::parse(&format!("d{i}")).unwrap())
+            .collect();
+        // About 4 km × 4 km around (52.5, 13.4).
+        let (lat0, lon0, span) = (52.5, 13.4, 0.04);
+        let fence_body = |rng: &mut StdRng, n: usize| -> FenceBody {
+            let lat = lat0 + rng.random_range(0.0..span);
+            let lon = lon0 + rng.random_range(0.0..span);
+            let geometry = if rng.random_bool(0.5) {
+                serde_json::json!({"type": "Circle", "center": [lon, lat],
+                                   "radius_m": rng.random_range(20.0..400.0)})
+            } else {
+                let (h, w) = (
+                    rng.random_range(0.001..0.006),
+                    rng.random_range(0.001..0.006),
+                );
+                serde_json::json!({"type": "Polygon", "coordinates": [[
+                    [lon, lat], [lon + w, lat], [lon + w * 0.5, lat + h], [lon, lat]]]})
+            };
+            let devices = rng.random_bool(0.2).then(|| vec!["d0", "d1"]);
+            serde_json::from_value(serde_json::json!({
+                "name": format!("f{n}"),
+                "geometry": geometry,
+                "hysteresis_m": rng.random_range(0.0..60.0),
+                "debounce_s": if rng.random_bool(0.5) { 0 } else { 5 },
+                "dwell_s": rng.random_bool(0.3).then_some(20),
+                "devices": devices,
+            }))
+            .unwrap()
+        };
+        let mut ids: Vec<(String, String)> = Vec::new();
+        let mut places: Vec<(f64, f64)> = devices
+            .iter()
+            .map(|_| (lat0 + span / 2.0, lon0 + span / 2.0))
+            .collect();
+        let mut s = 0;
+        for round in 0..30 {
+            // Fences come, change and go between the walks.
+            for _ in 0..if round == 0 { 40 } else { 3 } {
+                let body = fence_body(&mut rng, ids.len());
+                let a = indexed.create(&group, body.clone()).unwrap()["id"]
+                    .as_str()
+                    .unwrap()
+                    .to_owned();
+                let b = scanning.create(&group, body).unwrap()["id"]
+                    .as_str()
+                    .unwrap()
+                    .to_owned();
+                ids.push((a, b));
+            }
+            if round % 4 == 3 && !ids.is_empty() {
+                let i = rng.random_range(0..ids.len());
+                let body = fence_body(&mut rng, 1000 + i);
+                indexed.replace(&group, &ids[i].0, body.clone()).unwrap();
+                scanning.replace(&group, &ids[i].1, body).unwrap();
+            }
+            if round % 5 == 4 && !ids.is_empty() {
+                let (a, b) = ids.swap_remove(rng.random_range(0..ids.len()));
+                indexed.delete(&group, &a, s * 1000).unwrap();
+                scanning.delete(&group, &b, s * 1000).unwrap();
+            }
+            for _ in 0..200 {
+                s += rng.random_range(1..4);
+                let d = rng.random_range(0..devices.len());
+                let (lat, lon) = &mut places[d];
+                if rng.random_bool(0.05) {
+                    // A jump anywhere (a phone switched on again, a sparse tracker).
+                    *lat = lat0 + rng.random_range(-0.01..span + 0.01);
+                    *lon = lon0 + rng.random_range(-0.01..span + 0.01);
+                } else {
+                    *lat += rng.random_range(-0.0008..0.0008);
+                    *lon += rng.random_range(-0.0008..0.0008);
+                }
+                let fix = fix_at(*lat, *lon, s);
+                indexed.published(&devices[d], &groups, &fix, 0);
+                scanning.published(&devices[d], &groups, &fix, 0);
+            }
+        }
+        let sorted = |events: &Mutex<Vec<Event>>| {
+            let mut list: Vec<_> = events.lock().unwrap().iter().map(summary).collect();
+            list.sort();
+            list
+        };
+        let (a, b) = (sorted(&by_index), sorted(&by_scan));
+        assert!(a.len() > 100, "the walk makes events: {}", a.len());
+        for kind in ["geofence.enter", "geofence.exit", "geofence.dwell"] {
+            assert!(a.iter().any(|e| e.1 == kind), "no {kind}");
+        }
+        assert_eq!(a, b);
+        let judged = indexed.metrics.fences_judged.get();
+        let scanned = scanning.metrics.fences_judged.get();
+        assert_eq!(scanned, 0, "the scan does not count candidates");
+        assert!(
+            judged < 6000 * 20,
+            "the index judged {judged} fences for 6000 fixes"
+        );
     }
 }

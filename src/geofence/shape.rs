@@ -155,6 +155,53 @@ impl Shape {
     }
 }
 
+impl Shape {
+    /// A box `[min_lon, min_lat, max_lon, max_lat]` in degrees holding every point whose
+    /// [`Shape::distance_m`] may be at most `margin_m`: the spatial index's entry for the shape.
+    /// Generous by one per cent and a metre; the whole longitude range when the box would reach
+    /// a pole or cross the antimeridian (more candidates, never a missed one).
+    pub(crate) fn grown_box(&self, margin_m: f64) -> [f64; 4] {
+        // Metres per degree of latitude (and of longitude at the equator).
+        let k = EARTH_RADIUS_M.to_radians();
+        let grow_m = margin_m.max(0.0) * 1.01 + 1.0;
+        let (min_lon, min_lat, max_lon, max_lat, cos_lat) = match self {
+            Shape::Circle { center, radius_m } => {
+                let dlat = (radius_m + grow_m) / k;
+                let (min_lat, max_lat) = (center.y() - dlat, center.y() + dlat);
+                // The box's poleward edge has the smallest metres per degree of longitude.
+                let poleward = min_lat.abs().max(max_lat.abs());
+                let cos_lat = poleward.min(90.0).to_radians().cos();
+                let dlon = dlat / cos_lat.max(1e-9);
+                let (x, _) = center.x_y();
+                (x - dlon, min_lat, x + dlon, max_lat, cos_lat)
+            }
+            Shape::Polygon(p) => {
+                let (min_lon, min_lat, max_lon, max_lat) = p.bbox;
+                let dlat = grow_m / k;
+                // The polygon is judged on a plane scaled by the cosine of its centre latitude.
+                let dlon = dlat / p.cos_lat;
+                (
+                    min_lon - dlon,
+                    min_lat - dlat,
+                    max_lon + dlon,
+                    max_lat + dlat,
+                    p.cos_lat,
+                )
+            }
+        };
+        let (min_lat, max_lat) = (min_lat.max(-90.0), max_lat.min(90.0));
+        if cos_lat < 0.01
+            || min_lon < -180.0
+            || max_lon > 180.0
+            || max_lat >= 90.0
+            || min_lat <= -90.0
+        {
+            return [-180.0, min_lat, 180.0, max_lat];
+        }
+        [min_lon, min_lat, max_lon, max_lat]
+    }
+}
+
 impl PlanePolygon {
     fn project(&self, lat: f64, lon: f64) -> Coord<f64> {
         // Metres per degree along a great circle.

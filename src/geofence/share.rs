@@ -49,6 +49,9 @@ pub(crate) enum Shared {
         group: String,
         id: String,
         def: Value,
+        /// The instance's stamp of when the fence was made (0 from older instances).
+        #[serde(default)]
+        created: i64,
     },
     /// A fence deleted at `at` (ms): the time its `reason: "deleted"` exits carry.
     Delete { group: String, id: String, at: i64 },
@@ -79,6 +82,15 @@ pub(crate) enum Shared {
         lon: f64,
         ts: i64,
     },
+    /// A device judged at `stamp`, after its group's newest fence was made: the fences it has
+    /// no state against and made before are ones it is far outside of.
+    Seen {
+        group: String,
+        device: String,
+        stamp: i64,
+    },
+    /// A device's stamp dropped: its group's last fence was deleted.
+    Unseen { group: String, device: String },
     /// A pair became near (`true`) or separated.
     Pair {
         group: String,
@@ -142,6 +154,14 @@ impl Shared {
             } => HashOp::Del {
                 state: true,
                 field: format!("m/{group}/{fence}/{device}"),
+            },
+            Shared::Seen { group, device, .. } => HashOp::Set {
+                state: true,
+                field: format!("s/{group}/{device}"),
+            },
+            Shared::Unseen { group, device } => HashOp::Del {
+                state: true,
+                field: format!("s/{group}/{device}"),
             },
             Shared::Pair { group, a, b, near } => {
                 let (a, b) = if a <= b { (a, b) } else { (b, a) };

@@ -25,6 +25,11 @@ pub struct GeofenceMetrics {
     pub share_dropped: Counter,
     /// Other instances' changes taken here (definitions, device states, pairs).
     pub share_applied: Counter,
+    /// Fences judged exactly, all fixes together: the spatial index's candidates (divided by
+    /// `fixes_judged`, what a fix costs).
+    pub fences_judged: Counter,
+    /// State writes for `--data-dir` dropped: the writer's queue was full.
+    pub disk_dropped: Counter,
     events: Family<Labels, Counter>,
 }
 
@@ -39,6 +44,8 @@ impl GeofenceMetrics {
             disk_errors: Counter::default(),
             share_dropped: Counter::default(),
             share_applied: Counter::default(),
+            fences_judged: Counter::default(),
+            disk_dropped: Counter::default(),
             events: Family::default(),
         };
         let r = registry.sub_registry_with_prefix("geofence");
@@ -72,6 +79,16 @@ impl GeofenceMetrics {
             "share_applied",
             "Other instances' geofence changes taken here",
             metrics.share_applied.clone(),
+        );
+        r.register(
+            "fences_judged",
+            "Fences judged exactly against fixes: the spatial index's candidates",
+            metrics.fences_judged.clone(),
+        );
+        r.register(
+            "disk_dropped",
+            "Geofence state writes for --data-dir dropped: the writer's queue was full",
+            metrics.disk_dropped.clone(),
         );
         r.register(
             "events",
