@@ -195,6 +195,13 @@ pub async fn serve(
             "background tasks did not stop in time"
         );
     }
+    // No fix is judged any more: the geofence states still queued go to disk (a blocking
+    // join, off the async workers).
+    let geofences = state.geofences.clone();
+    let closed = tokio::task::spawn_blocking(move || geofences.close());
+    if tokio::time::timeout_at(deadline, closed).await.is_err() {
+        warn!("geofence states not flushed within the grace period");
+    }
     if let Some(store) = &state.store {
         // The ticker has stopped: flush what it left so the store sees every accepted fix.
         state.hub.flush_pending();

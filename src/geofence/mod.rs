@@ -5,18 +5,23 @@
 //! any coalescing (a burst of an offline backlog, a list in one request: each point), and judges
 //! it against the rules of each of its groups. A group with no fence and no proximity rule is
 //! not in the map: its fixes cost one map lookup. Each group's rules and state sit behind their
-//! own mutex, held only for the judging (and, when the state changed, its write to disk); the
-//! events go out after it is released, through the event sink ([`EventSink`], the event bus:
-//! the log, local subscribers, other instances).
+//! own mutex, held only for the judging; the events go out after it is released, through the
+//! event sink ([`EventSink`], the event bus: the log, local subscribers, other instances).
 //!
-//! Work per fix is bounded: at most `--max-geofences-per-group` fences per group, each a
-//! bounding-box test first and an exact test only near it (polygons have at most
-//! `--max-geofence-vertices` positions), and proximity looks at most at
-//! [`proximity::MAX_CANDIDATES`] neighbours. A group tracks at most [`MAX_DEVICES_PER_GROUP`]
-//! devices and at most [`MAX_GROUPS`] groups hold rules.
+//! Work per fix does not grow with the number of fences: each group keeps an R-tree of its
+//! fences' boxes (grown by their hysteresis margin), and a fix is judged only against the fences
+//! whose box holds it plus the device's active states (inside, or a change pending), so an exit
+//! fires wherever the device went. Outside states are not kept: a device remembers when it was
+//! last judged ([`Geofences::stamp`]) and a fence when it was made, and a fence without a state
+//! for a device judged after it is one the device is far outside of. Polygons have at most
+//! `--max-geofence-vertices` positions, and proximity looks at most at
+//! [`proximity::MAX_CANDIDATES`] neighbours. A group holds at most `--max-geofences-per-group`
+//! fences, tracks at most [`MAX_DEVICES_PER_GROUP`] devices, and at most [`MAX_GROUPS`] groups
+//! hold rules.
 //!
-//! With `--data-dir`, definitions and every device's state against them are kept in
-//! `geofences.sqlite3` (`disk.rs`) and loaded at start. With `--redis-url`, they are shared
+//! With `--data-dir`, definitions and the devices' states are kept in `geofences.sqlite3`
+//! (`disk.rs`) and loaded at start; judging only queues writes for the writer thread there,
+//! flushed at shutdown ([`Geofences::close`]). With `--redis-url`, they are shared
 //! with the other instances (`share.rs`): every change here is published, every change there
 //! applied here ([`Geofences::run`]).
 //!
@@ -26,7 +31,7 @@
 //! 1. `shape.rs`: circles and polygons, validated; signed distance to the boundary. Pure.
 //! 2. `fence.rs`: a fence's definition and the per-device state machine. Pure.
 //! 3. `proximity.rs`: near pairs over an R-tree. Pure.
-//! 4. `disk.rs`: the SQLite file.
+//! 4. `disk.rs`: the SQLite file and its writer thread.
 //! 5. `share.rs`: the messages between instances and the Redis connection that carries them.
 //! 6. this file: [`Geofences`], the map of groups, the observer, what routes call, applying
 //!    other instances' changes.
@@ -58,7 +63,7 @@ use crate::hub::{Hub, HubObserver};
 use crate::metrics::GeofenceMetrics;
 use crate::model::{DeviceId, Event, Fix, GroupId};
 
-use disk::{Disk, Write};
+use disk::{Disk, Write, Writer};
 pub(crate) use fence::FenceBody;
 use fence::{Fence, FenceError, FenceRules, Member};
 use proximity::Proximity;
@@ -177,7 +182,8 @@ pub(crate) struct Geofences {
     groups: DashMap<GroupId, Arc<Mutex<GroupRules>>>,
     rules: FenceRules,
     max_fences: usize,
-    disk: Option<Mutex<Disk>>,
+    /// The `--data-dir` file's writer thread.
+    disk: Option<Writer>,
     /// Set once at start ([`Geofences::start`]); events made before are dropped.
     sink: OnceLock<EventSink>,
     metrics: GeofenceMetrics,
@@ -253,7 +259,12 @@ impl Geofences {
             match Disk::open(dir) {
                 Ok(disk) => {
                     this.load(&disk);
-                    this.disk = Some(Mutex::new(disk));
+                    match Writer::start(disk, this.metrics.clone()) {
+                        Ok(writer) => this.disk = Some(writer),
+                        Err(e) => {
+                            warn!(error = %e, "geofence writer not started; state kept in memory only");
+                        }
+                    }
                 }
                 Err(e) => {
                     warn!(error = %e, "geofence store unusable; geofences kept in memory only");
@@ -366,15 +377,30 @@ impl Geofences {
         next
     }
 
-    /// Writes `writes` to disk, when kept there; failures are logged and counted.
-    fn write(&self, writes: &[Write<'_>]) {
+    /// Queues `writes` for the disk, when kept there, without waiting: the writer thread
+    /// commits them in order. A full queue drops them (logged, counted).
+    fn write<S: AsRef<str>>(&self, writes: &[Write<S>]) {
         let Some(disk) = &self.disk else {
             return;
         };
-        let mut disk = disk.lock().unwrap_or_else(|e| e.into_inner());
-        if let Err(e) = disk.write(writes) {
-            self.metrics.disk_errors.inc();
-            warn!(error = %e, "geofence state not written");
+        if writes.is_empty() {
+            return;
+        }
+        if !disk.send(writes.iter().map(Write::to_owned_write).collect()) {
+            self.metrics.disk_dropped.inc();
+            warn!(
+                rows = writes.len(),
+                "geofence writer queue full; state not written"
+            );
+        }
+    }
+
+    /// Commits what is queued for the disk and stops the writer (blocking): at shutdown, after
+    /// the last fix was judged.
+    pub(crate) fn close(&self) {
+        if let Some(disk) = &self.disk {
+            disk.close();
+            info!("geofence state flushed");
         }
     }
 
@@ -1061,7 +1087,7 @@ impl Geofences {
             }
         }
         if self.disk.is_some() && (!changed.is_empty() || !pairs.is_empty() || seen_news) {
-            let mut writes: Vec<Write<'_>> = changed
+            let mut writes: Vec<Write<&str>> = changed
                 .iter()
                 .map(|(fence, member)| Write::Member {
                     group: group.as_str(),
