@@ -63,6 +63,10 @@ pub mod shutdown;
 pub mod stats;
 pub mod store;
 
+/// The geofence judging for `benches/geofence.rs`; not an API.
+#[doc(hidden)]
+pub use geofence::bench as geofence_bench;
+
 // Internals.
 mod admit;
 mod app;

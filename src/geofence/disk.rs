@@ -384,10 +384,7 @@ impl Drop for Writer {
 /// [`MAX_BATCHES_PER_COMMIT`]), commits it in one transaction; until every sender is gone.
 fn run(mut disk: Disk, rx: Receiver<Job>, metrics: GeofenceMetrics) {
     let mut writes: Vec<Write<String>> = Vec::new();
-    loop {
-        let Ok(first) = rx.recv() else {
-            break;
-        };
+    while let Ok(first) = rx.recv() {
         writes.extend(first);
         for _ in 1..MAX_BATCHES_PER_COMMIT {
             match rx.try_recv() {

@@ -1229,6 +1229,83 @@ impl HubObserver for Geofences {
     }
 }
 
+/// The judging as a library call, for `benches/geofence.rs`: one group's fences in memory,
+/// events counted and dropped. Not an API.
+#[doc(hidden)]
+pub mod bench {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    use super::{FenceBody, Geofences};
+    use crate::config::Config;
+    use crate::hub::{Hub, HubObserver};
+    use crate::metrics::Metrics;
+    use crate::model::{DeviceId, Fix, GroupId};
+
+    /// Geofences of the group `fleet`, with the default configuration.
+    #[derive(Debug)]
+    pub struct Engine {
+        geofences: Geofences,
+        group: [GroupId; 1],
+        events: Arc<AtomicU64>,
+    }
+
+    impl Engine {
+        /// An engine without fences.
+        pub fn new() -> Engine {
+            let config = Config::default();
+            let metrics = Arc::new(Metrics::new());
+            let geofences = Geofences::new(&config, metrics.geofence.clone());
+            let hub = Hub::new(config.hub.clone(), metrics);
+            let events = Arc::new(AtomicU64::new(0));
+            let count = events.clone();
+            geofences.start(
+                Box::new(move |_| {
+                    count.fetch_add(1, Ordering::Relaxed);
+                    true
+                }),
+                &hub,
+            );
+            Engine {
+                geofences,
+                // A constant, valid id.
+                group: [GroupId::parse("fleet").unwrap_or_else(|_| unreachable!())],
+                events,
+            }
+        }
+
+        /// Adds a fence from its JSON body (as `POST .../geofences` takes it).
+        pub fn add(&self, body: serde_json::Value) -> Result<(), String> {
+            let body: FenceBody = serde_json::from_value(body).map_err(|e| e.to_string())?;
+            self.geofences
+                .create(&self.group[0], body)
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        }
+
+        /// Judges `fix` of `device`, as the hub's observer hears it.
+        pub fn judge(&self, device: &DeviceId, fix: &Fix) {
+            self.geofences.published(device, &self.group, fix, fix.ts);
+        }
+
+        /// Events made so far.
+        pub fn events(&self) -> u64 {
+            self.events.load(Ordering::Relaxed)
+        }
+
+        /// Fences judged exactly so far (the index's candidates).
+        pub fn fences_judged(&self) -> u64 {
+            self.geofences.metrics.fences_judged.get()
+        }
+    }
+
+    impl Default for Engine {
+        fn default() -> Self {
+            Engine::new()
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
