@@ -488,6 +488,29 @@ async fn a_restart_with_a_data_dir_keeps_fences_and_sides() {
     server.stop().await;
 }
 
+/// A device seen far from every fence keeps no state against them, only when it was judged;
+/// that survives a restart (flushed by the writer at shutdown), so coming straight inside
+/// afterwards is an enter, while a device never seen before still has its first fix silent.
+#[tokio::test]
+async fn a_device_seen_far_outside_enters_after_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().to_owned();
+    let server = TestServer::with(|c| c.data_dir = Some(path.clone())).await;
+    create(&server, circle(json!({"debounce_s": 0}))).await;
+    let b = base();
+    // 5 km north: outside the fence's box, so judged against nothing.
+    post(&server, "van", vec![fix(b, 0, 5000.0)]).await;
+    server.stop().await;
+
+    let server = TestServer::with(|c| c.data_dir = Some(path.clone())).await;
+    post(&server, "van", vec![fix(b, 10, 0.0)]).await;
+    post(&server, "bike", vec![fix(b, 11, 0.0)]).await;
+    let events = listed(&server).await;
+    assert_eq!(kinds(&events), ["geofence.enter"], "{events:?}");
+    assert_eq!(events[0]["device"], "van");
+    server.stop().await;
+}
+
 #[tokio::test]
 async fn proximity_is_one_event_per_pair_and_transition() {
     let server = TestServer::start().await;
