@@ -31,6 +31,8 @@ const ADMIN: &str = "id=boss&groups=g&role=admin";
 struct Received {
     headers: HeaderMap,
     body: String,
+    /// When it arrived.
+    at: std::time::Instant,
 }
 
 impl Received {
@@ -59,6 +61,8 @@ struct ReceiverState {
     started: AtomicUsize,
     /// The body of every answer (default `thanks`).
     reply: Option<String>,
+    /// A `Retry-After` value sent with every answer that is not 2xx.
+    retry_after: Option<&'static str>,
 }
 
 /// A webhook receiver: a real axum server on a free loopback port.
@@ -72,19 +76,26 @@ async fn receive(
     State(state): State<Arc<ReceiverState>>,
     headers: HeaderMap,
     body: String,
-) -> (StatusCode, String) {
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
     state.started.fetch_add(1, Ordering::SeqCst);
-    state
-        .requests
-        .lock()
-        .unwrap()
-        .push(Received { headers, body });
+    state.requests.lock().unwrap().push(Received {
+        headers,
+        body,
+        at: std::time::Instant::now(),
+    });
     if let Some(hold) = &state.hold {
         hold.notified().await;
     }
     let status = state.script.lock().unwrap().pop_front().unwrap_or(200);
     let reply = state.reply.clone().unwrap_or_else(|| "thanks".into());
-    (StatusCode::from_u16(status).unwrap(), reply)
+    let status = StatusCode::from_u16(status).unwrap();
+    match state.retry_after {
+        Some(value) if !status.is_success() => {
+            (status, [(axum::http::header::RETRY_AFTER, value)], reply).into_response()
+        }
+        _ => (status, reply).into_response(),
+    }
 }
 
 impl Receiver {
@@ -313,6 +324,39 @@ async fn an_event_is_posted_signed_and_recorded() {
     assert_eq!(record[0]["response"], "thanks");
     server.wait_metric(DELIVERED, |_| true).await;
     assert_eq!(sample(&server, DELIVERED).await, 1.0);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn retry_after_holds_the_next_attempt_back() {
+    // The schedule alone would retry 50 ms after the 503 (unit 10 ms); the receiver asks for
+    // one second.
+    let server = server_with(|_| {}).await;
+    let state = ReceiverState {
+        retry_after: Some("1"),
+        ..ReceiverState::default()
+    };
+    state.script.lock().unwrap().push_back(503);
+    let receiver = Receiver::with(state).await;
+    let created = hook(&server, &receiver.url(), &["alarm"]).await;
+    let id = created["id"].as_str().unwrap();
+    alarm(&server, "phone-1", now_ms() / 1000 - 5).await;
+    let got = receiver.wait_for(2).await;
+    assert_eq!(got.len(), 2);
+    assert_eq!(got[1].header("webhook-id"), got[0].header("webhook-id"));
+    let pause = got[1].at - got[0].at;
+    assert!(
+        pause >= std::time::Duration::from_secs(1),
+        "the second attempt came {pause:?} after the first"
+    );
+    let record = eventually(|| async {
+        let list = deliveries(&server, id).await;
+        (list.len() == 2).then_some(list)
+    })
+    .await;
+    assert_eq!(record[1]["status"], 503);
+    assert!(record[1]["next_attempt_at"].is_string(), "{}", record[1]);
+    assert_eq!(record[0]["outcome"], "delivered");
     server.stop().await;
 }
 

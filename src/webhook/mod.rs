@@ -48,7 +48,7 @@ use crate::protocol::EventRecord;
 pub(crate) use shared::{Apply, Change};
 pub(crate) use state::{AttemptRecord, Endpoint};
 
-use attempt::{Outcome, Request, retry_delay};
+use attempt::{Outcome, Request, next_delay};
 use shared::Shared;
 use state::{DELIVERIES_KEPT, Pending};
 use target::TargetError;
@@ -540,7 +540,7 @@ impl Webhooks {
             let attempts = pending.attempts + 1;
             let next = match answer.outcome {
                 Outcome::Delivered(_) | Outcome::Gone => None,
-                _ => retry_delay(attempts, self.config.retry_unit()),
+                _ => next_delay(attempts, self.config.retry_unit(), answer.retry_after),
             };
             let record = AttemptRecord {
                 webhook_id: webhook_id.clone(),
@@ -555,7 +555,7 @@ impl Webhooks {
                 response: answer.response,
                 next_attempt_at: next.map(|d| format_ms(now_ms() + d.as_millis() as i64)),
             };
-            debug!(webhook = %endpoint.id, webhook_id = %webhook_id, attempt = attempts, outcome = record.outcome, status = ?record.status, "webhook attempt");
+            debug!(webhook = %endpoint.id, webhook_id = %webhook_id, attempt = attempts, outcome = record.outcome, status = ?record.status, retry_after_ms = answer.retry_after.map(|d| d.as_millis() as u64), "webhook attempt");
             if let Some(shared) = &self.shared
                 && let Ok(json) = serde_json::to_string(&record)
             {
