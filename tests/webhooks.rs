@@ -932,3 +932,113 @@ async fn with_tokens_only_an_admin_token_of_the_group_manages_webhooks() {
     assert_eq!(listed["webhooks"].as_array().unwrap().len(), 1);
     server.stop().await;
 }
+
+/// Writes a fresh `--webhook-secret-key-file` (the base64 of 32 random bytes) into `dir`.
+fn key_file(dir: &std::path::Path, name: &str) -> std::path::PathBuf {
+    let path = dir.join(name);
+    let key: [u8; 32] = rand::random();
+    std::fs::write(&path, format!("{}\n", STANDARD.encode(key))).unwrap();
+    path
+}
+
+/// What `beacon::serve` says when it refuses to start with `config`.
+async fn refusal(config: Config) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let started = tokio::time::timeout(
+        common::WAIT,
+        beacon::serve(listener, config, std::future::pending()),
+    )
+    .await
+    .expect("refused at once");
+    started.expect_err("refused to start").to_string()
+}
+
+#[tokio::test]
+async fn with_a_key_secrets_are_sealed_in_the_file_and_in_redis() {
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let key = key_file(dir.path(), "webhook.key");
+    let (url, data_dir, key_path) = (redis.url(), data.clone(), key.clone());
+    let config = move |c: &mut Config| {
+        c.data_dir = Some(data_dir.clone());
+        c.redis_url = Some(url.clone());
+        c.webhooks.webhook_allow_private = true;
+        c.webhooks.webhook_retry_unit_ms = 10;
+        c.webhooks.webhook_secret_key_file = Some(key_path.clone());
+    };
+    let receiver = Receiver::start().await;
+    let first = TestServer::with(config.clone()).await;
+    let created = hook(&first, &receiver.url(), &["alarm"]).await;
+    let id = created["id"].as_str().unwrap().to_owned();
+    let secret = created["secret"].as_str().unwrap().to_owned();
+    let key_part = secret.strip_prefix("whsec_").unwrap().to_owned();
+    alarm(&first, "phone-1", now_ms() / 1000 - 5).await;
+    assert_signed(&receiver.wait_for(1).await[0], &secret);
+
+    let mut conn = redis.connection().await;
+    let hash: std::collections::HashMap<String, String> = eventually(|| {
+        let mut conn = conn.clone();
+        async move {
+            let hash: std::collections::HashMap<String, String> = redis::cmd("HGETALL")
+                .arg("beacon:webhooks")
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+            (!hash.is_empty()).then_some(hash)
+        }
+    })
+    .await;
+    let stored: Value = serde_json::from_str(&hash[&id]).unwrap();
+    assert!(
+        stored["secret"].as_str().unwrap().starts_with("sealed_v1:"),
+        "{stored}"
+    );
+    assert!(!hash[&id].contains(&key_part), "no secret in Redis");
+    first.stop().await;
+    let file = std::fs::read_to_string(data.join("webhooks.json")).unwrap();
+    assert!(file.contains(&id), "the endpoint is in the file");
+    assert!(file.contains("sealed_v1:"), "{file}");
+    assert!(!file.contains(&key_part), "no secret in the file");
+
+    // With the key, a restart signs with the same secret.
+    let second = TestServer::with(config.clone()).await;
+    assert_eq!(list(&second).await.len(), 1);
+    alarm(&second, "phone-1", now_ms() / 1000 - 4).await;
+    let got = receiver.wait_for(2).await;
+    assert_signed(&got[1], &secret);
+    second.stop().await;
+    let file = std::fs::read_to_string(data.join("webhooks.json")).unwrap();
+    assert!(!file.contains(&key_part), "still no secret in the file");
+
+    // Without it, or with another one, the server refuses to start and keeps the file.
+    let mut without = Config::default();
+    config(&mut without);
+    without.webhooks.webhook_secret_key_file = None;
+    let refused = refusal(without.clone()).await;
+    assert!(
+        refused.contains("sealed") && refused.contains("--webhook-secret-key-file"),
+        "{refused}"
+    );
+    assert!(
+        refused.contains("webhooks.json"),
+        "names the file: {refused}"
+    );
+    let mut other = without.clone();
+    other.webhooks.webhook_secret_key_file = Some(key_file(dir.path(), "other.key"));
+    let refused = refusal(other.clone()).await;
+    assert!(refused.contains("do not open"), "{refused}");
+    // Redis alone (no data directory) is checked too.
+    other.data_dir = None;
+    let refused = refusal(other).await;
+    assert!(
+        refused.contains("Redis") && refused.contains("do not open"),
+        "{refused}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(data.join("webhooks.json")).unwrap(),
+        file,
+        "the file is left as it was"
+    );
+    let _: () = redis::cmd("PING").query_async(&mut conn).await.unwrap();
+}
