@@ -1042,3 +1042,71 @@ async fn with_a_key_secrets_are_sealed_in_the_file_and_in_redis() {
     );
     let _: () = redis::cmd("PING").query_async(&mut conn).await.unwrap();
 }
+
+/// Runs `scripts/verify-webhook.py` on a captured request; its exit status and output.
+fn python_verifier(secret: &str, request: &Received, extra: &[&str]) -> Option<(bool, String)> {
+    let headers: serde_json::Map<String, Value> = request
+        .headers
+        .iter()
+        .map(|(k, v)| (k.to_string(), json!(v.to_str().unwrap())))
+        .collect();
+    let capture = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(
+        capture.path(),
+        json!({ "headers": headers, "body": request.body }).to_string(),
+    )
+    .unwrap();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/verify-webhook.py");
+    let output = std::process::Command::new("python3")
+        .arg(script)
+        .arg("--secret")
+        .arg(secret)
+        .args(extra)
+        .arg(capture.path())
+        .output()
+        .ok()?;
+    Some((
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+    ))
+}
+
+#[tokio::test]
+async fn the_documented_python_verifier_checks_a_real_delivery() {
+    if std::process::Command::new("python3")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        eprintln!("python3 not found: the verifier script is not run");
+        return;
+    }
+    let server = server_with(|_| {}).await;
+    let receiver = Receiver::start().await;
+    let created = hook(&server, &receiver.url(), &["alarm"]).await;
+    let secret = created["secret"].as_str().unwrap();
+    alarm(&server, "phone-1", now_ms() / 1000 - 5).await;
+    let request = receiver.wait_for(1).await.remove(0);
+    server.stop().await;
+
+    let (ok, said) = python_verifier(secret, &request, &[]).unwrap();
+    assert!(ok, "{said}");
+    assert!(said.starts_with("verified: alarm ev"), "{said}");
+
+    let mut tampered = request.clone();
+    tampered.body = tampered.body.replace("sos", "SOS");
+    let (ok, said) = python_verifier(secret, &tampered, &[]).unwrap();
+    assert!(!ok && said.contains("no matching signature"), "{said}");
+
+    let other = format!("whsec_{}", STANDARD.encode([9u8; 32]));
+    let (ok, _) = python_verifier(&other, &request, &[]).unwrap();
+    assert!(!ok, "another secret does not verify");
+
+    let sent_at: i64 = request.header("webhook-timestamp").parse().unwrap();
+    let late = (sent_at + 301).to_string();
+    let (ok, said) = python_verifier(secret, &request, &["--now", &late]).unwrap();
+    assert!(!ok && said.contains("tolerance"), "{said}");
+    let in_time = (sent_at + 299).to_string();
+    let (ok, said) = python_verifier(secret, &request, &["--now", &in_time]).unwrap();
+    assert!(ok, "{said}");
+}
