@@ -1,13 +1,15 @@
 #!/usr/bin/env python3
 """Does a dead webhook receiver slow ingest or fan-out? Measured, with the standard library only.
 
-Runs rounds that alternate between two arms, each round on a fresh release server on
+Runs rounds that alternate between three arms, each round on a fresh release server on
 127.0.0.1 (`--webhook-allow-private`, every other setting at its default):
 
 - ``none``: the group has no webhook endpoint;
-- ``dead``: the group has one endpoint (``events: ["*"]``) on a local socket that accepts
-  connections and never reads or answers, so every attempt runs into `--webhook-timeout-ms`,
-  the endpoint's attempt slots stay full and its queue fills and overflows.
+- ``live``: the group has one endpoint (``events: ["*"]``) on a receiver (a separate Python
+  process) answering 200 at once: the cost of webhooks working;
+- ``dead``: the same endpoint on a local socket that accepts connections and never reads or
+  answers, so every attempt runs into `--webhook-timeout-ms`, the endpoint's attempt slots stay
+  full and its queue fills and overflows: the cost of a dead receiver is dead against live.
 
 In each round a WebSocket viewer of the group connects, then ``--senders`` threads each send
 ``--requests`` Traccar Client (OsmAnd) reports over one keep-alive connection, every other one
@@ -20,7 +22,7 @@ webhook); each report is a new fix of one of the thread's devices. Measured per 
   tick, 100 ms by default), median and p99.
 
 Printed: each round's figures, then per arm the median over rounds of each figure, and the
-ratio dead / none. The machine may be shared and noisy: compare ratios, not absolutes.
+ratios dead / live and live / none. The machine may be shared and noisy: compare ratios, not absolutes.
 
     scripts/bench-webhooks.py [--rounds 5] [--senders 4] [--requests 600] [--binary PATH]
 
@@ -84,6 +86,35 @@ class DeadReceiver:
         self.sock.close()
         for conn in self.held:
             conn.close()
+
+
+LIVE_RECEIVER = """
+import http.server, sys
+class H(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def do_POST(self):
+        self.rfile.read(int(self.headers.get("content-length", 0)))
+        self.send_response(200)
+        self.send_header("content-length", "0")
+        self.end_headers()
+    def log_message(self, *a):
+        pass
+server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
+print(server.server_address[1], flush=True)
+server.serve_forever()
+"""
+
+
+class LiveReceiver:
+    """A receiver in its own process (so it takes no time from the senders) answering 200."""
+
+    def __init__(self):
+        self.proc = subprocess.Popen(["python3", "-c", LIVE_RECEIVER], stdout=subprocess.PIPE)
+        self.port = int(self.proc.stdout.readline())
+
+    def close(self):
+        self.proc.terminate()
+        self.proc.wait()
 
 
 class Viewer:
@@ -180,7 +211,7 @@ def one_round(args, arm, round_no):
         stdout=log, stderr=subprocess.STDOUT,
         env={**os.environ, "RUST_LOG": "warn"},
     )
-    dead = None
+    dead = None  # the receiver of the arm, live or dead
     viewer = None
     try:
         deadline = time.time() + 10
@@ -193,8 +224,8 @@ def one_round(args, arm, round_no):
             if time.time() > deadline or server.poll() is not None:
                 raise RuntimeError(f"server did not start; see {log.name}")
             time.sleep(0.05)
-        if arm == "dead":
-            dead = DeadReceiver()
+        if arm != "none":
+            dead = DeadReceiver() if arm == "dead" else LiveReceiver()
             body = json.dumps({"url": f"http://127.0.0.1:{dead.port}/hook", "events": ["*"]})
             conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
             conn.request("POST", f"/v1/groups/g/webhooks?{ADMIN}", body,
@@ -252,6 +283,7 @@ def one_round(args, arm, round_no):
             fix_lag = [viewer.seen_fix[k] - s for k, s in sent_fix.items() if k in viewer.seen_fix]
         dropped = metric(port, 'beacon_webhook_deliveries_total{outcome="queue_full"}')
         queued = metric(port, "beacon_webhook_queue_depth")
+        delivered = metric(port, 'beacon_webhook_deliveries_total{outcome="delivered"}')
         result = {
             "arm": arm, "round": round_no, "requests": len(ingest),
             "ingest_p50": pct(ingest, 50), "ingest_p99": pct(ingest, 99),
@@ -259,6 +291,7 @@ def one_round(args, arm, round_no):
             "events_seen": f"{len(event_lag)}/{len(sent_event)}",
             "fix_p50": pct(fix_lag, 50), "fix_p99": pct(fix_lag, 99),
             "webhook_queued": int(queued), "webhook_dropped": int(dropped),
+            "webhook_delivered": int(delivered),
         }
         return result
     finally:
@@ -289,21 +322,23 @@ def main():
 
     results = []
     for round_no in range(1, args.rounds + 1):
-        for arm in ("none", "dead"):
+        for arm in ("none", "live", "dead"):
             r = one_round(args, arm, round_no)
             results.append(r)
             print(f"round {round_no} {arm:4}: "
                   + " ".join(f"{f}={r[f]:.2f}ms" for f in FIGURES)
                   + f" events_seen={r['events_seen']} webhook_queued={r['webhook_queued']}"
-                  + f" webhook_dropped={r['webhook_dropped']}", flush=True)
+                  + f" webhook_dropped={r['webhook_dropped']}"
+                  + f" webhook_delivered={r['webhook_delivered']}", flush=True)
 
     print()
-    print("| figure (ms, median over rounds) | none | dead | dead / none |")
-    print("|---|---|---|---|")
+    print("| figure (ms, median over rounds) | none | live | dead | dead / live | live / none |")
+    print("|---|---|---|---|---|---|")
     for f in FIGURES:
-        none = statistics.median(r[f] for r in results if r["arm"] == "none")
-        dead = statistics.median(r[f] for r in results if r["arm"] == "dead")
-        print(f"| {f} | {none:.2f} | {dead:.2f} | {dead / none:.2f} |")
+        m = {arm: statistics.median(r[f] for r in results if r["arm"] == arm)
+             for arm in ("none", "live", "dead")}
+        print(f"| {f} | {m['none']:.2f} | {m['live']:.2f} | {m['dead']:.2f} "
+              f"| {m['dead'] / m['live']:.2f} | {m['live'] / m['none']:.2f} |")
 
 
 if __name__ == "__main__":
