@@ -357,6 +357,10 @@ async fn retry_after_holds_the_next_attempt_back() {
     assert_eq!(record[1]["status"], 503);
     assert!(record[1]["next_attempt_at"].is_string(), "{}", record[1]);
     assert_eq!(record[0]["outcome"], "delivered");
+    assert_eq!(
+        sample(&server, "beacon_webhook_retry_after_delays_total").await,
+        1.0
+    );
     server.stop().await;
 }
 
@@ -392,6 +396,11 @@ async fn a_failed_delivery_is_retried_with_the_same_webhook_id() {
     assert!(record[1]["next_attempt_at"].is_string());
     assert!(record[0].get("next_attempt_at").is_none());
     assert_eq!(sample(&server, "beacon_webhook_retries_total").await, 2.0);
+    assert_eq!(
+        sample(&server, "beacon_webhook_retry_after_delays_total").await,
+        0.0,
+        "no Retry-After, no delay past the schedule"
+    );
     assert_eq!(sample(&server, "beacon_webhook_queue_depth").await, 0.0);
     assert_eq!(receiver.requests().len(), 3, "nothing after the success");
     server.stop().await;

@@ -596,6 +596,9 @@ impl Webhooks {
                 Outcome::Delivered(_) | Outcome::Gone => None,
                 _ => next_delay(attempts, self.config.retry_unit(), answer.retry_after),
             };
+            if next.is_some() && next != next_delay(attempts, self.config.retry_unit(), None) {
+                self.metrics.retry_after.inc();
+            }
             let record = AttemptRecord {
                 webhook_id: webhook_id.clone(),
                 event: pending.event.clone(),
