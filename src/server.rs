@@ -48,6 +48,10 @@ pub enum ServeError {
     /// The Redis settings are unusable (`--redis-url`).
     #[error(transparent)]
     Relay(#[from] RelayError),
+    /// The webhook secrets cannot be used: an unusable `--webhook-secret-key-file`, or stored
+    /// secrets sealed with another key (or none given).
+    #[error("{0}")]
+    Webhooks(String),
     /// Accepting connections failed.
     #[error(transparent)]
     Io(#[from] io::Error),
@@ -73,6 +77,16 @@ pub async fn serve(
     let tls = crate::tls::server_config(&config.tls)?;
     let mut state = AppState::new(config);
     state.auth.prepare().await?;
+    let webhook_redis = state
+        .config
+        .redis_url
+        .as_deref()
+        .filter(|_| !state.config.redis.redis_cluster);
+    state
+        .webhooks
+        .prepare(webhook_redis)
+        .await
+        .map_err(|e| ServeError::Webhooks(e.to_string()))?;
     state.store = crate::store::start(&state.config, &state.hub, &state.metrics).await?;
     state.relay = Relay::from_config(&state.config, &state.hub, &state.metrics)?;
     // After the store loaded the hub: geofences judge fixes accepted from now on.

@@ -31,6 +31,8 @@ const ADMIN: &str = "id=boss&groups=g&role=admin";
 struct Received {
     headers: HeaderMap,
     body: String,
+    /// When it arrived.
+    at: std::time::Instant,
 }
 
 impl Received {
@@ -59,6 +61,8 @@ struct ReceiverState {
     started: AtomicUsize,
     /// The body of every answer (default `thanks`).
     reply: Option<String>,
+    /// A `Retry-After` value sent with every answer that is not 2xx.
+    retry_after: Option<&'static str>,
 }
 
 /// A webhook receiver: a real axum server on a free loopback port.
@@ -72,19 +76,26 @@ async fn receive(
     State(state): State<Arc<ReceiverState>>,
     headers: HeaderMap,
     body: String,
-) -> (StatusCode, String) {
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
     state.started.fetch_add(1, Ordering::SeqCst);
-    state
-        .requests
-        .lock()
-        .unwrap()
-        .push(Received { headers, body });
+    state.requests.lock().unwrap().push(Received {
+        headers,
+        body,
+        at: std::time::Instant::now(),
+    });
     if let Some(hold) = &state.hold {
         hold.notified().await;
     }
     let status = state.script.lock().unwrap().pop_front().unwrap_or(200);
     let reply = state.reply.clone().unwrap_or_else(|| "thanks".into());
-    (StatusCode::from_u16(status).unwrap(), reply)
+    let status = StatusCode::from_u16(status).unwrap();
+    match state.retry_after {
+        Some(value) if !status.is_success() => {
+            (status, [(axum::http::header::RETRY_AFTER, value)], reply).into_response()
+        }
+        _ => (status, reply).into_response(),
+    }
 }
 
 impl Receiver {
@@ -317,6 +328,43 @@ async fn an_event_is_posted_signed_and_recorded() {
 }
 
 #[tokio::test]
+async fn retry_after_holds_the_next_attempt_back() {
+    // The schedule alone would retry 50 ms after the 503 (unit 10 ms); the receiver asks for
+    // one second.
+    let server = server_with(|_| {}).await;
+    let state = ReceiverState {
+        retry_after: Some("1"),
+        ..ReceiverState::default()
+    };
+    state.script.lock().unwrap().push_back(503);
+    let receiver = Receiver::with(state).await;
+    let created = hook(&server, &receiver.url(), &["alarm"]).await;
+    let id = created["id"].as_str().unwrap();
+    alarm(&server, "phone-1", now_ms() / 1000 - 5).await;
+    let got = receiver.wait_for(2).await;
+    assert_eq!(got.len(), 2);
+    assert_eq!(got[1].header("webhook-id"), got[0].header("webhook-id"));
+    let pause = got[1].at - got[0].at;
+    assert!(
+        pause >= std::time::Duration::from_secs(1),
+        "the second attempt came {pause:?} after the first"
+    );
+    let record = eventually(|| async {
+        let list = deliveries(&server, id).await;
+        (list.len() == 2).then_some(list)
+    })
+    .await;
+    assert_eq!(record[1]["status"], 503);
+    assert!(record[1]["next_attempt_at"].is_string(), "{}", record[1]);
+    assert_eq!(record[0]["outcome"], "delivered");
+    assert_eq!(
+        sample(&server, "beacon_webhook_retry_after_delays_total").await,
+        1.0
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
 async fn a_failed_delivery_is_retried_with_the_same_webhook_id() {
     let server = server_with(|_| {}).await;
     let receiver = Receiver::scripted(&[500, 503]).await;
@@ -348,6 +396,11 @@ async fn a_failed_delivery_is_retried_with_the_same_webhook_id() {
     assert!(record[1]["next_attempt_at"].is_string());
     assert!(record[0].get("next_attempt_at").is_none());
     assert_eq!(sample(&server, "beacon_webhook_retries_total").await, 2.0);
+    assert_eq!(
+        sample(&server, "beacon_webhook_retry_after_delays_total").await,
+        0.0,
+        "no Retry-After, no delay past the schedule"
+    );
     assert_eq!(sample(&server, "beacon_webhook_queue_depth").await, 0.0);
     assert_eq!(receiver.requests().len(), 3, "nothing after the success");
     server.stop().await;
@@ -887,4 +940,182 @@ async fn with_tokens_only_an_admin_token_of_the_group_manages_webhooks() {
     let listed: Value = listed.json().await.unwrap();
     assert_eq!(listed["webhooks"].as_array().unwrap().len(), 1);
     server.stop().await;
+}
+
+/// Writes a fresh `--webhook-secret-key-file` (the base64 of 32 random bytes) into `dir`.
+fn key_file(dir: &std::path::Path, name: &str) -> std::path::PathBuf {
+    let path = dir.join(name);
+    let key: [u8; 32] = rand::random();
+    std::fs::write(&path, format!("{}\n", STANDARD.encode(key))).unwrap();
+    path
+}
+
+/// What `beacon::serve` says when it refuses to start with `config`.
+async fn refusal(config: Config) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let started = tokio::time::timeout(
+        common::WAIT,
+        beacon::serve(listener, config, std::future::pending()),
+    )
+    .await
+    .expect("refused at once");
+    started.expect_err("refused to start").to_string()
+}
+
+#[tokio::test]
+async fn with_a_key_secrets_are_sealed_in_the_file_and_in_redis() {
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let key = key_file(dir.path(), "webhook.key");
+    let (url, data_dir, key_path) = (redis.url(), data.clone(), key.clone());
+    let config = move |c: &mut Config| {
+        c.data_dir = Some(data_dir.clone());
+        c.redis_url = Some(url.clone());
+        c.webhooks.webhook_allow_private = true;
+        c.webhooks.webhook_retry_unit_ms = 10;
+        c.webhooks.webhook_secret_key_file = Some(key_path.clone());
+    };
+    let receiver = Receiver::start().await;
+    let first = TestServer::with(config.clone()).await;
+    let created = hook(&first, &receiver.url(), &["alarm"]).await;
+    let id = created["id"].as_str().unwrap().to_owned();
+    let secret = created["secret"].as_str().unwrap().to_owned();
+    let key_part = secret.strip_prefix("whsec_").unwrap().to_owned();
+    alarm(&first, "phone-1", now_ms() / 1000 - 5).await;
+    assert_signed(&receiver.wait_for(1).await[0], &secret);
+
+    let mut conn = redis.connection().await;
+    let hash: std::collections::HashMap<String, String> = eventually(|| {
+        let mut conn = conn.clone();
+        async move {
+            let hash: std::collections::HashMap<String, String> = redis::cmd("HGETALL")
+                .arg("beacon:webhooks")
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+            (!hash.is_empty()).then_some(hash)
+        }
+    })
+    .await;
+    let stored: Value = serde_json::from_str(&hash[&id]).unwrap();
+    assert!(
+        stored["secret"].as_str().unwrap().starts_with("sealed_v1:"),
+        "{stored}"
+    );
+    assert!(!hash[&id].contains(&key_part), "no secret in Redis");
+    first.stop().await;
+    let file = std::fs::read_to_string(data.join("webhooks.json")).unwrap();
+    assert!(file.contains(&id), "the endpoint is in the file");
+    assert!(file.contains("sealed_v1:"), "{file}");
+    assert!(!file.contains(&key_part), "no secret in the file");
+
+    // With the key, a restart signs with the same secret.
+    let second = TestServer::with(config.clone()).await;
+    assert_eq!(list(&second).await.len(), 1);
+    alarm(&second, "phone-1", now_ms() / 1000 - 4).await;
+    let got = receiver.wait_for(2).await;
+    assert_signed(&got[1], &secret);
+    second.stop().await;
+    let file = std::fs::read_to_string(data.join("webhooks.json")).unwrap();
+    assert!(!file.contains(&key_part), "still no secret in the file");
+
+    // Without it, or with another one, the server refuses to start and keeps the file.
+    let mut without = Config::default();
+    config(&mut without);
+    without.webhooks.webhook_secret_key_file = None;
+    let refused = refusal(without.clone()).await;
+    assert!(
+        refused.contains("sealed") && refused.contains("--webhook-secret-key-file"),
+        "{refused}"
+    );
+    assert!(
+        refused.contains("webhooks.json"),
+        "names the file: {refused}"
+    );
+    let mut other = without.clone();
+    other.webhooks.webhook_secret_key_file = Some(key_file(dir.path(), "other.key"));
+    let refused = refusal(other.clone()).await;
+    assert!(refused.contains("do not open"), "{refused}");
+    // Redis alone (no data directory) is checked too.
+    other.data_dir = None;
+    let refused = refusal(other).await;
+    assert!(
+        refused.contains("Redis") && refused.contains("do not open"),
+        "{refused}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(data.join("webhooks.json")).unwrap(),
+        file,
+        "the file is left as it was"
+    );
+    let _: () = redis::cmd("PING").query_async(&mut conn).await.unwrap();
+}
+
+/// Runs `scripts/verify-webhook.py` on a captured request; its exit status and output.
+fn python_verifier(secret: &str, request: &Received, extra: &[&str]) -> Option<(bool, String)> {
+    let headers: serde_json::Map<String, Value> = request
+        .headers
+        .iter()
+        .map(|(k, v)| (k.to_string(), json!(v.to_str().unwrap())))
+        .collect();
+    let capture = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(
+        capture.path(),
+        json!({ "headers": headers, "body": request.body }).to_string(),
+    )
+    .unwrap();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/verify-webhook.py");
+    let output = std::process::Command::new("python3")
+        .arg(script)
+        .arg("--secret")
+        .arg(secret)
+        .args(extra)
+        .arg(capture.path())
+        .output()
+        .ok()?;
+    Some((
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+    ))
+}
+
+#[tokio::test]
+async fn the_documented_python_verifier_checks_a_real_delivery() {
+    if std::process::Command::new("python3")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        eprintln!("python3 not found: the verifier script is not run");
+        return;
+    }
+    let server = server_with(|_| {}).await;
+    let receiver = Receiver::start().await;
+    let created = hook(&server, &receiver.url(), &["alarm"]).await;
+    let secret = created["secret"].as_str().unwrap();
+    alarm(&server, "phone-1", now_ms() / 1000 - 5).await;
+    let request = receiver.wait_for(1).await.remove(0);
+    server.stop().await;
+
+    let (ok, said) = python_verifier(secret, &request, &[]).unwrap();
+    assert!(ok, "{said}");
+    assert!(said.starts_with("verified: alarm ev"), "{said}");
+
+    let mut tampered = request.clone();
+    tampered.body = tampered.body.replace("sos", "SOS");
+    let (ok, said) = python_verifier(secret, &tampered, &[]).unwrap();
+    assert!(!ok && said.contains("no matching signature"), "{said}");
+
+    let other = format!("whsec_{}", STANDARD.encode([9u8; 32]));
+    let (ok, _) = python_verifier(&other, &request, &[]).unwrap();
+    assert!(!ok, "another secret does not verify");
+
+    let sent_at: i64 = request.header("webhook-timestamp").parse().unwrap();
+    let late = (sent_at + 301).to_string();
+    let (ok, said) = python_verifier(secret, &request, &["--now", &late]).unwrap();
+    assert!(!ok && said.contains("tolerance"), "{said}");
+    let in_time = (sent_at + 299).to_string();
+    let (ok, said) = python_verifier(secret, &request, &["--now", &in_time]).unwrap();
+    assert!(ok, "{said}");
 }

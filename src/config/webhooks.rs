@@ -1,5 +1,6 @@
 //! Webhooks: the bounds of endpoints and deliveries, and which targets are allowed.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Args;
@@ -39,6 +40,15 @@ pub struct WebhookConfig {
     #[arg(long, env = "BEACON_WEBHOOK_RETRY_UNIT_MS", default_value_t = 1000,
           value_parser = clap::value_parser!(u64).range(1..=60_000))]
     pub webhook_retry_unit_ms: u64,
+
+    /// File holding the key that seals webhook secrets at rest: the base64 of 32 random bytes
+    /// (`openssl rand -base64 32 > FILE`). With it, secrets are stored sealed
+    /// (ChaCha20-Poly1305) in `DIR/webhooks.json` and in Redis, so a copy of either alone
+    /// cannot forge signatures; every instance must be given the same key, and the server
+    /// refuses to start when stored secrets were sealed with another key or none is given.
+    /// Default none: secrets are stored as they are (`docs/webhooks.md`, "Secrets at rest").
+    #[arg(long, env = "BEACON_WEBHOOK_SECRET_KEY_FILE")]
+    pub webhook_secret_key_file: Option<PathBuf>,
 }
 
 impl WebhookConfig {

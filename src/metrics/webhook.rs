@@ -40,6 +40,8 @@ pub struct WebhookMetrics {
     pub disabled: Gauge,
     /// Deliveries another instance claimed first (with Redis): not delivered from here.
     pub claims_lost: Counter,
+    /// Retries put off past the schedule's own pause by the receiver's `Retry-After`.
+    pub retry_after: Counter,
 }
 
 impl WebhookMetrics {
@@ -51,6 +53,7 @@ impl WebhookMetrics {
             queued: Gauge::default(),
             disabled: Gauge::default(),
             claims_lost: Counter::default(),
+            retry_after: Counter::default(),
         };
         for outcome in WEBHOOK_OUTCOMES {
             metrics.outcome(outcome);
@@ -80,6 +83,11 @@ impl WebhookMetrics {
             "claims_lost",
             "Webhook deliveries left to the instance that claimed them first",
             metrics.claims_lost.clone(),
+        );
+        webhook.register(
+            "retry_after_delays",
+            "Webhook retries put off past the schedule by the receiver's Retry-After",
+            metrics.retry_after.clone(),
         );
         metrics
     }

@@ -1,5 +1,6 @@
 //! The webhooks' file in `--data-dir`: `webhooks.json` holds every endpoint (secrets included,
-//! so the file is readable by its owner only) and every delivery waiting for an attempt.
+//! sealed with `--webhook-secret-key-file`, so the file is readable by its owner only) and
+//! every delivery waiting for an attempt.
 //!
 //! The whole file is rewritten on each change, by one task, off the event path: serialized to
 //! `webhooks.json.tmp`, fsync'd, renamed over `webhooks.json`, and the directory fsync'd, so a

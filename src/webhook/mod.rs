@@ -13,7 +13,8 @@
 //! go on.
 //!
 //! Files, imported top to bottom: `shared` (Redis: definitions and claims), `durable` (the
-//! `--data-dir` file), `attempt` (one HTTP attempt, the retry schedule), `state` (the data),
+//! `--data-dir` file), `attempt` (one HTTP attempt, the retry schedule), `seal` (secrets
+//! sealed at rest with `--webhook-secret-key-file`), `state` (the data),
 //! `target` (allowed URLs and addresses), `sign` (secrets, ids, signatures), `pattern` (which
 //! events an endpoint gets).
 //!
@@ -23,6 +24,7 @@
 mod attempt;
 mod durable;
 mod pattern;
+mod seal;
 mod shared;
 mod sign;
 mod state;
@@ -37,7 +39,7 @@ use serde_json::json;
 use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::config::{Config, WebhookConfig};
 use crate::isotime::format_ms;
@@ -45,10 +47,12 @@ use crate::metrics::{Metrics, WebhookMetrics};
 use crate::model::{Event, GroupId, now_ms};
 use crate::protocol::EventRecord;
 
+pub(crate) use seal::SealError;
 pub(crate) use shared::{Apply, Change};
 pub(crate) use state::{AttemptRecord, Endpoint};
 
-use attempt::{Outcome, Request, retry_delay};
+use attempt::{Outcome, Request, next_delay};
+use seal::Sealer;
 use shared::Shared;
 use state::{DELIVERIES_KEPT, Pending};
 use target::TargetError;
@@ -165,6 +169,11 @@ pub(crate) struct Webhooks {
     dirty: Notify,
     /// With `--redis-url` (not a cluster).
     shared: Option<Arc<Shared>>,
+    /// Seals secrets before they are stored (with `--webhook-secret-key-file`).
+    sealer: Sealer,
+    /// Why the server must not start (an unusable key, secrets it cannot open), for
+    /// [`Webhooks::prepare`].
+    refusal: Mutex<Option<SealError>>,
 }
 
 impl Webhooks {
@@ -172,9 +181,23 @@ impl Webhooks {
     pub(crate) fn new(config: &Config, metrics: &Metrics) -> Self {
         let file = config.data_dir.as_deref().map(durable::path);
         let mut inner = Inner::default();
-        if let Some(path) = &file {
+        let mut refusal = None;
+        let sealer = match &config.webhooks.webhook_secret_key_file {
+            Some(path) => Sealer::from_file(path).unwrap_or_else(|e| {
+                refusal = Some(e);
+                Sealer::none()
+            }),
+            None => Sealer::none(),
+        };
+        if let Some(path) = file.as_ref().filter(|_| refusal.is_none()) {
             let saved = durable::load(path);
-            for endpoint in saved.endpoints {
+            let endpoints = sealer
+                .open_all(saved.endpoints, &path.display().to_string())
+                .unwrap_or_else(|e| {
+                    refusal = Some(e);
+                    Vec::new()
+                });
+            for endpoint in endpoints {
                 inner.upsert(endpoint);
             }
             for pending in saved.pending {
@@ -206,9 +229,40 @@ impl Webhooks {
             file,
             dirty: Notify::new(),
             shared,
+            sealer,
+            refusal: Mutex::new(refusal),
         };
         webhooks.gauges(&webhooks.lock());
         webhooks
+    }
+
+    /// Checks, before the server starts, that every stored secret can be used: the key file
+    /// (with `--webhook-secret-key-file`) holds a key, and the secrets sealed in `DIR/webhooks.json`
+    /// and (when it answers within `--redis-timeout-ms`) in Redis open with it. A server that
+    /// cannot sign for its endpoints refuses to start rather than drop them.
+    pub(crate) async fn prepare(&self, redis_url: Option<&str>) -> Result<(), SealError> {
+        let refused = self
+            .refusal
+            .lock()
+            .map(|mut r| r.take())
+            .unwrap_or_else(|e| e.into_inner().take());
+        if let Some(e) = refused {
+            return Err(e);
+        }
+        if let (Some(shared), Some(url)) = (&self.shared, redis_url) {
+            match shared.stored_endpoints(url).await {
+                Ok((place, stored)) => {
+                    self.sealer.open_all(stored, &place)?;
+                }
+                Err(e) => {
+                    warn!(error = %e, "webhook secrets in Redis not checked at start (Redis unreachable)")
+                }
+            }
+        }
+        if self.sealer.has_key() {
+            info!("webhook secrets are sealed at rest");
+        }
+        Ok(())
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -277,7 +331,7 @@ impl Webhooks {
             self.changed(&inner);
         }
         if let Some(shared) = &self.shared {
-            shared.announce(Change::Put(endpoint.clone()));
+            shared.announce(Change::Put(self.sealer.stored(&endpoint)));
         }
         info!(group = %group, webhook = %endpoint.id, "webhook created");
         Ok(endpoint)
@@ -460,7 +514,7 @@ impl Webhooks {
                 endpoints: inner
                     .endpoints
                     .values()
-                    .map(|s| s.endpoint.clone())
+                    .map(|s| self.sealer.stored(&s.endpoint))
                     .collect(),
                 pending: inner.pending.values().cloned().collect(),
             }
@@ -540,8 +594,11 @@ impl Webhooks {
             let attempts = pending.attempts + 1;
             let next = match answer.outcome {
                 Outcome::Delivered(_) | Outcome::Gone => None,
-                _ => retry_delay(attempts, self.config.retry_unit()),
+                _ => next_delay(attempts, self.config.retry_unit(), answer.retry_after),
             };
+            if next.is_some() && next != next_delay(attempts, self.config.retry_unit(), None) {
+                self.metrics.retry_after.inc();
+            }
             let record = AttemptRecord {
                 webhook_id: webhook_id.clone(),
                 event: pending.event.clone(),
@@ -555,7 +612,7 @@ impl Webhooks {
                 response: answer.response,
                 next_attempt_at: next.map(|d| format_ms(now_ms() + d.as_millis() as i64)),
             };
-            debug!(webhook = %endpoint.id, webhook_id = %webhook_id, attempt = attempts, outcome = record.outcome, status = ?record.status, "webhook attempt");
+            debug!(webhook = %endpoint.id, webhook_id = %webhook_id, attempt = attempts, outcome = record.outcome, status = ?record.status, retry_after_ms = answer.retry_after.map(|d| d.as_millis() as u64), "webhook attempt");
             if let Some(shared) = &self.shared
                 && let Ok(json) = serde_json::to_string(&record)
             {
@@ -597,7 +654,7 @@ impl Webhooks {
             if let Some(endpoint) = disabled {
                 warn!(webhook = %endpoint.id, group = %endpoint.group, "webhook endpoint answered 410; disabled");
                 if let Some(shared) = &self.shared {
-                    shared.announce(Change::Put(endpoint));
+                    shared.announce(Change::Put(self.sealer.stored(&endpoint)));
                 }
             }
         }
@@ -637,10 +694,32 @@ impl Webhooks {
     }
 }
 
+impl Webhooks {
+    /// `endpoint` as received from Redis with its secret opened; `None` (logged) when this
+    /// instance's key does not open it: the endpoint is then left to the instances that can.
+    fn received(&self, endpoint: Endpoint) -> Option<Endpoint> {
+        let id = endpoint.id.clone();
+        match self.sealer.opened(endpoint) {
+            Ok(endpoint) => Some(endpoint),
+            Err(why) => {
+                error!(webhook = %id, reason = ?why, "webhook secret from Redis does not open with this instance's --webhook-secret-key-file; endpoint ignored here");
+                None
+            }
+        }
+    }
+}
+
 impl Apply for Webhooks {
     fn apply(&self, change: Change) {
+        let endpoint = match change {
+            Change::Put(endpoint) => match self.received(endpoint) {
+                Some(endpoint) => Change::Put(endpoint),
+                None => return,
+            },
+            delete => delete,
+        };
         let mut inner = self.lock();
-        match change {
+        match endpoint {
             Change::Put(endpoint) => inner.upsert(endpoint),
             Change::Delete(id) => {
                 inner.drop_pending_of(&id);
@@ -651,6 +730,12 @@ impl Apply for Webhooks {
     }
 
     fn reconcile(&self, endpoints: Vec<Endpoint>, deleted: &HashSet<String>) -> Vec<Endpoint> {
+        // Known to Redis even when not opened here: never written back over.
+        let known: HashSet<String> = endpoints.iter().map(|e| e.id.clone()).collect();
+        let endpoints: Vec<Endpoint> = endpoints
+            .into_iter()
+            .filter_map(|e| self.received(e))
+            .collect();
         let mut inner = self.lock();
         for id in deleted {
             if inner.endpoints.contains_key(id) {
@@ -658,7 +743,6 @@ impl Apply for Webhooks {
                 inner.endpoints.remove(id);
             }
         }
-        let known: HashSet<String> = endpoints.iter().map(|e| e.id.clone()).collect();
         for endpoint in endpoints {
             if !deleted.contains(&endpoint.id) {
                 inner.upsert(endpoint);
@@ -668,7 +752,7 @@ impl Apply for Webhooks {
             .endpoints
             .values()
             .filter(|s| !known.contains(&s.endpoint.id))
-            .map(|s| s.endpoint.clone())
+            .map(|s| self.sealer.stored(&s.endpoint))
             .collect();
         self.changed(&inner);
         only_here

@@ -194,6 +194,35 @@ impl Shared {
         }
     }
 
+    /// The endpoints stored in Redis (secrets as stored) and the hash's name, read once with
+    /// `--redis-timeout-ms` as the bound: the start-up check of sealed secrets.
+    pub(crate) async fn stored_endpoints(
+        &self,
+        url: &str,
+    ) -> redis::RedisResult<(String, Vec<Endpoint>)> {
+        let read = async {
+            let client = redis::Client::open(url)?;
+            let mut conn = client.get_multiplexed_async_connection().await?;
+            redis::cmd("HVALS")
+                .arg(&self.key)
+                .query_async::<Vec<Vec<u8>>>(&mut conn)
+                .await
+        };
+        let stored = match tokio::time::timeout(self.timeout, read).await {
+            Ok(stored) => stored?,
+            Err(_) => {
+                return Err(redis::RedisError::from(std::io::Error::from(
+                    std::io::ErrorKind::TimedOut,
+                )));
+            }
+        };
+        let endpoints = stored
+            .iter()
+            .filter_map(|json| serde_json::from_slice::<Endpoint>(json).ok())
+            .collect();
+        Ok((format!("the Redis hash {}", self.key), endpoints))
+    }
+
     /// Shares changes and applies the other instances' until `shutdown`, reconnecting with
     /// backoff.
     pub(crate) async fn run(
