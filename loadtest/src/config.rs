@@ -122,6 +122,13 @@ pub struct Cli {
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
 
+    /// Tag in every device and group id of the run (`{ID}-d{n}`, `{ID}-g{n}`): 1-16 ASCII
+    /// letters and digits. Fixing it lets group settings (geofences, webhooks) be made before
+    /// the run; devices then reuse the ids of an earlier run with the same tag, so use a fresh
+    /// server (or a fresh tag) for each run. Default: `lt` and six random hex digits.
+    #[arg(long, value_parser = parse_run_id)]
+    pub run_id: Option<String>,
+
     /// Slow consumers: extra viewer connections, dealt over the groups like viewers, that read
     /// their welcome and initial snapshot and then never read their socket again (it stays
     /// open). They are left out of latency, updates and the latest-state check and reported
@@ -251,7 +258,7 @@ pub struct Target {
 /// Everything a worker needs to run its share, with defaults resolved.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Plan {
-    /// Short random tag in every device and group id of this run.
+    /// Short tag in every device and group id of this run (`--run-id`, random by default).
     pub run_id: String,
     /// The load shape.
     pub scenario: Scenario,
@@ -477,6 +484,25 @@ pub(crate) fn new_run_id() -> String {
     format!("lt{:06x}", mix & 0xff_ffff)
 }
 
+/// Longest run id: the ids made from it (`{run_id}-d{n}`) stay well inside the protocol's
+/// id length.
+const MAX_RUN_ID_LEN: usize = 16;
+
+/// Checks a `--run-id`: what [`new_run_id`] makes, 1-16 ASCII letters and digits.
+pub(crate) fn parse_run_id(text: &str) -> Result<String, String> {
+    if text.is_empty() || text.len() > MAX_RUN_ID_LEN {
+        return Err(format!(
+            "`{text}` must be 1-{MAX_RUN_ID_LEN} characters long"
+        ));
+    }
+    if !text.chars().all(|c| c.is_ascii_alphanumeric()) {
+        return Err(format!(
+            "`{text}` may only contain ASCII letters and digits"
+        ));
+    }
+    Ok(text.to_owned())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -588,7 +614,27 @@ mod tests {
     #[test]
     fn run_ids_are_valid_ids() {
         let id = new_run_id();
-        assert!(id.len() <= 16);
+        assert!(id.len() <= MAX_RUN_ID_LEN);
         assert!(id.chars().all(|c| c.is_ascii_alphanumeric()));
+        assert_eq!(parse_run_id(&id), Ok(id));
+    }
+
+    #[test]
+    fn run_id_can_be_fixed_and_is_checked() {
+        assert_eq!(Cli::parse_from(["beacon-loadtest"]).run_id, None);
+        let cli = Cli::parse_from(["beacon-loadtest", "--run-id", "fence1"]);
+        assert_eq!(cli.run_id.as_deref(), Some("fence1"));
+        assert_eq!(
+            Cli::parse_from(["beacon-loadtest", "--run-id", "abcdefghij012345"])
+                .run_id
+                .as_deref(),
+            Some("abcdefghij012345")
+        );
+        for bad in ["", "a-b", "run_1", "r.1", "é1", "abcdefghij0123456", "a b"] {
+            assert!(
+                Cli::try_parse_from(["beacon-loadtest", "--run-id", bad]).is_err(),
+                "{bad:?} accepted"
+            );
+        }
     }
 }

@@ -46,7 +46,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<Report> {
     for url in &cli.url {
         targets.push(crate::target::resolve(url, cli.allow_remote).await?);
     }
-    let mut plan = Plan::build(&cli, targets, 1, new_run_id())?;
+    let run_id = cli.run_id.clone().unwrap_or_else(new_run_id);
+    let mut plan = Plan::build(&cli, targets, 1, run_id)?;
     let needed = workers_needed(u64::from(plan.connections()), limit);
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
     plan.workers = cli
