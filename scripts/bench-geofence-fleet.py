@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """What do 1,000 active geofences cost the load test's fleet? Measured, with the standard library only.
 
-Runs rounds that alternate between two arms, each round on a fresh release server on
+Runs rounds that alternate between arms (``none`` and ``fences`` by default), each run on a fresh release server on
 127.0.0.1 (``--max-connections 19700 --max-connections-per-ip 0``, as in BENCHMARKS.md's fleet
 command; every other setting at its default, memory only):
 
@@ -9,7 +9,10 @@ command; every other setting at its default, memory only):
 - ``fences``: before the run, ``--fences`` geofences (1,000 by default) are created in *each*
   group the run will use (``{run_id}-g0`` .. ``{run_id}-g{groups-1}``), through
   ``POST /v1/groups/{group}/geofences`` as an admin (``role=admin`` in the query, the server
-  running with ``--auth none``, its default on loopback).
+  running with ``--auth none``, its default on loopback);
+- ``far`` (only with ``--arms``): the same fences moved 20 km east, off the grid, so every fix
+  is still judged (looked up in the fences' index) but none is near a fence and no event is
+  made: what the lookup costs without the events.
 
 The fences lie over the harness's street grid (120 m blocks, 3.6 km from ``--center`` to the
 edge, see ``loadtest/src/path.rs``): centres drawn uniformly over the grid plus 100 m, half of
@@ -22,13 +25,14 @@ judged and events made: the ``beacon_geofence_*`` counters are read after each r
 Then ``beacon-loadtest --scenario fleet`` runs with a fixed ``--run-id`` (so its groups are the
 ones holding the fences), ``--devices`` devices in groups of 100 at 1 fix/s for ``--duration``,
 sampling the server's CPU (``--server-pid``). From each report: p50, p99 and p99.9 of the
-end-to-end latency, the server's mean CPU (% of one core, ramp included), the latest-state check
-failed connections, connections the server ended and resyncs.
+end-to-end latency, the server's mean CPU (% of one core, ramp included), the latest-state check's
+mismatches, failed connections, connections the server ended and resyncs.
 
-Printed: each run's figures, then per arm the median over rounds and the ratio fences / none.
+Printed: each run's figures, then per arm the median over rounds and its ratio to ``none``.
 The machine may be shared and noisy: compare ratios, not absolutes.
 
     scripts/bench-geofence-fleet.py [--rounds 3] [--devices 5000] [--duration 30s] [--fences 1000]
+                                    [--arms none,fences]
 
 Builds nothing: run ``cargo build --release -p beacon -p beacon-loadtest`` first (the default
 binaries are ``target/release/beacon`` and ``target/release/beacon-loadtest``). Stops every
@@ -52,6 +56,8 @@ import urllib.request
 
 # The harness's street grid (loadtest/src/path.rs, `Grid::city`).
 GRID_HALF_M = 30 * 120.0
+# The `far` arm's fences: the same ones moved this far east, where no device ever drives.
+FAR_SHIFT_M = 20_000.0
 METRES_PER_DEGREE = 111_320.0
 
 
@@ -68,13 +74,14 @@ def to_lon_lat(center, east_m, north_m):
     return [round(lon, 7), round(lat, 7)]
 
 
-def fence_bodies(center, group, count):
-    """The fences of one group: the same for the same group number, every round."""
+def fence_bodies(center, group, count, shift_m=0.0):
+    """The fences of one group: the same for the same group number, every round; `shift_m`
+    moves them all that far east."""
     rng = random.Random(1_000_003 * (group + 1))
     bodies = []
     edge = GRID_HALF_M + 100.0
     for i in range(count):
-        east, north = rng.uniform(-edge, edge), rng.uniform(-edge, edge)
+        east, north = rng.uniform(-edge, edge) + shift_m, rng.uniform(-edge, edge)
         if i % 2 == 0:
             geometry = {"type": "Circle", "center": to_lon_lat(center, east, north),
                         "radius_m": round(rng.uniform(40.0, 250.0), 1)}
@@ -98,7 +105,7 @@ def fence_bodies(center, group, count):
     return bodies
 
 
-def create_fences(port, groups, args):
+def create_fences(port, groups, args, shift_m):
     """Creates `args.fences` fences in each group, with a few keep-alive connections."""
 
     def one_group(g):
@@ -106,7 +113,7 @@ def create_fences(port, groups, args):
         path = f"/v1/groups/{group}/geofences?id=bench-admin&groups={group}&role=admin"
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
         try:
-            for body in fence_bodies(args.center, g, args.fences):
+            for body in fence_bodies(args.center, g, args.fences, shift_m):
                 conn.request("POST", path, json.dumps(body), {"content-type": "application/json"})
                 answer = conn.getresponse()
                 text = answer.read()
@@ -165,9 +172,9 @@ def one_run(args, arm, round_no):
                 raise RuntimeError(f"server did not start; see {log.name}")
             time.sleep(0.05)
         setup_s = 0.0
-        if arm == "fences":
+        if arm in ("fences", "far"):
             start = time.perf_counter()
-            create_fences(port, groups, args)
+            create_fences(port, groups, args, FAR_SHIFT_M if arm == "far" else 0.0)
             setup_s = time.perf_counter() - start
         before = metrics(port)
         command = [args.harness, "--scenario", "fleet", "--url", f"ws://127.0.0.1:{port}",
@@ -196,7 +203,7 @@ def one_run(args, arm, round_no):
             "server_cpu": r["server"]["cpu_avg_pct"],
             "harness_cpu": r["harness"]["cpu_avg_pct"],
             "fixes_sent": r["traffic"]["fixes_sent"],
-            "latest": f'{r["latest_state"]["result"]}/{r["latest_state"]["mismatches"]}',
+            "mismatches": r["latest_state"]["mismatches"] if r["latest_state"]["checked"] else None,
             "failed": r["connections"]["failed"],
             "disconnects": r["connections"]["disconnects"],
             "resyncs": r["traffic"]["resyncs"],
@@ -228,22 +235,27 @@ def main():
     parser.add_argument("--run-id", default="geofleet", help="the harness's --run-id")
     parser.add_argument("--center", default="52.52,13.405", help="the harness's --center")
     parser.add_argument("--max-run-s", type=float, default=300, help="limit on one harness run")
+    parser.add_argument("--arms", default="none,fences",
+                        help="arms in the order each round runs them: none, fences, far")
     parser.add_argument("--binary", default="target/release/beacon")
     parser.add_argument("--harness", default="target/release/beacon-loadtest")
     args = parser.parse_args()
     args.center = tuple(float(x) for x in args.center.split(","))
+    arms = args.arms.split(",")
+    if not arms or any(a not in ("none", "fences", "far") for a in arms):
+        parser.error("--arms takes none, fences and far")
     if not 1 <= args.devices <= 20000 or not 1 <= args.fences <= 10000 or not 1 <= args.rounds <= 20:
         parser.error("--devices 1-20000, --fences 1-10000, --rounds 1-20")
 
     results = []
     for round_no in range(1, args.rounds + 1):
-        for arm in ("none", "fences"):
+        for arm in arms:
             r = one_run(args, arm, round_no)
             results.append(r)
             print(f"round {round_no} {arm:6}: p50={r['p50']:.1f}ms p99={r['p99']:.1f}ms "
                   f"p99.9={r['p999']:.1f}ms server_cpu={r['server_cpu']:.1f}% "
                   f"harness_cpu={r['harness_cpu']:.1f}% fixes_sent={r['fixes_sent']} "
-                  f"latest={r['latest']} failed={r['failed']} disconnects={r['disconnects']} "
+                  f"mismatches={r['mismatches']} failed={r['failed']} disconnects={r['disconnects']} "
                   f"resyncs={r['resyncs']} load_start={r['load']} "
                   f"fences={r['fences']} fixes_judged={r['fixes_judged']} "
                   f"fences_judged={r['fences_judged']} events={r['events']} "
@@ -251,13 +263,17 @@ def main():
                   f"setup={r['setup_s']:.1f}s", flush=True)
 
     print()
-    print("| figure (median over rounds) | none | fences | fences / none |")
-    print("|---|---|---|---|")
+    base = "none" if "none" in arms else None
+    others = [a for a in arms if a != base]
+    print("| figure (median over rounds) | " + " | ".join(arms) + " | "
+          + " | ".join(f"{a} / none" for a in others if base) + " |")
+    print("|---" * (1 + len(arms) + (len(others) if base else 0)) + "|")
     for f, unit in FIGURES:
-        m = {arm: statistics.median(r[f] for r in results if r["arm"] == arm)
-             for arm in ("none", "fences")}
-        print(f"| {f} ({unit}) | {m['none']:.1f} | {m['fences']:.1f} "
-              f"| {m['fences'] / m['none']:.3f} |")
+        m = {arm: statistics.median(r[f] for r in results if r["arm"] == arm) for arm in arms}
+        cells = [f"{m[a]:.1f}" for a in arms]
+        if base:
+            cells += [f"{m[a] / m[base]:.3f}" for a in others]
+        print(f"| {f} ({unit}) | " + " | ".join(cells) + " |")
 
 
 if __name__ == "__main__":
