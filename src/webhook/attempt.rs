@@ -258,9 +258,24 @@ mod tests {
     use super::*;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-    /// A receiver answering every request with `status`, counting connections.
+    /// A receiver answering every request with `status` and a body of `ok`, counting
+    /// connections.
     async fn receiver(
         status: u16,
+    ) -> (
+        std::net::SocketAddr,
+        std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    ) {
+        receiver_answering(format!(
+            "HTTP/1.1 {status} X\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok"
+        ))
+        .await
+    }
+
+    /// A receiver answering every whole request (its body is `{}`) with `answer`, counting
+    /// connections.
+    async fn receiver_answering(
+        answer: String,
     ) -> (
         std::net::SocketAddr,
         std::sync::Arc<std::sync::atomic::AtomicUsize>,
@@ -281,9 +296,6 @@ mod tests {
                         Ok(n) => request.extend_from_slice(&buffer[..n]),
                     }
                 }
-                let answer = format!(
-                    "HTTP/1.1 {status} X\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok"
-                );
                 let _ = socket.write_all(answer.as_bytes()).await;
             }
         });
@@ -399,23 +411,10 @@ mod tests {
     #[tokio::test]
     async fn retry_after_is_read_on_retried_answers_only() {
         for (status, expected) in [(503, Some(Duration::from_secs(7))), (200, None)] {
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-            let addr = listener.local_addr().unwrap();
-            tokio::spawn(async move {
-                let (mut socket, _) = listener.accept().await.unwrap();
-                let mut request = Vec::new();
-                let mut buffer = [0; 4096];
-                while !request.ends_with(b"\r\n\r\n{}") {
-                    match socket.read(&mut buffer).await {
-                        Ok(0) | Err(_) => break,
-                        Ok(n) => request.extend_from_slice(&buffer[..n]),
-                    }
-                }
-                let answer = format!(
-                    "HTTP/1.1 {status} X\r\nretry-after: 7\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
-                );
-                let _ = socket.write_all(answer.as_bytes()).await;
-            });
+            let (addr, _) = receiver_answering(format!(
+                "HTTP/1.1 {status} X\r\nretry-after: 7\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+            ))
+            .await;
             let url = format!("http://{addr}/hook");
             let secret = sign::new_secret();
             let request = Request {
