@@ -46,25 +46,19 @@ import json
 import math
 import os
 import random
-import signal
-import socket
 import statistics
 import subprocess
 import tempfile
 import time
 import urllib.request
 
+import benchserver
+
 # The harness's street grid (loadtest/src/path.rs, `Grid::city`).
 GRID_HALF_M = 30 * 120.0
 # The `far` arm's fences: the same ones moved this far east, where no device ever drives.
 FAR_SHIFT_M = 20_000.0
 METRES_PER_DEGREE = 111_320.0
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def to_lon_lat(center, east_m, north_m):
@@ -137,40 +131,16 @@ def metrics(port):
     return out
 
 
-def stop(proc):
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
 def one_run(args, arm, round_no):
     groups = math.ceil(args.devices / 100)
-    port = free_port()
-    log = tempfile.NamedTemporaryFile(prefix="bench-geofence-fleet-", suffix=".log", delete=False)
+    server, port, log = benchserver.start(
+        args.binary, ["--max-connections", "19700", "--max-connections-per-ip", "0"],
+        "bench-geofence-fleet-",
+    )
     report = tempfile.NamedTemporaryFile(prefix="bench-geofence-fleet-", suffix=".json", delete=False)
     report.close()
-    server = subprocess.Popen(
-        [args.binary, "serve", "--listen", f"127.0.0.1:{port}", "--max-connections", "19700",
-         "--max-connections-per-ip", "0", "--log-format", "json"],
-        stdout=log, stderr=subprocess.STDOUT,
-        env={**os.environ, "RUST_LOG": "warn"},
-    )
     harness = None
     try:
-        deadline = time.time() + 10
-        while True:
-            try:
-                if urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1).status == 200:
-                    break
-            except OSError:
-                pass
-            if time.time() > deadline or server.poll() is not None:
-                raise RuntimeError(f"server did not start; see {log.name}")
-            time.sleep(0.05)
         setup_s = 0.0
         if arm in ("fences", "far"):
             start = time.perf_counter()
@@ -217,9 +187,7 @@ def one_run(args, arm, round_no):
         if harness is not None and harness.poll() is None:
             harness.kill()
             harness.wait()
-        stop(server)
-        log.close()
-        os.unlink(log.name)
+        benchserver.stop(server, log)
         os.unlink(report.name)
 
 

@@ -35,23 +35,17 @@ import base64
 import http.client
 import json
 import os
-import signal
 import socket
 import statistics
 import struct
 import subprocess
-import tempfile
 import threading
 import time
 import urllib.request
 
+import benchserver
+
 ADMIN = "id=boss&groups=g&role=admin"
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def pct(values, p):
@@ -203,27 +197,12 @@ def metric(port, name):
 
 
 def one_round(args, arm, round_no):
-    port = free_port()
-    log = tempfile.NamedTemporaryFile(prefix="bench-webhooks-", suffix=".log", delete=False)
-    server = subprocess.Popen(
-        [args.binary, "serve", "--listen", f"127.0.0.1:{port}", "--webhook-allow-private",
-         "--log-format", "json"],
-        stdout=log, stderr=subprocess.STDOUT,
-        env={**os.environ, "RUST_LOG": "warn"},
+    server, port, log = benchserver.start(
+        args.binary, ["--webhook-allow-private"], "bench-webhooks-"
     )
     dead = None  # the receiver of the arm, live or dead
     viewer = None
     try:
-        deadline = time.time() + 10
-        while True:
-            try:
-                if urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1).status == 200:
-                    break
-            except OSError:
-                pass
-            if time.time() > deadline or server.poll() is not None:
-                raise RuntimeError(f"server did not start; see {log.name}")
-            time.sleep(0.05)
         if arm != "none":
             dead = DeadReceiver() if arm == "dead" else LiveReceiver()
             body = json.dumps({"url": f"http://127.0.0.1:{dead.port}/hook", "events": ["*"]})
@@ -297,16 +276,9 @@ def one_round(args, arm, round_no):
     finally:
         if viewer:
             viewer.close()
-        server.send_signal(signal.SIGTERM)
-        try:
-            server.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
+        benchserver.stop(server, log)
         if dead:
             dead.close()
-        log.close()
-        os.unlink(log.name)
 
 
 FIGURES = ["ingest_p50", "ingest_p99", "event_p50", "event_p99", "fix_p50", "fix_p99"]
